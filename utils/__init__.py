@@ -1,0 +1,7 @@
+"""GPT-2 training workflow for Jupyter and Colab.
+
+Importing `utils` is cheap: heavy optional dependencies (transformers, matplotlib, pandas,
+ipywidgets) are imported only inside the functions that use them.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,84 @@
+"""GPTModel: GPT-2's maths exactly, so converted OpenAI weights give Hugging Face's logits."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.config import ModelConfig
+from utils.model.layers import KVCache, LayerNorm, TransformerBlock
+
+
+class GPTModel(nn.Module):
+    """Decoder-only transformer; `model(ids)` -> logits, `model(ids, targets)` -> (logits, loss).
+
+    The output head shares its weight with the token embedding (GPT-2 ties them), so
+    `lm_head.weight` and `token_embedding.weight` are the same tensor.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.embedding_dimension
+        self.token_embedding = nn.Embedding(config.vocab_size, d)
+        self.position_embedding = nn.Embedding(config.context_length, d)
+        self.embedding_dropout = nn.Dropout(config.dropout_rate)
+        self.transformer_blocks = nn.ModuleList(
+            TransformerBlock(config, i) for i in range(config.number_of_layers)
+        )
+        self.final_norm = LayerNorm(d)
+        self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
+        self.tie_weights()
+        self.apply(self._init_weights)
+
+    def tie_weights(self) -> None:
+        """Point the head at the embedding (again after `load_state_dict(assign=True)`)."""
+        self.lm_head.weight = self.token_embedding.weight
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # GPT-2's scheme: N(0, 0.02) everywhere, residual projections scaled by
+        # 1/sqrt(2 * layers) so the residual stream's variance does not grow with depth.
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "is_residual_projection", False):
+                std /= math.sqrt(2 * self.config.number_of_layers)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def new_kv_cache(self, batch_size: int, max_length: int | None = None) -> KVCache:
+        """An empty cache for incremental decoding of up to `max_length` positions."""
+        weight = self.token_embedding.weight
+        return KVCache(self.config, batch_size, max_length or self.config.context_length,
+                       weight.device, weight.dtype)
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                kv_cache: KVCache | None = None):
+        batch, length = input_ids.shape
+        start = kv_cache.length if kv_cache is not None else 0
+        if start + length > self.config.context_length:
+            raise ValueError(
+                f"sequence of {start + length} tokens exceeds context_length "
+                f"{self.config.context_length}"
+            )
+        positions = torch.arange(start, start + length, device=input_ids.device)
+        x = self.embedding_dropout(self.token_embedding(input_ids) + self.position_embedding(positions))
+        for block in self.transformer_blocks:
+            x = block(x, kv_cache)
+        if kv_cache is not None:
+            kv_cache.length += length
+        logits = self.lm_head(self.final_norm(x))
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Unique parameters (the tied head counted once), as Hugging Face counts them."""
+    return sum(p.numel() for p in model.parameters())
