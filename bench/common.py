@@ -1,0 +1,125 @@
+"""Small measuring helpers shared by the `bench/` scripts.
+
+Timings are medians of several runs (one slow run caused by a busy machine does not move a
+median); memory is the peak resident set size of a process that did nothing else, which is
+why `run_isolated` starts a fresh Python for each measurement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+
+
+def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1
+                ) -> tuple[float, list[float]]:
+    """Median wall-clock seconds of `fn()` over `repeats` runs, after `warmup` unmeasured runs."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (Linux reports ru_maxrss in KB, macOS in bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+# The child imports the target, calls it with the JSON-decoded arguments, adds its own peak
+# RSS and writes the JSON result to a file (stdout stays free for progress bars and prints).
+_CHILD = """
+import importlib, json, sys
+sys.path.insert(0, {root!r})
+from bench.common import peak_rss_mb
+args = json.loads({args!r})
+target = {target!r}
+if ":" in target and "\\n" not in target:
+    module_name, function_name = target.split(":", 1)
+    result = getattr(importlib.import_module(module_name), function_name)(*args)
+else:
+    namespace = {{"args": args}}
+    exec(target, namespace)
+    result = namespace["result"]
+result = dict(result)
+result.setdefault("peak_rss_mb", peak_rss_mb())
+with open({out!r}, "w") as handle:
+    json.dump(result, handle)
+"""
+
+
+def run_isolated(func_path_or_code: str, *args: Any, timeout: float | None = None) -> dict:
+    """Run one measurement in a fresh Python process and return its JSON-able dict result.
+
+    `func_path_or_code` is either `"package.module:function"` (called as `function(*args)`,
+    it must return a dict) or Python source that reads `args` and sets a dict `result`.
+    The result gains `peak_rss_mb`, the child's own peak memory, unless it set one itself.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "result.json")
+        code = _CHILD.format(root=str(REPO_ROOT), args=json.dumps(list(args)),
+                             target=func_path_or_code, out=out)
+        completed = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT,
+                                   capture_output=True, text=True, timeout=timeout)
+        if completed.returncode != 0:
+            raise RuntimeError(
+                f"isolated run of {func_path_or_code!r} failed (exit {completed.returncode}):\n"
+                f"{completed.stderr[-2000:]}"
+            )
+        with open(out) as handle:
+            return json.load(handle)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> str:
+    """One line describing where the numbers came from."""
+    import torch
+
+    return (f"{_cpu_model()}, {os.cpu_count()} logical cores, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} torch threads")
+
+
+def command_line() -> str:
+    """The command that ran this script, as a reader could retype it."""
+    script = Path(sys.argv[0]).resolve()
+    with contextlib.suppress(ValueError):  # a script outside the repository keeps its full path
+        script = script.relative_to(REPO_ROOT)
+    return " ".join(["python", str(script), *sys.argv[1:]])
+
+
+def save_section(name: str, markdown: str) -> Path:
+    """Write a script's markdown section to `bench/results/<name>.md` and return the path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.md"
+    path.write_text(markdown.rstrip() + "\n")
+    return path
