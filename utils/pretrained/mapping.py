@@ -127,3 +127,22 @@ def convert_custom_to_hf(state_dict: dict[str, torch.Tensor], num_layers: int
         hf[hf_key] = hf[hf_key].contiguous()
     hf["lm_head.weight"] = hf[f"{HF_PREFIX}wte.weight"]
     return hf
+
+
+def to_hf_config(config: ModelConfig, **overrides):
+    """The `transformers.GPT2Config` with the same shapes as `config` (for building HF models).
+
+    GPT-2's `c_attn` always has a bias, so a config without attention bias has no HF twin.
+    """
+    from transformers import GPT2Config  # heavy import, only where used
+
+    if not config.use_attention_bias:
+        raise ValueError("Hugging Face GPT-2 always has Q/K/V biases; "
+                         "use a config with use_attention_bias=True")
+    return GPT2Config(
+        vocab_size=config.vocab_size, n_positions=config.context_length,
+        n_embd=config.embedding_dimension, n_head=config.number_of_heads,
+        n_layer=config.number_of_layers, layer_norm_epsilon=1e-5, activation_function="gelu_new",
+        resid_pdrop=config.dropout_rate, embd_pdrop=config.dropout_rate,
+        attn_pdrop=config.dropout_rate, **overrides,
+    )
