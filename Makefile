@@ -1,0 +1,49 @@
+# `make demo` and `make test` are the two entry points; both install first (idempotent).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Pinned for local installs: an unpinned torch would pull a multi-GB CUDA build. Override
+# e.g. `make install TORCH_SPEC="torch>=2.1"` to keep whatever torch a machine already has.
+TORCH_SPEC ?= torch==2.13.0
+REQUIREMENTS := requirements.txt requirements-dev.txt
+# The stamp's name carries a hash of what was installed, so editing a requirement file
+# (or TORCH_SPEC) reinstalls, and an unchanged one makes `make install` a no-op.
+INSTALL_HASH := $(shell cat $(REQUIREMENTS) | sha256sum | cut -c1-16)-$(shell echo '$(TORCH_SPEC)' | sha256sum | cut -c1-8)
+STAMP := $(VENV)/.installed-$(INSTALL_HASH)
+# tiktoken names its cache file sha1(url of r50k_base.tiktoken); see scripts/prepare_tokenizer.py.
+TOKENIZER_CACHE := .cache/tiktoken/0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4
+
+.PHONY: install test lint demo bench clean distclean
+
+install: $(STAMP) $(TOKENIZER_CACHE)
+
+$(STAMP): $(REQUIREMENTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet $(addprefix -r ,$(REQUIREMENTS))
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+$(TOKENIZER_CACHE): | $(STAMP)
+	$(PY) scripts/prepare_tokenizer.py
+
+lint: install
+	$(PY) -m ruff check .
+
+test: install
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+demo: install
+	$(PY) scripts/demo.py
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf .pytest_cache .ruff_cache .cache/data outputs
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) .cache
