@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from utils.config import ModelConfig
+
 DEFAULT_ATOL = 1e-5  # float32 GPT-2 small agrees with HF to ~1e-6; a wrong transpose is off by ~1
 
 
@@ -59,3 +61,25 @@ def compare_outputs(model: nn.Module, hf_model: nn.Module, tokenizer: Any, text:
                          f"{tuple(theirs.shape)}; do the vocabularies match?")
     max_diff = (ours - theirs).abs().max().item()
     return max_diff <= atol, max_diff
+
+
+def random_hf_gpt2(config: ModelConfig, seed: int = 0, bias_std: float = 0.1):
+    """A randomly initialised `transformers.GPT2LMHeadModel` shaped like `config`, in eval mode.
+
+    For offline checks (nothing downloads). HF initialises biases to zero and LayerNorms to
+    (1, 0), which would hide a dropped bias or a swapped scale/shift; so every bias and
+    LayerNorm parameter gets noise of `bias_std` here.
+    """
+    from transformers import GPT2LMHeadModel  # heavy import, only where used
+
+    from utils.pretrained.mapping import to_hf_config
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(to_hf_config(config))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 1:  # biases and LayerNorm weights
+                noise = torch.randn(parameter.shape, generator=generator) * bias_std
+                parameter.add_(noise)
+    return model.eval()
