@@ -133,6 +133,7 @@ def to_hf_config(config: ModelConfig, **overrides):
     """The `transformers.GPT2Config` with the same shapes as `config` (for building HF models).
 
     GPT-2's `c_attn` always has a bias, so a config without attention bias has no HF twin.
+    End-of-text is the last id, as in GPT-2 (50256) and the byte tokenizer (256).
     """
     from transformers import GPT2Config  # heavy import, only where used
 
@@ -144,5 +145,6 @@ def to_hf_config(config: ModelConfig, **overrides):
         n_embd=config.embedding_dimension, n_head=config.number_of_heads,
         n_layer=config.number_of_layers, layer_norm_epsilon=1e-5, activation_function="gelu_new",
         resid_pdrop=config.dropout_rate, embd_pdrop=config.dropout_rate,
-        attn_pdrop=config.dropout_rate, **overrides,
+        attn_pdrop=config.dropout_rate,
+        **{"bos_token_id": config.vocab_size - 1, "eos_token_id": config.vocab_size - 1, **overrides},
     )
