@@ -99,11 +99,13 @@ CHECKPOINT_DIR = ""  # @param {type:"string"}
 CHECKPOINT_OVERRIDE = ""  # @param {type:"string"}
 RESUME_EXTRA_STEPS = 200  # @param {type:"integer"}
 PROMPT = "The meaning of life is"  # @param {type:"string"}
+OUTPUT_DIR = "outputs"  # @param {type:"string"}
 SEED = 1337  # @param {type:"integer"}
 # INIT_FROM: "scratch", an OpenAI GPT-2 name ("gpt2", "gpt2-medium", ...) or a local folder.
 # DATA_PATH: a .txt file or a folder of them; empty means the built-in corpus (no download).
 # CHECKPOINT_DIR: empty means Google Drive in Colab, ./checkpoints elsewhere.
 # CHECKPOINT_OVERRIDE: a checkpoint file for Cell 34 to load instead of the best one.
+# OUTPUT_DIR: where the loss curve and the exported models go.
 ''', tags=["parameters"])
 
 code(4, "Quick Mode, Seed and Device", '''
@@ -299,7 +301,7 @@ from utils.plots import plot_training_curves, save_figure
 
 metrics = results["metrics"]
 figure = plot_training_curves(metrics, title=f"{MODEL_PRESET}: {len(metrics)} evaluations")
-save_figure(figure, "outputs/loss_curve.png")
+save_figure(figure, f"{OUTPUT_DIR}/loss_curve.png")
 display(metrics.tail(10))
 ''')
 
@@ -352,7 +354,7 @@ md("## 9 · Export")
 code(41, "Export to Hugging Face", '''
 from utils.pretrained import export_to_hf
 
-hf_dir = export_to_hf(model, "outputs/hf_model")
+hf_dir = export_to_hf(model, f"{OUTPUT_DIR}/hf_model")
 print(f"✅ saved a transformers folder: GPT2LMHeadModel.from_pretrained({str(hf_dir)!r})")
 ''')
 
@@ -360,7 +362,7 @@ code(42, "Export Binary Weights", '''
 # Seed 002's format for C/C++: docs/binary-weight-format.md describes the layout.
 from utils.pretrained import export_binary
 
-binary_dir = export_binary(model, "outputs/binary")
+binary_dir = export_binary(model, f"{OUTPUT_DIR}/binary")
 print(f"✅ binary weights in {binary_dir}")
 ''')
 

@@ -28,7 +28,12 @@ REQUIRED_MODULES = ("torch", "numpy", "tiktoken", "safetensors", "transformers",
 
 def in_colab() -> bool:
     """True inside a Google Colab runtime."""
-    return "google.colab" in sys.modules or importlib.util.find_spec("google.colab") is not None
+    if "google.colab" in sys.modules:
+        return True
+    try:  # find_spec of a submodule imports its parent, which raises when `google` is absent
+        return importlib.util.find_spec("google.colab") is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def missing_modules(modules: tuple[str, ...] = REQUIRED_MODULES) -> list[str]:

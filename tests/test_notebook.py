@@ -1,0 +1,201 @@
+"""training.ipynb: its structure, the whole notebook headless in quick mode, the error
+scenarios of Cell 34 in a live kernel, and the helpers the cells call (utils.notebook)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tests.notebook_helpers import NOTEBOOK_PATH, REPO_ROOT, TITLE, NotebookKernel, notebook_cells
+from utils import notebook as nb
+from utils.config import ConfigError
+from utils.training.engine.errors import ModelNotInitializedError, NoCheckpointsError
+
+REQUIRED_PARAMETERS = ("QUICK_MODE", "MODEL_PRESET", "DATA_PATH", "MAX_STEPS", "BATCH_SIZE",
+                       "CHECKPOINT_INTERVAL", "CHECKPOINT_DIR", "CHECKPOINT_OVERRIDE", "INIT_FROM")
+FIXED_CELLS = {13: "Initialize Model", 32: "Run Training", 33: "Checkpoint Recovery",
+               34: "Load Model Weights from Checkpoint", 35: "Extract Session Variables"}
+
+
+# ---------------------------------------------------------------- structure
+
+
+def test_notebook_is_generated_from_its_source():
+    completed = subprocess.run([sys.executable, "scripts/build_notebook.py", "--check"],
+                               cwd=REPO_ROOT, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def test_cells_are_numbered_colab_forms_with_seed_003_numbers():
+    notebook = nbformat.read(NOTEBOOK_PATH, as_version=4)
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    numbers = []
+    for cell in code_cells:
+        first_line = cell.source.splitlines()[0]
+        assert TITLE.match(first_line), f"untitled code cell: {first_line!r}"
+        assert first_line.endswith('{ display-mode: "form" }'), first_line
+        numbers.append(int(TITLE.match(first_line).group(1)))
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+    assert numbers[0] == 1
+    titles = {n: src.splitlines()[0] for n, src in notebook_cells().items()}
+    for number, name in FIXED_CELLS.items():
+        assert titles[number] == f'# @title Cell {number} · {name} {{ display-mode: "form" }}'
+    assert any(cell.cell_type == "markdown" and cell.source.startswith("## ")
+               for cell in notebook.cells)
+
+
+def test_one_parameters_cell_with_the_design_fields_as_form_fields():
+    notebook = nbformat.read(NOTEBOOK_PATH, as_version=4)
+    tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    source = tagged[0].source
+    for name in REQUIRED_PARAMETERS:
+        assert re.search(rf"^{name} = .+# @param", source, re.MULTILINE), name
+    namespace: dict = {}
+    exec(source, namespace)  # plain assignments: papermill can override each one
+    assert namespace["QUICK_MODE"] is False and namespace["CHECKPOINT_OVERRIDE"] == ""
+
+
+# ---------------------------------------------------------------- the whole notebook
+
+
+def test_whole_notebook_runs_headless_in_quick_mode(tmp_path):
+    import papermill
+
+    checkpoint_dir, output_dir = tmp_path / "checkpoints", tmp_path / "outputs"
+    executed = tmp_path / "executed.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOK_PATH), str(executed), cwd=str(REPO_ROOT), kernel_name="python3",
+        parameters={"QUICK_MODE": True, "CHECKPOINT_DIR": str(checkpoint_dir),
+                    "OUTPUT_DIR": str(output_dir)},
+        progress_bar=False,
+    )
+    outputs = {}
+    for cell in nbformat.read(executed, as_version=4).cells:
+        match = TITLE.match(cell.source) if cell.cell_type == "code" else None
+        if match:
+            outputs[int(match.group(1))] = "".join(
+                o.get("text", "") + o.get("data", {}).get("text/plain", "")
+                for o in cell.outputs)
+            assert not any(o.output_type == "error" for o in cell.outputs)
+    assert all("Traceback" not in text and "❌" not in text for text in outputs.values()), outputs
+    # training wrote checkpoints, recovery and loading found them, the summary is complete
+    assert sorted(checkpoint_dir.glob("checkpoint_epoch*_step*.pt"))
+    assert "✅ model" in outputs[35] and "✅ results" in outputs[35]
+    assert "LOADING MODEL WEIGHTS" in outputs[34]
+    # artefacts: the loss curve, a Hugging Face folder and the binary weights
+    assert (output_dir / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (output_dir / "hf_model" / "config.json").is_file()
+    assert (output_dir / "binary" / "gpt2_weights.bin").is_file()
+
+
+# ---------------------------------------------------------------- Cell 34's error scenarios
+
+ERROR_PARAMETERS = {"QUICK_MODE": True}
+
+
+@pytest.fixture
+def kernel():
+    k = NotebookKernel()
+    yield k
+    k.shutdown()
+
+
+def test_cell_34_error_scenarios_print_guidance_and_keep_the_kernel_usable(kernel, tmp_path):
+    empty_dir = tmp_path / "empty"
+    parameters = {**ERROR_PARAMETERS, "CHECKPOINT_DIR": str(empty_dir),
+                  "OUTPUT_DIR": str(tmp_path / "outputs")}
+    kernel.run_cells([1, 3, 4, 5], parameters)
+
+    # Scenario 1: Cell 34 before Cell 13
+    text = kernel.run_cell(34)
+    assert "Model instance not found" in text and "Cell 13" in text
+    assert kernel.value("'model' in globals()") is False
+
+    # Scenario 2: a model, but an empty checkpoint folder
+    kernel.run_cells([6, 7, 9, 10, 11, 13])
+    text = kernel.run_cell(34)
+    assert "No checkpoints found" in text and "Cell 32" in text
+
+    # Scenario 3: train a little, then change the architecture in Cell 11 and rebuild
+    kernel.run("MAX_STEPS, CHECKPOINT_INTERVAL, EVAL_INTERVAL = 4, 2, 2")
+    kernel.run_cells([15, 16, 32])
+    assert list(empty_dir.glob("checkpoint_*.pt"))
+    kernel.run("MODEL_PRESET = 'tiny'; CONTEXT_LENGTH = 32")
+    kernel.run_cells([11, 13])
+    before = kernel.value("[float(p.sum()) for p in model.parameters()]")
+    text = kernel.run_cell(34)
+    assert "architecture mismatch" in text.lower() and "Cell 13" in text
+    # the failed load changed nothing and the session goes on
+    assert kernel.value("[float(p.sum()) for p in model.parameters()]") == before
+    assert kernel.value("6 * 7") == 42
+
+
+# ---------------------------------------------------------------- utils.notebook
+
+
+def test_session_summary_always_prints_every_variable():
+    empty = nb.session_summary({})
+    assert "SESSION VARIABLES" in empty
+    for name, cell in nb.SESSION_VARIABLES.items():
+        assert f"{name}" in empty and f"run Cell {cell}" in empty
+    # seed 003's bug: with everything already set, the old cell printed nothing
+    results = {"checkpoint_path": "a.pt", "latest_checkpoint_path": "b.pt", "metrics": [],
+               "best_val_loss": 1.5, "epoch": 0, "global_step": 7}
+    namespace = {"results": results, "model": None, **nb.extract_session_variables(
+        {"results": results})}
+    full = nb.session_summary(namespace)
+    assert "✅ checkpoint_path" in full and "a.pt" in full and "✅ global_step" in full
+    assert "⚪ model" in full and "run Cell 13" in full
+
+
+def test_extract_session_variables_takes_only_what_results_has():
+    assert nb.extract_session_variables({}) == {}
+    assert nb.extract_session_variables({"results": {"global_step": 3, "other": 1}}) == {
+        "global_step": 3}
+
+
+def test_checkpoint_dir_is_local_outside_colab(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert nb.in_colab() is False
+    assert nb.choose_checkpoint_dir() == Path("checkpoints")
+    assert (tmp_path / "checkpoints").is_dir()
+    assert nb.choose_checkpoint_dir(str(tmp_path / "x" / "y")) == tmp_path / "x" / "y"
+    assert (tmp_path / "x" / "y").is_dir()
+
+
+@pytest.mark.parametrize("error", [
+    ModelNotInitializedError("no model: run Cell 13"),
+    NoCheckpointsError("no checkpoints: run Cell 32"),
+    ConfigError("bad preset"),
+    FileNotFoundError("missing.txt"),
+])
+def test_friendly_errors_print_guidance_instead_of_raising(error, capsys):
+    with nb.friendly_errors():
+        raise error
+    out = capsys.readouterr().out
+    assert str(error).split(":")[0] in out and "Traceback" not in out
+
+
+def test_friendly_errors_let_programming_errors_raise():
+    with pytest.raises(TypeError), nb.friendly_errors():
+        raise TypeError("a bug, not a user error")
+
+
+def test_environment_report_names_torch_and_device():
+    import torch
+
+    report = nb.environment_report()
+    assert f"PyTorch {torch.__version__}" in report
+    assert f"Device used: {nb.default_device()}" in report
+
+
+def test_install_requirements_skips_when_everything_is_present(capsys):
+    assert nb.missing_modules() == []
+    assert nb.install_requirements("does-not-matter.txt") is False
+    assert "nothing to do" in capsys.readouterr().out
