@@ -1,0 +1,330 @@
+"""OpenAI's GPT-2 weights from Hugging Face into GPTModel, and GPTModel back out to HF.
+
+Loading streams: tensors are read one at a time (safetensors `safe_open`, or a `.bin`
+memory-mapped with `weights_only=True`), converted (`mapping.iter_converted`: transpose the
+Conv1D weights, split c_attn into Q/K/V) and assigned into a GPTModel built on the meta
+device. So the machine never holds two full models and never spends time initialising
+weights that are about to be overwritten; peak memory is the model plus one tensor.
+Loading is strict: a missing, unexpected or wrong-shaped tensor is an error, never skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+
+from utils.config import GPT2_CONFIGS, PRESET_ALIASES, ModelConfig
+from utils.model import GPTModel
+from utils.pretrained.mapping import (
+    convert_custom_to_hf,
+    is_ignored_hf_key,
+    iter_converted,
+    normalize_hf_key,
+    to_hf_config,
+)
+from utils.pretrained.memory import check_memory
+from utils.training.engine.errors import ArchitectureMismatchError, CorruptCheckpointError
+
+HUB_REPOS = {"small": "openai-community/gpt2", "medium": "openai-community/gpt2-medium",
+             "large": "openai-community/gpt2-large", "xl": "openai-community/gpt2-xl"}
+HUB_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json",
+             "model-*-of-*.safetensors"]
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+# --------------------------------------------------------------------- locating files
+
+
+def _is_local_reference(name: str) -> bool:
+    return os.sep in name or name.startswith(".") or name.endswith(WEIGHT_SUFFIXES)
+
+
+def resolve_weight_files(model_name_or_path: str | Path) -> list[Path]:
+    """The weight file(s) for a hub name (downloaded once, then cached by huggingface_hub),
+    a `save_pretrained` folder, or a single `.safetensors` / `.bin` file."""
+    path = Path(model_name_or_path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return _weight_files_in_folder(path)
+    name = str(model_name_or_path)
+    if _is_local_reference(name):
+        raise FileNotFoundError(f"{name} does not exist; give a save_pretrained folder, a "
+                                ".safetensors/.bin file, or a hub name such as 'gpt2'")
+    return _weight_files_in_folder(download_from_hub(name))
+
+
+def _weight_files_in_folder(folder: Path) -> list[Path]:
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.exists():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            missing = [s for s in shards if not (folder / s).exists()]
+            if missing:
+                raise FileNotFoundError(f"{folder} lacks shard(s) {missing} named in {index_name}")
+            return [folder / s for s in shards]
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / single).exists():
+            return [folder / single]
+    raise FileNotFoundError(
+        f"no model.safetensors or pytorch_model.bin in {folder}; save the model there with "
+        "`save_pretrained` or `export_to_hf`"
+    )
+
+
+def download_from_hub(name: str) -> Path:
+    """Fetch GPT-2's config and safetensors weights from the Hugging Face hub (network)."""
+    from huggingface_hub import snapshot_download
+
+    size = PRESET_ALIASES.get(name, name)
+    repo_id = HUB_REPOS.get(size, name)
+    return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+
+
+# ------------------------------------------------------------------- reading tensors
+
+
+def iter_hf_tensors(files: Iterable[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """`(key, tensor)` for every tensor of the files, one at a time."""
+    for file in files:
+        if file.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt", device="cpu") as reader:
+                for key in reader.keys():  # noqa: SIM118 (safe_open is not iterable)
+                    yield key, reader.get_tensor(key)
+        else:
+            yield from _load_torch_file(file).items()
+
+
+def _load_torch_file(file: Path) -> dict[str, torch.Tensor]:
+    # mmap: tensors are read from disk when touched, not all at once.
+    # weights_only: a pickle that would run code is refused.
+    try:
+        state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+    except RuntimeError as error:
+        raise CorruptCheckpointError(f"cannot read {file} as a PyTorch state dict: {error}") \
+            from error
+    if isinstance(state, dict) and "model_state_dict" in state:
+        state = state["model_state_dict"]
+    if not isinstance(state, dict):
+        raise CorruptCheckpointError(f"{file} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def hf_tensor_shapes(files: Iterable[Path]) -> dict[str, tuple[int, ...]]:
+    """Shapes of every tensor without reading any data (safetensors headers, mmap'd .bin)."""
+    shapes = {}
+    for file in files:
+        if file.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt", device="cpu") as reader:
+                for key in reader.keys():  # noqa: SIM118 (safe_open is not iterable)
+                    shapes[key] = tuple(reader.get_slice(key).get_shape())
+        else:
+            shapes.update({k: tuple(v.shape) for k, v in _load_torch_file(file).items()})
+    return shapes
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def read_hf_config(folder: Path) -> ModelConfig | None:
+    """ModelConfig from a HF `config.json` in `folder`, or None if there is none."""
+    path = folder / "config.json"
+    if not path.exists():
+        return None
+    hf = json.loads(path.read_text())
+    return ModelConfig(vocab_size=hf["vocab_size"],
+                       context_length=hf.get("n_positions", hf.get("n_ctx", 1024)),
+                       embedding_dimension=hf["n_embd"], number_of_heads=hf["n_head"],
+                       number_of_layers=hf["n_layer"],
+                       dropout_rate=hf.get("resid_pdrop", 0.1), use_attention_bias=True)
+
+
+def infer_config(shapes: dict[str, tuple[int, ...]]) -> ModelConfig:
+    """ModelConfig from tensor shapes alone; the head count comes from the GPT-2 preset of
+    the same width and depth (it cannot be read from shapes)."""
+    shapes = {normalize_hf_key(k): v for k, v in shapes.items()}
+    vocab, width = shapes["transformer.wte.weight"]
+    context = shapes["transformer.wpe.weight"][0]
+    layers = sum(1 for k in shapes if k.endswith(".ln_1.weight"))
+    for preset in GPT2_CONFIGS.values():
+        if (preset.embedding_dimension, preset.number_of_layers) == (width, layers):
+            return ModelConfig(vocab, context, width, preset.number_of_heads, layers,
+                               preset.dropout_rate, True)
+    raise ArchitectureMismatchError(
+        f"weights of width {width} and {layers} layers match no GPT-2 size, so the number of "
+        "heads is unknown; put the model's config.json next to the weights"
+    )
+
+
+def _config_for(model_name_or_path: str | Path, files: list[Path]) -> ModelConfig:
+    folder = files[0].parent
+    return read_hf_config(folder) or infer_config(hf_tensor_shapes(files))
+
+
+def expected_hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The HF GPT-2 tensor shapes a GPTModel with `config` needs (computed on meta)."""
+    if not config.use_attention_bias:
+        raise ArchitectureMismatchError(
+            "the model has use_attention_bias=False, but GPT-2's c_attn has a bias: loading "
+            "it would drop the Q/K/V biases and give wrong logits; build the model with "
+            "use_attention_bias=True (every GPT2_CONFIGS preset does)"
+        )
+    with torch.device("meta"):
+        state = GPTModel(config).state_dict()
+    hf = convert_custom_to_hf(state, config.number_of_layers)
+    return {key: tuple(t.shape) for key, t in hf.items() if key != "lm_head.weight"}
+
+
+def validate_hf_shapes(shapes: dict[str, tuple[int, ...]], config: ModelConfig,
+                       source: str) -> None:
+    """Raise ArchitectureMismatchError listing missing / unexpected / wrong-shape tensors."""
+    expected = expected_hf_shapes(config)
+    found = {normalize_hf_key(k): v for k, v in shapes.items()}
+    found = {k: v for k, v in found.items() if not is_ignored_hf_key(k)}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [f"{k}: file {found[k]} vs model {expected[k]}"
+             for k in expected if k in found and found[k] != expected[k]]
+    if missing or unexpected or wrong:
+        parts = [f"{label} ({len(items)}): {items[:3]}" for label, items in
+                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items]
+        raise ArchitectureMismatchError(
+            f"{source} does not fit a GPT-2 with {config.number_of_layers} layers, width "
+            f"{config.embedding_dimension}, vocab {config.vocab_size}: {'; '.join(parts)}. "
+            "Pick the model size that matches the weights"
+        )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def model_from_hf_tensors(tensors: Iterable[tuple[str, torch.Tensor]], config: ModelConfig,
+                          device: str | torch.device = "cpu",
+                          dtype: torch.dtype = torch.float32) -> GPTModel:
+    """A GPTModel holding HF-layout `tensors`, built on meta and filled by assignment."""
+    with torch.device("meta"):
+        model = GPTModel(config)
+    expected = {k: p.shape for k, p in model.named_parameters()}
+    state = {}
+    try:
+        for key, tensor in iter_converted(_Stream(tensors), config.number_of_layers):
+            if tensor.shape != expected[key]:
+                raise ArchitectureMismatchError(
+                    f"{key}: weights have shape {tuple(tensor.shape)}, the model "
+                    f"{tuple(expected[key])}; pick the model size that matches the weights")
+            state[key] = tensor.to(device=device, dtype=dtype)
+    except KeyError as error:
+        raise ArchitectureMismatchError(f"{error.args[0]}; pick the matching GPT-2 size") from error
+    state["lm_head.weight"] = state["token_embedding.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    model.tie_weights()
+    return model.eval()
+
+
+class _Stream:
+    """A read-once `.items()` over `(key, tensor)` pairs: `iter_converted` then pulls
+    tensors one by one instead of needing every tensor in a dict at once."""
+
+    def __init__(self, pairs: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.pairs = pairs
+
+    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return iter(self.pairs)
+
+
+def load_gpt2_weights(model: GPTModel, model_name_or_path: str | Path = "gpt2") -> GPTModel:
+    """Load GPT-2 weights (hub name, save_pretrained folder, .safetensors or .bin file)
+    into `model`, strictly. Shapes are checked before any weight changes, so a mismatch
+    leaves the model as it was. A model on the meta device is filled by assignment."""
+    if model is None:
+        from utils.training.engine.errors import ModelNotInitializedError
+
+        raise ModelNotInitializedError("no model to load into; build it with GPTModel(config)")
+    files = resolve_weight_files(model_name_or_path)
+    validate_hf_shapes(hf_tensor_shapes(files), model.config, str(model_name_or_path))
+    parameters = dict(model.named_parameters())
+    if any(p.is_meta for p in parameters.values()):
+        state = dict(iter_converted(_Stream(iter_hf_tensors(files)), model.config.number_of_layers))
+        state["lm_head.weight"] = state["token_embedding.weight"]
+        model.load_state_dict(state, strict=True, assign=True)
+        model.tie_weights()
+        return model
+    with torch.no_grad():
+        for key, tensor in iter_converted(_Stream(iter_hf_tensors(files)), model.config.number_of_layers):
+            parameters[key].copy_(tensor)
+    return model
+
+
+def load_openai_gpt2(model_size: str | Path = "small", device: str | torch.device = "cpu",
+                     dtype: torch.dtype = torch.float32, training: bool = False,
+                     memory_check: bool = True) -> tuple[GPTModel, ModelConfig]:
+    """`(model, config)` with OpenAI's GPT-2 weights, in eval mode on `device`.
+
+    `model_size`: `small`/`medium`/`large`/`xl` (or `gpt2`, `gpt2-medium`, ...: downloaded
+    from the hub once), a local `save_pretrained` folder, or a `.safetensors`/`.bin` file.
+    Memory is checked first (`training=True` adds gradients and AdamW state), so a size
+    that does not fit is refused with a suggestion instead of crashing the runtime.
+    """
+    preset = PRESET_ALIASES.get(str(model_size), str(model_size))
+    is_hub_size = preset in HUB_REPOS and not Path(model_size).exists()
+    if is_hub_size and memory_check:
+        check_memory(GPT2_CONFIGS[preset], device, dtype, training, name=f"gpt2-{preset}")
+    files = resolve_weight_files(model_size)
+    config = GPT2_CONFIGS[preset] if is_hub_size else _config_for(model_size, files)
+    if memory_check and not is_hub_size:
+        check_memory(config, device, dtype, training, name=str(model_size))
+    validate_hf_shapes(hf_tensor_shapes(files), config, str(model_size))
+    model = model_from_hf_tensors(iter_hf_tensors(files), config, device, dtype)
+    return model, config
+
+
+# --------------------------------------------------------------------------- export
+
+
+def hf_state_dict_from_model(model: GPTModel) -> dict[str, torch.Tensor]:
+    """GPT2LMHeadModel tensors for `model` (zeros for Q/K/V biases it does not have)."""
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    if not model.config.use_attention_bias:
+        d = model.config.embedding_dimension
+        for i in range(model.config.number_of_layers):
+            for name in ("W_query", "W_key", "W_value"):
+                weight = state[f"transformer_blocks.{i}.attention.{name}.weight"]
+                state[f"transformer_blocks.{i}.attention.{name}.bias"] = weight.new_zeros(d)
+    return convert_custom_to_hf(state, model.config.number_of_layers)
+
+
+def export_to_hf(model: GPTModel, out_dir: str | Path) -> Path:
+    """Write `config.json`, `generation_config.json` and `model.safetensors` that
+    `GPT2LMHeadModel.from_pretrained(out_dir)` loads with no missing or unexpected keys.
+
+    Files are written in a temporary folder next to `out_dir` and moved in when complete,
+    so an interrupted export never leaves a half-written model behind.
+    """
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Q/K/V biases are always present in HF's GPT-2; a bias-free model exports zeros.
+    hf_config = to_hf_config(dataclasses.replace(model.config, use_attention_bias=True),
+                             architectures=["GPT2LMHeadModel"], tie_word_embeddings=True)
+    tensors = hf_state_dict_from_model(model)
+    del tensors["lm_head.weight"]  # tied to wte: HF re-ties it (safetensors rejects shared storage)
+    tensors = {k: v.to(device="cpu", dtype=torch.float32).contiguous() for k, v in tensors.items()}
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
+        save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        hf_config.save_pretrained(tmp)
+        GenerationConfig.from_model_config(hf_config).save_pretrained(tmp)
+        for name in os.listdir(tmp):
+            os.replace(os.path.join(tmp, name), out_dir / name)
+    return out_dir
+
