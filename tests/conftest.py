@@ -1,0 +1,26 @@
+"""Shared fixtures. Nothing here touches the network: GPT-2's BPE comes from the repository's
+tiktoken cache, which `make install` fills (scripts/prepare_tokenizer.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from utils.config import ModelConfig
+from utils.tokenizer import REPO_TIKTOKEN_CACHE
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Set at import, before any test can load tiktoken: tests read GPT-2's BPE from the repo cache
+# (an explicit TIKTOKEN_CACHE_DIR from the caller wins).
+os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(REPO_TIKTOKEN_CACHE))
+
+
+@pytest.fixture
+def tiny_config() -> ModelConfig:
+    """Two layers, 256+1 ids (pairs with `get_tokenizer("byte")`), no dropout: fast and exact."""
+    return ModelConfig(vocab_size=257, context_length=32, embedding_dimension=32,
+                       number_of_heads=4, number_of_layers=2, dropout_rate=0.0,
+                       use_attention_bias=True)
