@@ -156,7 +156,7 @@ print(f"Tokens: {len(corpus.tokens):,} (uint16 memmap, sha256 {corpus.sha256[:12
 ''')
 
 code(8, "Data Statistics", '''
-from utils.data import corpus_statistics
+from utils.notebook import corpus_statistics
 
 print(corpus_statistics(corpus, tokenizer).to_string())
 ''')
@@ -191,16 +191,19 @@ for field, value in model_config.to_dict().items():
 
 code(12, "Memory Check", '''
 # Weights, gradients and AdamW state against the free memory, before anything is allocated.
-from utils.pretrained import check_memory
+from utils.notebook import friendly_errors
+from utils.pretrained.memory import available_ram_bytes, check_memory
 
-print(check_memory(model_config, training=True, device=device))
+with friendly_errors():
+    needed = check_memory(model_config, device=device, training=True, name=MODEL_PRESET)
+    print(f"✅ training {MODEL_PRESET} needs about {needed / 2**30:.2f} GiB "
+          f"(weights, gradients, AdamW); {available_ram_bytes() / 2**30:.1f} GiB RAM free")
 ''')
 
 code(13, "Initialize Model", '''
 # From scratch, or OpenAI's GPT-2 (a Hugging Face name such as "gpt2" or a local folder).
 from utils.model import GPTModel, count_parameters
-from utils.notebook import friendly_errors
-from utils.pretrained import load_openai_gpt2
+from utils.pretrained.huggingface import load_openai_gpt2
 
 with friendly_errors():
     if INIT_FROM in ("", "scratch"):
@@ -321,13 +324,12 @@ with friendly_errors():
 md("## 8 · Inference and evaluation")
 
 code(38, "Generate Text", '''
-from utils.generation import generate_text
+from utils.generation import generate_from_prompt
 
-model.eval()
-prompt_ids = torch.tensor([tokenizer.encode(PROMPT)], device=device)
-output_ids = generate_text(model, prompt_ids, maximum_new_tokens=40, temperature=0.8,
-                           top_k_tokens=50, seed=SEED)
-print(tokenizer.decode(output_ids))
+for temperature in (0.0, 0.8):  # greedy, then sampled (reproducible with SEED)
+    text = generate_from_prompt(model, tokenizer, PROMPT, maximum_new_tokens=40,
+                                temperature=temperature, top_k_tokens=50, seed=SEED)
+    print(f"--- temperature {temperature} ---\n{text}\n")
 ''')
 
 code(39, "Validation Perplexity", '''
@@ -352,7 +354,7 @@ else:
 md("## 9 · Export")
 
 code(41, "Export to Hugging Face", '''
-from utils.pretrained import export_to_hf
+from utils.pretrained.huggingface import export_to_hf
 
 hf_dir = export_to_hf(model, f"{OUTPUT_DIR}/hf_model")
 print(f"✅ saved a transformers folder: GPT2LMHeadModel.from_pretrained({str(hf_dir)!r})")
