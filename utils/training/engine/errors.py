@@ -33,3 +33,34 @@ class UnsafeCheckpointError(CheckpointError):
 
 class CheckpointWriteError(CheckpointError):
     """A checkpoint could not be written (disk full, permissions); earlier ones are intact."""
+
+
+# Finer kinds of the errors above, so a caller (and the bad-file tests) can tell a missing
+# file from a truncated one from a photo. Catching the base class still catches them all.
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint path (or a manual override) names no file."""
+
+
+class EmptyCheckpointError(CorruptCheckpointError):
+    """The file has zero bytes (a write that never happened, or a failed copy)."""
+
+
+class TruncatedCheckpointError(CorruptCheckpointError):
+    """The file starts like a checkpoint but ends early (an interrupted copy or download)."""
+
+
+class NotACheckpointError(CorruptCheckpointError):
+    """The file is some other kind of file: an image, text, JSON, HTML, a folder, ..."""
+
+
+class UnrecognizedCheckpointError(CorruptCheckpointError):
+    """The file loads, but its contents are no checkpoint format we know (no state dict)."""
+
+
+class CheckpointConfigError(CorruptCheckpointError):
+    """The model config is missing from the checkpoint or cannot build a model."""
+
+
+class InvalidWeightsError(CorruptCheckpointError):
+    """The weights hold NaN/Inf or are not floating point."""

@@ -1,0 +1,471 @@
+"""What is inside a checkpoint file, and how to turn it into GPTModel's state dict.
+
+Two questions, answered from the bytes and never from the file name:
+
+1. `sniff_file(path)`: what kind of file is this? A torch zip archive, a legacy torch
+   pickle, a safetensors file, or something else (an image, text, JSON, a truncated copy),
+   in which case it raises an error that names the kind and the fix before any unpickling.
+2. `recognize(payload)`: what does the loaded object hold? Our training checkpoint
+   (`model_state_dict` + `config`), a bare state dict (ours, Hugging Face GPT-2 or nanoGPT
+   names, with `_orig_mod.` / `module.` prefixes stripped), or nanoGPT's `ckpt.pt`. The
+   answer is a `RecognizedCheckpoint` whose state dict uses our names.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from utils.config import GPT2_CONFIGS
+from utils.pretrained.mapping import get_weight_mapping, is_ignored_hf_key, normalize_hf_key
+from utils.training.engine.errors import (
+    CheckpointNotFoundError,
+    EmptyCheckpointError,
+    NotACheckpointError,
+    TruncatedCheckpointError,
+    UnrecognizedCheckpointError,
+)
+
+# Wrappers that add a prefix to every key: torch.compile (`_orig_mod.`) and
+# DistributedDataParallel / DataParallel (`module.`); they can nest in either order.
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+# torch.save's legacy (pre-1.6) format starts with this pickled magic number.
+LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+# Leading bytes of file kinds people pass by mistake, with the fix for each.
+FOREIGN_MAGIC: tuple[tuple[bytes, str, str], ...] = (
+    (b"\x89PNG", "a PNG image", "pass the checkpoint (.pt) file, not a picture"),
+    (b"\xff\xd8\xff", "a JPEG image", "pass the checkpoint (.pt) file, not a picture"),
+    (b"GIF8", "a GIF image", "pass the checkpoint (.pt) file, not a picture"),
+    (b"%PDF", "a PDF document", "pass the checkpoint (.pt) file"),
+    (b"\x1f\x8b", "gzip-compressed data",
+     "decompress it first (`gunzip FILE` or `tar xzf FILE`) and pass the .pt inside"),
+    (b"BZh", "bzip2-compressed data", "decompress it first (`bunzip2 FILE`)"),
+    (b"\xfd7zXZ", "xz-compressed data", "decompress it first (`unxz FILE`)"),
+    (b"7z\xbc\xaf", "a 7-Zip archive", "extract it first and pass the .pt inside"),
+    (b"\x93NUMPY", "a NumPy .npy array", "save the model with torch.save(...) instead"),
+    (b"\x89HDF", "an HDF5 file (Keras/TensorFlow?)",
+     "convert it to a PyTorch checkpoint; for OpenAI's TF release use load_tf_checkpoint"),
+    (b"\x7fELF", "a program (ELF executable)", "pass the checkpoint (.pt) file"),
+)
+
+
+@dataclass
+class RecognizedCheckpoint:
+    """A checkpoint's contents in our terms.
+
+    `state_dict` uses GPTModel's names; `config` is a ModelConfig dict or None (a bare state
+    dict whose shapes match no preset); `metadata` is everything else the file held
+    (epoch, losses, optimizer state, ...); `notes` says what was converted, for the report.
+    """
+
+    format: str
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any] | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------
+# 1. What kind of file is it?
+# ---------------------------------------------------------------------------------------
+
+def _nearby_checkpoints(folder: Path, limit: int = 5) -> list[str]:
+    if not folder.is_dir():
+        return []
+    names = sorted(p.name for p in folder.iterdir()
+                   if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
+    return names[:limit]
+
+
+def sniff_file(path: Path) -> str:
+    """'zip', 'legacy', 'pickle' or 'safetensors'; anything else raises a `CheckpointError`."""
+    if not path.exists():
+        nearby = _nearby_checkpoints(path.parent)
+        hint = (f"checkpoints in {path.parent}/: {nearby}" if nearby
+                else f"{path.parent}/ holds no checkpoint files")
+        raise CheckpointNotFoundError(
+            f"No checkpoint file at {path}. Fix: check the path and file name ({hint}); "
+            "run training (Cell 32) to create checkpoints.")
+    if path.is_dir():
+        inside = _nearby_checkpoints(path)
+        raise NotACheckpointError(
+            f"{path} is a folder, not a checkpoint file. Fix: pass one file inside it"
+            f"{' (for example ' + ', '.join(inside) + ')' if inside else ''}, or use "
+            "select_checkpoint(checkpoint_dir=...) to pick the best checkpoint of a folder.")
+    size = path.stat().st_size
+    if size == 0:
+        raise EmptyCheckpointError(
+            f"{path} is empty (0 bytes): the save or copy that made it never wrote any data. "
+            "Fix: delete it and use another checkpoint, or copy the file again.")
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+
+    if head.startswith(b"PK\x03\x04"):
+        return _sniff_zip(path, size)
+    if head.startswith(LEGACY_TORCH_MAGIC):
+        return "legacy"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{":
+        header_length = int.from_bytes(head[:8], "little")
+        if header_length + 8 > size:
+            raise TruncatedCheckpointError(
+                f"{path} is a truncated safetensors file: its header says "
+                f"{header_length + 8} bytes or more, the file has {size}. Fix: copy or "
+                "download it again completely.")
+        return "safetensors"
+    for magic, kind, fix in FOREIGN_MAGIC:
+        if head.startswith(magic):
+            raise NotACheckpointError(f"{path} is {kind}, not a checkpoint. Fix: {fix}.")
+    raise NotACheckpointError(_describe_foreign_file(path, head, size))
+
+
+def _sniff_zip(path: Path, size: int) -> str:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile as error:
+        raise TruncatedCheckpointError(
+            f"{path} starts like a PyTorch checkpoint (a zip archive) but its end is "
+            f"missing ({size:,} bytes; {error}). The copy, download or save was "
+            "interrupted. Fix: copy it again, or choose another checkpoint "
+            "(list_checkpoints skips such files).") from error
+    if not any(name.endswith("data.pkl") for name in names):
+        raise NotACheckpointError(
+            f"{path} is a zip archive but not a PyTorch checkpoint (no data.pkl inside; "
+            f"it holds {names[:3]}{'...' if len(names) > 3 else ''}). Fix: if it is a "
+            "zipped folder or a NumPy .npz, extract it and pass the .pt file inside.")
+    return "zip"
+
+
+def _describe_foreign_file(path: Path, head: bytes, size: int) -> str:
+    """The message for a file that is not binary checkpoint data at all."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        return (f"{path} is not a checkpoint: its first bytes {head[:8]!r} match no format "
+                "torch.save or safetensors writes (random or damaged data). Fix: use "
+                "another checkpoint, or copy this one again.")
+    stripped = text.lstrip()
+    if stripped.startswith("version https://git-lfs"):
+        return (f"{path} is a Git LFS pointer (a small text file), not the checkpoint "
+                "itself. Fix: run `git lfs pull` to fetch the real file.")
+    if stripped[:15].lower().startswith(("<!doctype html", "<html")):
+        return (f"{path} is an HTML page (a failed download or a login/virus-scan page), "
+                "not a checkpoint. Fix: download the file again from its real link.")
+    if stripped[:1] in "{[" and size < 10_000_000:
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        if data is not None:
+            if isinstance(data, dict) and {"epoch", "val_loss"} & set(data):
+                real = path.with_suffix("") if path.suffix == ".json" else None
+                return (f"{path} is a checkpoint's JSON sidecar (metadata only, no weights). "
+                        f"Fix: pass the checkpoint itself{f' ({real.name})' if real else ''}.")
+            return (f"{path} is a JSON file, not a checkpoint. Fix: pass the .pt checkpoint "
+                    "file; a Hugging Face config.json belongs next to model.safetensors.")
+    return (f"{path} is a text file ({size:,} bytes, starting {stripped[:40]!r}), not a "
+            "checkpoint. Fix: pass the .pt file written by training (Cell 32).")
+
+
+# ---------------------------------------------------------------------------------------
+# 2. What does the loaded object hold?
+# ---------------------------------------------------------------------------------------
+
+def strip_wrapper_prefixes(state_dict: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Remove `_orig_mod.` / `module.` from every key (nested in any order); name what went."""
+    stripped: dict[str, Any] = {}
+    removed: set[str] = set()
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+                    removed.add(prefix)
+        stripped[key] = value
+    notes = [f"removed the {prefix!r} prefix ({'torch.compile' if prefix == '_orig_mod.' else 'DDP/DataParallel'}) from the keys"
+             for prefix in WRAPPER_PREFIXES if prefix in removed]
+    return stripped, notes
+
+
+def _require_tensor_dict(state_dict: Any, where: str) -> dict[str, torch.Tensor]:
+    if not isinstance(state_dict, Mapping):
+        raise UnrecognizedCheckpointError(
+            f"the checkpoint's {where} is a {type(state_dict).__name__}, not a dict of "
+            "tensors. Fix: save model.state_dict() there.")
+    if not state_dict:
+        raise UnrecognizedCheckpointError(
+            f"the checkpoint's {where} is empty: it holds no weights. Fix: save "
+            "model.state_dict() there, and use another checkpoint meanwhile.")
+    for key, value in state_dict.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise UnrecognizedCheckpointError(
+                f"the checkpoint's {where} maps {key!r} to a {type(value).__name__}, not a "
+                "tensor. Fix: save model.state_dict() (name -> tensor) there.")
+    return dict(state_dict)
+
+
+def _looks_like_state_dict(payload: Mapping) -> bool:
+    return bool(payload) and all(isinstance(v, torch.Tensor) for v in payload.values())
+
+
+def recognize(payload: Any, hf_config: dict | None = None,
+              fallback_config: Any = None) -> RecognizedCheckpoint:
+    """Our state dict, config and metadata from whatever `torch.load` returned.
+
+    `hf_config` is a Hugging Face `config.json` found next to the file (it names the head
+    count, which weight shapes cannot tell); `fallback_config` is the caller's config, used
+    when the file carries none (a bare state dict).
+    """
+    if isinstance(payload, torch.Tensor):
+        raise UnrecognizedCheckpointError(
+            f"the file holds a single tensor of shape {list(payload.shape)}, not a checkpoint "
+            "dict. Fix: save {'model_state_dict': model.state_dict(), 'config': "
+            "config.to_dict()} (utils.training.engine.checkpoint does this for you).")
+    if not isinstance(payload, Mapping):
+        raise UnrecognizedCheckpointError(
+            f"the file holds a {type(payload).__name__}, not a checkpoint dict. Fix: save a "
+            "dict with 'model_state_dict' and 'config'.")
+    if "model_state_dict" in payload:
+        metadata = {k: v for k, v in payload.items() if k != "model_state_dict"}
+        return _from_state_dict(payload["model_state_dict"],
+                                payload.get("config") or fallback_config, metadata,
+                                "model_state_dict", None, format_name="training checkpoint")
+    if "model" in payload and "model_args" in payload:
+        return _from_nanogpt_checkpoint(payload)
+    if isinstance(payload.get("state_dict"), Mapping):  # PyTorch Lightning and friends
+        metadata = {k: v for k, v in payload.items() if k != "state_dict"}
+        return _from_state_dict(payload["state_dict"], payload.get("config") or fallback_config,
+                                metadata, "state dict in 'state_dict'", hf_config)
+    if _looks_like_state_dict(payload):
+        return _from_state_dict(payload, fallback_config, {}, "bare state dict", hf_config)
+    keys = sorted(map(str, payload))
+    if {"state", "param_groups"} <= set(payload):
+        what = "an optimizer state dict (no model weights)"
+    else:
+        what = f"a dict without model weights (keys: {keys[:8]}{'...' if len(keys) > 8 else ''})"
+    raise UnrecognizedCheckpointError(
+        f"the file holds {what}; expected a 'model_state_dict' entry, a bare state dict, "
+        "a Hugging Face GPT-2 state dict or nanoGPT's ckpt.pt. Fix: pass a checkpoint "
+        "written by training (Cell 32), which stores model_state_dict and config.")
+
+
+def _from_nanogpt_checkpoint(payload: Mapping) -> RecognizedCheckpoint:
+    args = payload["model_args"]
+    if not isinstance(args, Mapping) or not {"n_layer", "n_head", "n_embd"} <= set(args):
+        raise UnrecognizedCheckpointError(
+            "the file looks like nanoGPT's ckpt.pt but its model_args lack n_layer/n_head/"
+            f"n_embd (got {args!r}). Fix: use a ckpt.pt written by nanoGPT's train.py.")
+    config = {
+        "vocab_size": int(args.get("vocab_size", 50304)),
+        "context_length": int(args.get("block_size", 1024)),
+        "embedding_dimension": int(args["n_embd"]),
+        "number_of_heads": int(args["n_head"]),
+        "number_of_layers": int(args["n_layer"]),
+        "dropout_rate": float(args.get("dropout", 0.0)),
+        "use_attention_bias": bool(args.get("bias", True)),
+    }
+    train_config = payload.get("config") if isinstance(payload.get("config"), Mapping) else {}
+    metadata = {k: v for k, v in payload.items() if k not in ("model", "config")}
+    metadata.update(training_config=dict(train_config), global_step=payload.get("iter_num"),
+                    val_loss=payload.get("best_val_loss"),
+                    learning_rate=train_config.get("learning_rate"))
+    state_dict, notes = strip_wrapper_prefixes(_require_tensor_dict(payload["model"], "model"))
+    state_dict, more = convert_nanogpt_to_custom(state_dict, config)
+    metadata["gelu_approximate"] = "none"
+    return RecognizedCheckpoint("nanoGPT ckpt.pt", state_dict, config, metadata, notes + more)
+
+
+def _from_state_dict(raw: Any, config: Any, metadata: dict, where: str, hf_config: dict | None,
+                     format_name: str | None = None) -> RecognizedCheckpoint:
+    state_dict, notes = strip_wrapper_prefixes(_require_tensor_dict(raw, where))
+    naming = detect_naming(state_dict)
+    if naming == "ours":
+        name = format_name or where
+    elif naming == "huggingface":
+        name = "Hugging Face GPT-2 state dict"
+        state_dict, more = convert_hf_tolerant(state_dict)
+        notes += more
+        config = config or (hf_config_to_model_config(hf_config) if hf_config else None)
+    else:
+        name = "nanoGPT state dict"
+        if config is None:
+            config, note = infer_config(state_dict, naming="nanogpt")
+            notes += [note] if note else []
+        if config is not None:
+            config = _config_dict(config)
+            state_dict, more = convert_nanogpt_to_custom(state_dict, config)
+            notes += more
+            metadata = {**metadata, "gelu_approximate": "none"}
+    if config is None:
+        config, note = infer_config(state_dict)
+        if note:
+            notes.append(note)
+    return RecognizedCheckpoint(name, state_dict, config, metadata, notes)
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    """A ModelConfig (trusted pickles hold one) or a dict, as a dict."""
+    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def detect_naming(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """'ours', 'huggingface' (Conv1D [in, out] weights) or 'nanogpt' (Linear [out, in])."""
+    if "token_embedding.weight" in state_dict:
+        return "ours"
+    keys = [normalize_hf_key(k) for k in state_dict]
+    if "transformer.wte.weight" not in keys:
+        sample = sorted(state_dict)[:5]
+        raise UnrecognizedCheckpointError(
+            f"the state dict's names ({sample}...) are neither GPTModel's "
+            "(token_embedding.weight, transformer_blocks.N...), Hugging Face GPT-2's nor "
+            "nanoGPT's (transformer.wte.weight, transformer.h.N...). Fix: pass a checkpoint "
+            "of a GPT-2 style model, or convert its names to GPTModel's first.")
+    normalized = {normalize_hf_key(k): v for k, v in state_dict.items()}
+    c_attn = normalized.get("transformer.h.0.attn.c_attn.weight")
+    if c_attn is not None and c_attn.dim() == 2 and c_attn.shape[0] == 3 * c_attn.shape[1]:
+        return "nanogpt"
+    return "huggingface"
+
+
+def convert_hf_tolerant(hf_state_dict: Mapping[str, torch.Tensor]
+                        ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """HF GPT-2 names -> ours, keeping unknown keys as they are (validation names them).
+
+    Unlike `convert_hf_to_custom` this never raises on a missing or extra key: the loader
+    compares the result with the model and reports every difference in one error.
+    """
+    normalized = {normalize_hf_key(k): v for k, v in hf_state_dict.items()}
+    layers = 1 + max((int(m.group(1)) for k in normalized
+                      if (m := re.match(r"transformer\.h\.(\d+)\.", k))), default=-1)
+    mapping = get_weight_mapping(layers)
+    converted: dict[str, torch.Tensor] = {}
+    for key, tensor in normalized.items():
+        if key in mapping:
+            targets, transform = mapping[key]
+            outputs = transform(tensor)
+            if isinstance(targets, str):
+                targets, outputs = (targets,), (outputs,)
+            for target, output in zip(targets, outputs, strict=True):
+                converted[target] = output.contiguous()
+        elif not is_ignored_hf_key(key):
+            converted[key] = tensor
+    if "token_embedding.weight" in converted:
+        converted["lm_head.weight"] = converted["token_embedding.weight"]
+    return converted, ["converted Hugging Face GPT-2 names and Conv1D [in, out] layout "
+                       "to GPTModel's (c_attn split into W_query/W_key/W_value)"]
+
+
+def convert_nanogpt_to_custom(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]
+                              ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """nanoGPT's names (torch Linear layout, fused c_attn) -> ours.
+
+    nanoGPT with `bias=False` has no LayerNorm or Linear biases; GPTModel always has the
+    LayerNorm shift and the out_proj/feed-forward biases, so those become zeros (the same
+    maths). Unknown keys pass through unchanged so validation can report them.
+    """
+    d = int(config["embedding_dimension"])
+    sd = dict(state_dict)
+    out: dict[str, torch.Tensor] = {}
+    filled: list[str] = []
+
+    def take(src: str, dst: str, zeros: int | None = None) -> None:
+        if src in sd:
+            out[dst] = sd.pop(src)
+        elif zeros is not None:
+            like = sd.get("transformer.wte.weight")
+            out[dst] = torch.zeros(zeros, dtype=like.dtype if like is not None else None)
+            filled.append(dst)
+
+    take("transformer.wte.weight", "token_embedding.weight")
+    take("transformer.wpe.weight", "position_embedding.weight")
+    for i in range(int(config["number_of_layers"])):
+        src, dst = f"transformer.h.{i}.", f"transformer_blocks.{i}."
+        take(src + "ln_1.weight", dst + "norm1.scale")
+        take(src + "ln_1.bias", dst + "norm1.shift", zeros=d)
+        qkv = [dst + f"attention.{n}" for n in ("W_query", "W_key", "W_value")]
+        if src + "attn.c_attn.weight" in sd:
+            for name, part in zip(qkv, sd.pop(src + "attn.c_attn.weight").chunk(3, dim=0),
+                                  strict=True):
+                out[name + ".weight"] = part.contiguous()
+        if src + "attn.c_attn.bias" in sd:
+            for name, part in zip(qkv, sd.pop(src + "attn.c_attn.bias").chunk(3, dim=0),
+                                  strict=True):
+                out[name + ".bias"] = part.contiguous()
+        sd.pop(src + "attn.bias", None)  # nanoGPT's causal-mask buffer, not a weight
+        take(src + "attn.c_proj.weight", dst + "attention.out_proj.weight")
+        take(src + "attn.c_proj.bias", dst + "attention.out_proj.bias", zeros=d)
+        take(src + "ln_2.weight", dst + "norm2.scale")
+        take(src + "ln_2.bias", dst + "norm2.shift", zeros=d)
+        take(src + "mlp.c_fc.weight", dst + "feed_forward.net.0.weight")
+        take(src + "mlp.c_fc.bias", dst + "feed_forward.net.0.bias", zeros=4 * d)
+        take(src + "mlp.c_proj.weight", dst + "feed_forward.net.2.weight")
+        take(src + "mlp.c_proj.bias", dst + "feed_forward.net.2.bias", zeros=d)
+    take("transformer.ln_f.weight", "final_norm.scale")
+    take("transformer.ln_f.bias", "final_norm.shift", zeros=d)
+    take("lm_head.weight", "lm_head.weight")
+    out.update(sd)  # whatever is left is unexpected; validation names it
+    notes = ["converted nanoGPT names (fused c_attn split into W_query/W_key/W_value); "
+             "GELU set to nanoGPT's exact (erf) form"]
+    if filled:
+        notes.append(f"filled {len(filled)} bias/shift tensors with zeros (nanoGPT bias=False)")
+    return out, notes
+
+
+def hf_config_to_model_config(hf_config: Mapping[str, Any]) -> dict[str, Any]:
+    """A Hugging Face GPT-2 `config.json` as a ModelConfig dict."""
+    return {
+        "vocab_size": int(hf_config.get("vocab_size", 50257)),
+        "context_length": int(hf_config.get("n_positions", hf_config.get("n_ctx", 1024))),
+        "embedding_dimension": int(hf_config.get("n_embd", 768)),
+        "number_of_heads": int(hf_config.get("n_head", 12)),
+        "number_of_layers": int(hf_config.get("n_layer", 12)),
+        "dropout_rate": float(hf_config.get("resid_pdrop", 0.1)),
+        "use_attention_bias": True,
+    }
+
+
+def infer_config(state_dict: Mapping[str, torch.Tensor], naming: str = "ours"
+                 ) -> tuple[dict[str, Any] | None, str | None]:
+    """A config from the weight shapes, when they match a GPT-2 preset exactly.
+
+    Shapes give vocabulary, context, width and depth, but not the number of heads, so we
+    only trust a preset's head count when every other shape is that preset's.
+    """
+    if naming == "nanogpt":
+        wte, wpe = "transformer.wte.weight", "transformer.wpe.weight"
+        block = re.compile(r"transformer\.h\.(\d+)\.")
+        bias_key = "transformer.h.0.attn.c_attn.bias"
+    else:
+        wte, wpe = "token_embedding.weight", "position_embedding.weight"
+        block = re.compile(r"transformer_blocks\.(\d+)\.")
+        bias_key = "transformer_blocks.0.attention.W_query.bias"
+    if wte not in state_dict or wpe not in state_dict:
+        return None, None
+    vocab, dim = state_dict[wte].shape
+    context = state_dict[wpe].shape[0]
+    layers = 1 + max((int(m.group(1)) for k in state_dict if (m := block.match(k))), default=-1)
+    for name, preset in GPT2_CONFIGS.items():
+        if (preset.vocab_size, preset.context_length, preset.embedding_dimension,
+                preset.number_of_layers) == (vocab, context, dim, layers):
+            config = preset.to_dict()
+            config["use_attention_bias"] = bias_key in state_dict
+            return config, (f"no config in the file: shapes match GPT-2 preset {name!r}, so "
+                            f"number_of_heads={preset.number_of_heads} was assumed")
+    return None, None
