@@ -5,7 +5,7 @@
 
 Edit the cells here, not in the notebook: diffs stay small and every cell stays a few lines
 that call `utils`. Cell numbers 13 and 32-35 are fixed (the recovery guide and seed 003 refer
-to them); the others count up in order, so the numbers jump from 18 to 32.
+to them); the others count up in order, so the numbers jump from 16 to 32.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ and Cell 35. Cell 37 resumes training from the latest checkpoint. The checkpoint
 Google Drive in Colab, so they survive the runtime. See `docs/03-crash-recovery-colab.md`.
 
 Cell numbers 13 and 32–35 are fixed because the guides refer to them; the numbers jump from
-18 to 32.
+16 to 32.
 """)
 
 md("## 1 · Set-up")
@@ -77,7 +77,7 @@ code(2, "Install Requirements", '''
 # Installs requirements.txt only when something is missing (Colab lacks tiktoken); Colab's
 # own torch is kept. Prepares GPT-2's tokenizer so the rest works offline.
 from utils.notebook import install_requirements
-install_requirements("requirements.txt")
+installed = install_requirements("requirements.txt")
 ''')
 
 code(3, "Settings", '''
