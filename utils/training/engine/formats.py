@@ -124,11 +124,29 @@ def sniff_file(path: Path) -> str:
                 f"{path} is a truncated safetensors file: its header says "
                 f"{header_length + 8} bytes or more, the file has {size}. Fix: copy or "
                 "download it again completely.")
+        _check_safetensors_length(path, header_length, size)
         return "safetensors"
     for magic, kind, fix in FOREIGN_MAGIC:
         if head.startswith(magic):
             raise NotACheckpointError(f"{path} is {kind}, not a checkpoint. Fix: {fix}.")
     raise NotACheckpointError(_describe_foreign_file(path, head, size))
+
+
+def _check_safetensors_length(path: Path, header_length: int, size: int) -> None:
+    """The header lists each tensor's byte range: the file must reach the last one."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(8)
+            header = json.loads(handle.read(header_length))
+        end = max((entry["data_offsets"][1] for name, entry in header.items()
+                   if name != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return  # a broken header: safetensors itself reports it when reading
+    if 8 + header_length + end > size:
+        raise TruncatedCheckpointError(
+            f"{path} is a truncated safetensors file: its tensors need "
+            f"{8 + header_length + end:,} bytes, the file has {size:,}. Fix: copy or "
+            "download it again completely.")
 
 
 def _sniff_zip(path: Path, size: int) -> str:

@@ -22,10 +22,13 @@ atomically, which is safe); `load_model_weights` always copies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import re
+import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,8 +116,22 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> Any:
                 "(--trust-checkpoint on the command line), then re-save it with torch.save.")
         with open(path, "rb") as handle:
             return _translate_errors(path, lambda: pickle.load(handle))
-    return _translate_errors(path, lambda: torch.load(
-        path, map_location="cpu", weights_only=not trust_checkpoint, mmap=kind == "zip"))
+    with _name_torch_will_not_redirect(path) as readable:
+        return _translate_errors(path, lambda: torch.load(
+            readable, map_location="cpu", weights_only=not trust_checkpoint, mmap=kind == "zip"))
+
+
+@contextlib.contextmanager
+def _name_torch_will_not_redirect(path: Path) -> Iterator[Path]:
+    """`torch.load` hands any `*.safetensors` path to safetensors, by name. A torch file
+    misnamed so is read through a temporary `.pt` symlink (the memory map outlives it)."""
+    if not path.name.endswith(".safetensors"):
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        link = Path(folder) / "checkpoint.pt"
+        link.symlink_to(path.resolve())
+        yield link
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
