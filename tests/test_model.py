@@ -150,3 +150,15 @@ def test_context_length_overflow_is_a_clear_error():
     model = tiny_model()
     with pytest.raises(ValueError, match="context_length 32"):
         model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_last_position_only_gives_the_last_logits():
+    model = tiny_model()
+    ids = torch.randint(0, TINY.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = model(ids)
+        last = model(ids, last_position_only=True)
+    assert last.shape == (2, 1, TINY.vocab_size)
+    torch.testing.assert_close(last, full[:, -1:], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="no loss"):
+        model(ids, ids, last_position_only=True)

@@ -58,7 +58,11 @@ class GPTModel(nn.Module):
                        weight.device, weight.dtype)
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None):
+                kv_cache: KVCache | None = None, last_position_only: bool = False):
+        """Logits `[B, T, vocab]` (`[B, 1, vocab]` with `last_position_only`, which skips the
+        head's biggest matrix product for all but the last position when generating)."""
+        if last_position_only and targets is not None:
+            raise ValueError("last_position_only=True gives no loss; pass targets without it")
         batch, length = input_ids.shape
         start = kv_cache.length if kv_cache is not None else 0
         if start + length > self.config.context_length:
@@ -72,6 +76,8 @@ class GPTModel(nn.Module):
             x = block(x, kv_cache)
         if kv_cache is not None:
             kv_cache.length += length
+        if last_position_only:
+            x = x[:, -1:]
         logits = self.lm_head(self.final_norm(x))
         if targets is None:
             return logits
