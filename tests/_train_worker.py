@@ -1,0 +1,71 @@
+"""A tiny training run used by the kill-and-resume tests (run as a script or imported).
+
+    python tests/_train_worker.py CHECKPOINT_DIR OUT_FILE [--resume auto|none]
+
+Prints `step N` after every optimizer step (the tests kill it at chosen steps) and, when
+it reaches the end, saves the final parameters and metrics history to OUT_FILE.
+Everything is seeded and single-threaded, so two runs compute bit for bit the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from utils.config import ModelConfig, TrainingConfig  # noqa: E402
+from utils.model import GPTModel  # noqa: E402
+
+MODEL = ModelConfig(vocab_size=64, context_length=16, embedding_dimension=32,
+                    number_of_heads=2, number_of_layers=2, dropout_rate=0.2)
+STEPS = 24
+
+
+def tokens() -> tuple[np.ndarray, np.ndarray]:
+    data = np.random.default_rng(1234).integers(0, MODEL.vocab_size, 6000).astype(np.uint16)
+    return data[:5000], data[5000:]
+
+
+def make_trainer(checkpoint_dir: str | Path, steps: int = STEPS, **overrides):
+    """Model and Trainer as every run of the test builds them."""
+    from utils.training.engine.trainer import Trainer
+
+    torch.manual_seed(0)
+    model = GPTModel(MODEL)
+    settings = dict(max_steps=steps, warmup_steps=4, learning_rate=3e-3,
+                    min_learning_rate=3e-4, batch_size=4, gradient_accumulation_steps=2,
+                    eval_interval=1, eval_batches=2, checkpoint_interval=3,
+                    checkpoint_dir=str(checkpoint_dir), keep_last=2, keep_best=1, seed=7)
+    settings.update(overrides)
+    train, val = tokens()
+    return Trainer(model, TrainingConfig(**settings), train, val, tokenizer_name="byte",
+                   progress=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("checkpoint_dir")
+    parser.add_argument("out")
+    parser.add_argument("--resume", choices=["auto", "none"], default="none")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    from utils.training.engine.recovery import latest_checkpoint
+
+    trainer = make_trainer(args.checkpoint_dir)
+    trainer.callbacks.append(lambda record: print(f"step {record['step']}", flush=True))
+    resume = None
+    if args.resume == "auto" and latest_checkpoint(args.checkpoint_dir) is not None:
+        resume = "latest"
+    print(f"resume {resume} from {trainer.global_step}", flush=True)
+    history = trainer.fit(resume_from=resume)
+    torch.save({"model": trainer.model.state_dict(), "history": history}, args.out)
+    print("done", flush=True)
+
+
+if __name__ == "__main__":
+    main()

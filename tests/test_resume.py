@@ -1,0 +1,153 @@
+"""Exact resume after SIGKILL: real processes, killed at random steps and mid-write.
+
+The chain of runs below trains one model to STEPS steps in four processes: two killed at
+random steps, one killed while its background writer is inside a checkpoint write (after
+the temporary file is complete, before the rename), and one that finishes. The result
+must be bitwise equal to one uninterrupted run, with the same metrics history.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests import _train_worker as worker
+from utils.training.engine.recovery import list_checkpoints
+
+WORKER = Path(worker.__file__)
+DETERMINISTIC = ("step", "epoch", "train_loss", "val_loss", "perplexity", "learning_rate",
+                 "tokens_seen")
+
+
+def _start(checkpoint_dir: Path, out: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(checkpoint_dir), str(out), "--resume", "auto"],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ, **(env or {})))
+
+
+def _kill_after_step(process: subprocess.Popen, step: int) -> None:
+    for line in process.stdout:
+        if line.strip() == f"step {step}":
+            break
+    else:
+        pytest.fail(f"worker ended before step {step} (exit code {process.wait()})")
+    process.send_signal(signal.SIGKILL)  # the worker has run on meanwhile: a random moment
+    process.wait()
+
+
+def _kill_during_write(process: subprocess.Popen, checkpoint_dir: Path) -> Path:
+    deadline = time.monotonic() + 120
+    while not list(checkpoint_dir.glob(".checkpoint_*.pt.tmp")):
+        assert process.poll() is None, "worker exited before writing a checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint write started"
+        time.sleep(0.02)
+    time.sleep(0.3)  # temporary file written and fsynced; the writer sleeps before replace
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    [temporary] = checkpoint_dir.glob(".checkpoint_*.pt.tmp")
+    return temporary
+
+
+def _assert_only_valid_checkpoints(checkpoint_dir: Path) -> None:
+    infos = list_checkpoints(checkpoint_dir, include_invalid=True)
+    assert infos and all(info.valid for info in infos), infos
+    assert not any(info.filename.startswith(".") for info in infos)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run, in this process, single-threaded like the workers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trainer = worker.make_trainer(tmp_path_factory.mktemp("reference"))
+        history = trainer.fit()
+    finally:
+        torch.set_num_threads(threads)
+    return trainer.model.state_dict(), history
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(tmp_path, reference):
+    kill_steps = sorted(random.Random(os.getpid()).sample(range(2, worker.STEPS - 6), 2))
+    print(f"kill points: after steps {kill_steps}, then during a checkpoint write")
+    checkpoint_dir, out = tmp_path / "checkpoints", tmp_path / "final.pt"
+
+    for step in kill_steps:
+        _kill_after_step(_start(checkpoint_dir, out), step)
+        _assert_only_valid_checkpoints(checkpoint_dir)
+    before = {info.global_step for info in list_checkpoints(checkpoint_dir)}
+
+    slow_writes = _start(checkpoint_dir, out, env={"UTILS_TEST_CHECKPOINT_SLEEP": "60"})
+    temporary = _kill_during_write(slow_writes, checkpoint_dir)
+    _assert_only_valid_checkpoints(checkpoint_dir)
+    assert {info.global_step for info in list_checkpoints(checkpoint_dir)} == before
+    assert temporary.stat().st_size > 0  # complete but never renamed, never listed
+
+    finish = _start(checkpoint_dir, out)
+    output, _ = finish.communicate(timeout=120)
+    assert finish.returncode == 0, output
+    assert "done" in output and not temporary.exists()  # the stale write was cleaned up
+    final = torch.load(out, weights_only=True)
+
+    reference_state, reference_history = reference
+    assert final["model"].keys() == reference_state.keys()
+    for name, tensor in reference_state.items():
+        assert torch.equal(final["model"][name], tensor), f"{name} differs after resume"
+    assert len(final["history"]) == len(reference_history) == worker.STEPS
+    for resumed, uninterrupted in zip(final["history"], reference_history, strict=True):
+        assert {k: resumed[k] for k in DETERMINISTIC} == \
+               {k: uninterrupted[k] for k in DETERMINISTIC}
+    # the final checkpoint is the uninterrupted run's final state too
+    latest = max(list_checkpoints(checkpoint_dir), key=lambda info: info.global_step)
+    assert latest.global_step == worker.STEPS
+    saved = torch.load(latest.path, weights_only=True)["model_state_dict"]
+    assert all(torch.equal(saved[name], tensor) for name, tensor in reference_state.items())
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_at(step: int):
+    def callback(record):
+        if record["step"] == step:
+            raise _Crash(step)
+    return callback
+
+
+@pytest.mark.parametrize("restore_rng", [True, False])
+def test_in_process_crash_then_resume_needs_the_rng_state(tmp_path, reference, monkeypatch,
+                                                          restore_rng):
+    """A crash after step 10 (checkpoint at 9), then resume: exact with the saved RNG state;
+    without it (dropout 0.2 draws other masks) the weights differ, so the test can fail."""
+    from utils.training.engine import trainer as trainer_module
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        first = worker.make_trainer(tmp_path)
+        first.callbacks.append(_crash_at(10))
+        with pytest.raises(_Crash):
+            first.fit()
+        if not restore_rng:
+            monkeypatch.setattr(trainer_module, "set_rng_state", lambda state: None)
+        torch.manual_seed(12345)  # whatever state the new process happens to have
+        resumed = worker.make_trainer(tmp_path)
+        history = resumed.fit(resume_from="latest")
+    finally:
+        torch.set_num_threads(threads)
+    reference_state, reference_history = reference
+    same = all(torch.equal(resumed.model.state_dict()[k], v) for k, v in reference_state.items())
+    assert same == restore_rng
+    assert [h["step"] for h in history] == list(range(1, worker.STEPS + 1))
+    if restore_rng:
+        assert [h["train_loss"] for h in history] == [h["train_loss"] for h in reference_history]

@@ -1,0 +1,538 @@
+"""`Trainer`: AdamW + warm-up/cosine schedule, evaluation, checkpoints and exact resume.
+
+One optimizer step = `gradient_accumulation_steps` micro-batches from the `BatchLoader`.
+Every evaluation appends one record to `metrics_history`; every checkpoint is preceded by an
+evaluation, so a checkpoint's `val_loss` belongs to exactly the weights it holds, and the
+per-interval training-loss average restarts at each checkpoint (nothing half-accumulated is
+lost on resume). A resumed run restores model, optimizer, scheduler, scaler, every RNG,
+the data position and the history, and continues bit for bit like an uninterrupted one.
+
+The same code runs in one process and under `torchrun` (see `distributed.py`): each rank
+trains on its slice of every batch, gradients are averaged by DDP, rank 0 writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.config import ModelConfig, TrainingConfig
+from utils.data import BatchLoader
+from utils.training.engine.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointWriter,
+    read_best_val_loss,
+    remove_stale_temp_files,
+)
+from utils.training.engine.distributed import (
+    DistributedContext,
+    cleanup_distributed,
+    launch_info,
+    setup_distributed,
+    unwrap_model,
+)
+from utils.training.engine.errors import (
+    ArchitectureMismatchError,
+    CheckpointWriteError,
+)
+from utils.training.engine.recovery import (
+    latest_checkpoint,
+    load_checkpoint_file,
+    no_checkpoints_error,
+)
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+# --------------------------------------------------------------------------------------
+# Pieces that do not need a Trainer
+# --------------------------------------------------------------------------------------
+
+def logits_of(output: Any) -> torch.Tensor:
+    """Logits from a model's output: a tensor (GPTModel), `.logits` (Hugging Face), or a
+    tuple whose first element is the logits."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "logits"):
+        return output.logits
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}")
+
+
+def language_model_loss(model: nn.Module, inputs: torch.Tensor,
+                        targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of `model(inputs)` against `targets`."""
+    logits = logits_of(model(inputs))
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: BatchLoader, batches: int = 20,
+             device: str | torch.device | None = None,
+             autocast: contextlib.AbstractContextManager | None = None) -> float:
+    """Mean loss over batches 0..batches-1 of `loader` (the same batches every call).
+
+    The model is put in eval mode (no dropout) and restored to its previous mode.
+    """
+    device = torch.device(device) if device else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    try:
+        for index in range(batches):
+            inputs, targets = loader.get_batch(index)
+            with autocast or contextlib.nullcontext():
+                loss = language_model_loss(model, inputs.to(device), targets.to(device))
+            total += loss.item()
+    finally:
+        model.train(was_training)
+    return total / batches
+
+
+def lr_at(step: int, config: TrainingConfig, total_steps: int) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warm-up, then cosine decay
+    from `learning_rate` to `min_learning_rate` at `total_steps`."""
+    peak, floor = config.learning_rate, config.min_learning_rate
+    if step < config.warmup_steps:
+        return peak * (step + 1) / config.warmup_steps
+    decay_steps = max(1, total_steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / decay_steps)
+    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
+
+
+def build_optimizer(model: nn.Module, config: TrainingConfig,
+                    device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embeddings only (dim >= 2), not on biases
+    and LayerNorm parameters; the fused kernel on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]  # the tied head counts once
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=config.betas, **extra)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the training loop may draw from, as plain types and ByteTensors."""
+    version, internal, gauss_next = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(internal), gauss_next],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def model_config_dict(model: nn.Module) -> dict[str, Any]:
+    """The checkpoint's `config`: `ModelConfig.to_dict()` for a GPTModel.
+
+    Any other model (e.g. Hugging Face's GPT2LMHeadModel) gets its own config as plain
+    JSON types plus `"architecture": <class name>`; `ModelConfig.from_dict` rejects such a
+    dict on purpose, since it does not describe a GPTModel.
+    """
+    config = getattr(model, "config", None)
+    if isinstance(config, ModelConfig):
+        return config.to_dict()
+    import json
+
+    raw = config.to_dict() if hasattr(config, "to_dict") else {}
+    plain = json.loads(json.dumps(raw, default=str))
+    plain["architecture"] = type(model).__name__
+    return plain
+
+
+def context_length_of(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    for name in ("context_length", "n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Trainer
+# --------------------------------------------------------------------------------------
+
+class Trainer:
+    """Trains `model` on `train_data`, evaluates on `val_data`, checkpoints, resumes.
+
+    `train_data` / `val_data`: a `BatchLoader` or token ids (numpy array, memmap, tensor),
+    from which a loader is built with `config.batch_size` and the model's context length.
+    `callbacks` are called on rank 0 with each evaluation's metrics dict (e.g. a
+    `utils.plots.LiveLossPlot`). `tokenizer_name` is recorded in checkpoints.
+    """
+
+    def __init__(self, model: nn.Module, config: TrainingConfig | None = None,
+                 train_data: BatchLoader | Any = None, val_data: BatchLoader | Any = None, *,
+                 callbacks: Callback | Iterable[Callback] | None = (), tokenizer_name: str | None = None,
+                 context_length: int | None = None, progress: bool = True) -> None:
+        if train_data is None:
+            raise ValueError("Trainer needs train_data: a BatchLoader or an array of token ids")
+        self.config = config or TrainingConfig()
+        self.callbacks = _as_list(callbacks)
+        self.tokenizer_name = tokenizer_name
+        self.progress = progress
+        self.rank, _, self.world_size = launch_info()
+        self.device = torch.device(self.config.device) if self.config.device else None
+        self.model = model
+        self.context_length = context_length or self._context_length(train_data)
+        self.train_loader = self._as_loader(train_data, self.config.seed, "training data")
+        self.val_loader = (None if val_data is None
+                           else self._as_loader(val_data, self.config.seed + 1, "validation data"))
+        self.global_step = 0
+        self.metrics_history: list[dict[str, Any]] = []
+        self.best_val_loss = math.inf
+        self._elapsed_before = 0.0  # training seconds of earlier sessions (from the history)
+        self._resumed_from: Path | None = None
+        self.optimizer: torch.optim.Optimizer | None = None  # built in fit(), on the device
+        self.dist: DistributedContext | None = None
+
+    # ---------------------------------------------------------------- data
+    def _context_length(self, data: Any) -> int:
+        if isinstance(data, BatchLoader):
+            return data.context_length
+        length = context_length_of(self.model)
+        if length is None:
+            raise ValueError("cannot tell the model's context length: pass context_length=")
+        return length
+
+    def _as_loader(self, data: Any, seed: int, name: str) -> BatchLoader:
+        """A loader for this rank. A loader built for one process is re-sliced per rank."""
+        rank, world = self.rank, self.world_size
+        if isinstance(data, BatchLoader):
+            if data.world_size == world and data.rank == rank:
+                return data
+            if data.world_size != 1:
+                raise ValueError(f"{name} loader was built for world_size={data.world_size} "
+                                 f"but this run has {world} processes; pass the token ids")
+            loader = BatchLoader(data.tokens, data.batch_size, data.context_length,
+                                 seed=data.seed, rank=rank, world_size=world)
+            loader.step = data.step
+            return loader
+        return BatchLoader(data, self.config.batch_size, self.context_length, seed=seed,
+                           rank=rank, world_size=world, name=name)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per pass over the training tokens (at least 1)."""
+        return max(1, self.train_loader.steps_per_epoch // self.config.gradient_accumulation_steps)
+
+    @property
+    def total_steps(self) -> int:
+        if self.config.max_steps is not None:
+            return self.config.max_steps
+        return self.config.epochs * self.steps_per_epoch
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens consumed by one optimizer step, over all ranks."""
+        loader = self.train_loader
+        return (loader.batch_size * loader.world_size * loader.context_length
+                * self.config.gradient_accumulation_steps)
+
+    @property
+    def epoch(self) -> int:
+        """Completed passes over the training data."""
+        return self.global_step // self.steps_per_epoch
+
+    # ---------------------------------------------------------------- setup
+    def _setup(self) -> None:
+        """Process group, device, precision, optimizer and schedule (built once)."""
+        if self.dist is None or (self.dist.enabled and not torch.distributed.is_initialized()):
+            self.dist = setup_distributed(self.config.device)
+        if self.optimizer is not None:
+            return
+        self.device = self.dist.device
+        self.model.to(self.device)
+        self.autocast, self.scaler = self._precision()
+        self.optimizer = build_optimizer(self.model, self.config, self.device)
+        total = self.total_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_at(step, self.config, total) / self.config.learning_rate)
+
+    def _precision(self) -> tuple[contextlib.AbstractContextManager, torch.amp.GradScaler]:
+        requested, kind = self.config.precision, self.device.type
+        if requested != "fp32" and kind != "cuda":
+            warnings.warn(f"precision {requested!r} needs a CUDA GPU; training in fp32 on "
+                          f"{kind}", stacklevel=3)
+            requested = "fp32"
+        if requested == "bf16" and not torch.cuda.is_bf16_supported():
+            warnings.warn("this GPU has no bf16; using fp16 with loss scaling", stacklevel=3)
+            requested = "fp16"
+        self.precision = requested
+        scaler = torch.amp.GradScaler("cuda", enabled=requested == "fp16")
+        if requested == "fp32":
+            return contextlib.nullcontext(), scaler
+        dtype = torch.bfloat16 if requested == "bf16" else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype), scaler
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self) -> dict[str, float | None]:
+        """Validation loss (mean over all ranks) and perplexity; None without val data."""
+        self._setup()
+        if self.val_loader is None:
+            return {"val_loss": None, "perplexity": None}
+        local = evaluate(self.model, self.val_loader, self.config.eval_batches, self.device,
+                         self.autocast)
+        loss = self.dist.all_reduce_mean(local)
+        return {"val_loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+
+    # ---------------------------------------------------------------- checkpoints
+    def checkpoint_state(self, record: dict[str, Any]) -> dict[str, Any]:
+        """DESIGN.md's checkpoint dict for the current state (live tensors, not copies)."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "model_state_dict": unwrap_model(self.model).state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "scheduler_state_dict": self.scheduler.state_dict(),
+            "scaler_state_dict": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "config": model_config_dict(unwrap_model(self.model)),
+            "training_config": self.config.to_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "train_loss": record["train_loss"],
+            "val_loss": record["val_loss"],
+            "learning_rate": record["learning_rate"],
+            "timestamp": record["timestamp"],
+            "metrics_history": [dict(entry) for entry in self.metrics_history],
+            "rng_state": rng_state(),
+            "data_state": self.train_loader.state_dict(),
+            "tokenizer": self.tokenizer_name,
+        }
+
+    def load_checkpoint(self, checkpoint: str | Path) -> dict[str, Any]:
+        """Restore everything `checkpoint_state` saved (model, optimizer, ..., RNG, data)."""
+        self._setup()
+        path = Path(checkpoint)
+        state = load_checkpoint_file(path, map_location="cpu", mmap=False)
+        try:
+            unwrap_model(self.model).load_state_dict(state["model_state_dict"], strict=True)
+        except RuntimeError as error:
+            raise ArchitectureMismatchError(
+                f"{path} does not fit this model: {str(error).splitlines()[0]} ... Build the "
+                f"model from the checkpoint's config {state.get('config')} to resume it"
+            ) from error
+        self.optimizer.load_state_dict(state["optimizer_state_dict"])
+        self.scheduler.load_state_dict(state["scheduler_state_dict"])
+        if self.scaler.is_enabled() and state.get("scaler_state_dict"):
+            self.scaler.load_state_dict(state["scaler_state_dict"])
+        self.train_loader.load_state_dict(state["data_state"])
+        set_rng_state(state["rng_state"])
+        self.global_step = int(state["global_step"])
+        self.metrics_history = [dict(entry) for entry in state.get("metrics_history") or []]
+        if self.metrics_history:
+            self._elapsed_before = float(self.metrics_history[-1].get("elapsed_s") or 0.0)
+        if self.config.checkpoint_dir:
+            best = read_best_val_loss(self.config.checkpoint_dir)
+            self.best_val_loss = best if best is not None else math.inf
+        self._resumed_from = path
+        return state
+
+    def _resolve_resume(self, resume_from: str | Path) -> Path:
+        if str(resume_from) != "latest":
+            return Path(resume_from)
+        info = latest_checkpoint(self.config.checkpoint_dir)
+        if info is None:
+            raise no_checkpoints_error(self.config.checkpoint_dir)
+        return info.path
+
+    # ---------------------------------------------------------------- training
+    def fit(self, resume_from: str | Path | None = None) -> list[dict[str, Any]]:
+        """Train until `total_steps`; returns the metrics history (one dict per evaluation).
+
+        `resume_from`: None (start fresh from the model as it is), "latest" (newest valid
+        checkpoint in `config.checkpoint_dir`) or a checkpoint path.
+        """
+        self._setup()
+        if resume_from is not None:
+            self.load_checkpoint(self._resolve_resume(resume_from))
+        elif self.global_step == 0:
+            seed_everything(self.config.seed)  # same seed on every rank: identical dropout
+        writer = self._make_writer()
+        training_model = self.model
+        if self.config.compile:
+            training_model = torch.compile(training_model)
+        training_model = self.dist.wrap(training_model)
+        bar = self._progress_bar()
+        failed = True
+        try:
+            self._train_loop(training_model, writer, bar)
+            failed = False
+        finally:
+            bar.close()
+            self._finish(writer, failed)
+        return self.metrics_history
+
+    def _make_writer(self) -> CheckpointWriter | None:
+        config = self.config
+        if not config.checkpoint_dir or not self.dist.is_main:
+            return None
+        removed = remove_stale_temp_files(config.checkpoint_dir)
+        if removed:
+            print(f"removed {len(removed)} unfinished checkpoint write(s) from an earlier "
+                  f"run: {', '.join(p.name for p in removed)}")
+        return CheckpointWriter(config.checkpoint_dir, config.keep_last, config.keep_best,
+                                background=config.background_checkpointing)
+
+    def _progress_bar(self):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.total_steps, initial=self.global_step, unit="step",
+                    desc="training", dynamic_ncols=True,
+                    disable=not (self.progress and self.dist.is_main))
+
+    def _train_loop(self, training_model: nn.Module, writer: CheckpointWriter | None,
+                    bar) -> None:
+        loss_sum, loss_count = 0.0, 0  # training losses since the last evaluation
+        session_start, session_step = time.perf_counter(), self.global_step
+        total = self.total_steps
+        while self.global_step < total:
+            loss = self._train_step(training_model)
+            self.global_step += 1
+            loss_sum, loss_count = loss_sum + loss, loss_count + 1
+            seconds = time.perf_counter() - session_start
+            tokens_per_s = (self.global_step - session_step) * self.tokens_per_step / seconds
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self._lr_of_last_step():.2e}",
+                            tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            checkpoint_due = self._checkpoint_due()
+            if checkpoint_due or self.global_step % self.config.eval_interval == 0 \
+                    or self.global_step == total:
+                record = self._record(loss_sum / loss_count, seconds)
+                loss_sum, loss_count = 0.0, 0
+                if checkpoint_due:
+                    self._checkpoint(record, writer)
+
+    def _train_step(self, training_model: nn.Module) -> float:
+        """One optimizer step over `gradient_accumulation_steps` micro-batches; mean loss."""
+        accumulation = self.config.gradient_accumulation_steps
+        training_model.train()
+        total = torch.zeros((), device=self.device)
+        for micro in range(accumulation):
+            inputs, targets = next(self.train_loader)
+            inputs = inputs.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            # DDP averages gradients across ranks only on the last micro-batch
+            last = micro == accumulation - 1
+            sync = contextlib.nullcontext() if last or not self.dist.enabled \
+                else training_model.no_sync()
+            with sync:
+                with self.autocast:
+                    loss = language_model_loss(training_model, inputs, targets) / accumulation
+                self.scaler.scale(loss).backward()
+            total += loss.detach()
+        if self.config.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return self.dist.all_reduce_mean(total.item()) if self.dist.enabled else total.item()
+
+    def _lr_of_last_step(self) -> float:
+        return lr_at(max(0, self.global_step - 1), self.config, self.total_steps)
+
+    def _checkpoint_due(self) -> bool:
+        config, step = self.config, self.global_step
+        if not config.checkpoint_dir:
+            return False
+        return (step == self.total_steps
+                or (config.checkpoint_interval is not None
+                    and step % config.checkpoint_interval == 0)
+                or (config.checkpoint_every_epoch and step % self.steps_per_epoch == 0))
+
+    def _record(self, train_loss: float, session_seconds: float) -> dict[str, Any]:
+        """Evaluate, append a metrics record, tell the callbacks; returns the record."""
+        evaluation = self.evaluate()
+        record = {
+            "step": self.global_step,
+            "epoch": self.epoch,
+            "train_loss": train_loss,
+            "val_loss": evaluation["val_loss"],
+            "perplexity": evaluation["perplexity"],
+            "learning_rate": self._lr_of_last_step(),
+            "tokens_seen": self.global_step * self.tokens_per_step,
+            "elapsed_s": self._elapsed_before + session_seconds,
+            "timestamp": datetime.now().isoformat(timespec="microseconds"),
+        }
+        self.metrics_history.append(record)
+        if self.dist.is_main:
+            for callback in self.callbacks:
+                callback(dict(record))
+        return record
+
+    def _checkpoint(self, record: dict[str, Any], writer: CheckpointWriter | None) -> None:
+        """Rank 0 hands a snapshot to the writer; all ranks learn whether writing failed."""
+        error: BaseException | None = None
+        if writer is not None:
+            val_loss = record["val_loss"]
+            is_best = val_loss is not None and val_loss < self.best_val_loss
+            try:
+                writer.submit(self.checkpoint_state(record), is_best=is_best)
+            except CheckpointWriteError as caught:
+                error = caught
+            if is_best:
+                self.best_val_loss = val_loss
+        self._fail_together(error)
+
+    def _fail_together(self, error: BaseException | None) -> None:
+        if self.dist.any_rank(error is not None):
+            if error is not None:
+                raise error
+            raise CheckpointWriteError("rank 0 could not write a checkpoint; see its error")
+
+    def _finish(self, writer: CheckpointWriter | None, failed: bool) -> None:
+        """Wait for the last checkpoint write, then leave the process group."""
+        try:
+            error = None
+            if writer is not None:
+                try:
+                    writer.close()
+                except CheckpointWriteError as caught:
+                    error = caught
+            if not failed:  # after a failure other ranks may not reach these collectives
+                self._fail_together(error)
+                self.dist.barrier()
+            elif error is not None:
+                warnings.warn(f"the last checkpoint write also failed: {error}", stacklevel=2)
+        finally:
+            cleanup_distributed(self.dist)  # joined again by the next fit()/evaluate()
+
+
+def _as_list(callbacks: Callback | Iterable[Callback] | None) -> list[Callback]:
+    if callbacks is None:
+        return []
+    return [callbacks] if callable(callbacks) else list(callbacks)
