@@ -438,3 +438,57 @@ def test_selected_checkpoint_loads_without_warnings(tmp_path):
         model, checkpoint = load_pretrained_model(path, device="cpu")
     assert checkpoint["global_step"] == 20
     assert torch.equal(logits(model), logits(source))
+
+
+# ---------------------------------------------------------------------------------------
+# Command line and example script
+# ---------------------------------------------------------------------------------------
+
+BYTE_CONFIG = dataclasses.replace(TINY, vocab_size=257)  # fits the byte tokenizer
+
+
+def test_cli_load_prints_the_full_report(tmp_path, capsys):
+    from utils.__main__ import main
+
+    path = write_checkpoint(tmp_path / "c.pt", make_model())
+    assert main(["load", "--checkpoint", path, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    for expected in ("LOADING MODEL WEIGHTS", "Device: cpu", "Global Step: 42",
+                     "Val Loss: 2.7500", f"Total: {sum(p.numel() for p in make_model().parameters()):,}",
+                     "ARCHITECTURE PREVIEW", "NEXT STEPS"):
+        assert expected in out
+    save_series(tmp_path / "dir", make_model())
+    assert main(["load", "--checkpoint-dir", str(tmp_path / "dir"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "→ [0] Epoch  0 | Step   20" in out and "Auto-selected best val_loss" in out
+
+
+def test_cli_load_bad_file_is_one_line_and_exit_2(tmp_path, capsys):
+    from utils.__main__ import main
+
+    (tmp_path / "x.pt").write_bytes(b"\x89PNG\r\n\x1a\n")
+    assert main(["load", "--checkpoint", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "PNG image" in err and err.count("\n") == 1
+
+
+def test_example_script_loads_and_generates(tmp_path, capsys):
+    import importlib.util
+
+    from utils.generation import generate_text
+    from utils.tokenizer import get_tokenizer
+
+    source = make_model(BYTE_CONFIG)
+    path = write_checkpoint(tmp_path / "c.pt", source, tokenizer="byte")
+    spec = importlib.util.spec_from_file_location(
+        "example", Path(__file__).parent.parent / "examples" / "load_pretrained_weights.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert example.main(["--checkpoint", path, "--prompt", "Once upon", "--length", "5",
+                         "--temperature", "0", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    tokenizer = get_tokenizer("byte")
+    expected = tokenizer.decode(generate_text(source, tokenizer.encode("Once upon"), 5,
+                                              temperature=0))
+    assert out.rstrip().endswith(expected) and "Val Loss: 2.7500" in out
+    assert example.main(["--checkpoint", str(tmp_path / "missing.pt")]) == 2
