@@ -54,6 +54,9 @@ def test_folder_of_txt_files_sorted_and_joined(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "c.txt").write_text("third", encoding="utf-8")
     (tmp_path / "notes.md").write_text("ignored", encoding="utf-8")
+    (tmp_path / ".ipynb_checkpoints").mkdir()  # Jupyter's copies of edited files
+    (tmp_path / ".ipynb_checkpoints" / "a-checkpoint.txt").write_text("copy", encoding="utf-8")
+    (tmp_path / ".hidden.txt").write_text("hidden", encoding="utf-8")
     assert load_text(tmp_path) == f"first{EOT}second{EOT}third"
 
 

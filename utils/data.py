@@ -62,8 +62,8 @@ class TokenizedCorpus:
 def load_text(source: str | Path | None = None) -> str:
     """The corpus as one string: a UTF-8 file, a folder of `.txt` files, or the built-in corpus.
 
-    A folder's `.txt` files (searched recursively, sorted by path) are joined with
-    `<|endoftext|>`. `None` gives the built-in corpus: Python's own help topics
+    A folder's `.txt` files (searched recursively, sorted by path, hidden ones skipped) are
+    joined with `<|endoftext|>`. `None` gives the built-in corpus: Python's own help topics
     (`pydoc_data.topics`, ~465 KB), which ships with Python, so no download is needed.
     """
     if source is None:
@@ -77,7 +77,10 @@ def load_text(source: str | Path | None = None) -> str:
             ".txt files, or nothing (None) for the built-in corpus"
         )
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        # Hidden folders are skipped: Jupyter keeps `.ipynb_checkpoints/*-checkpoint.txt`
+        # copies of edited files, which would otherwise be trained on twice.
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not files:
             raise FileNotFoundError(
                 f"folder {str(path)!r} has no .txt files; put UTF-8 .txt files in it or pass "
