@@ -137,13 +137,18 @@ def tokenize_corpus(
     bin_path, meta_path = stem.with_suffix(".bin"), stem.with_suffix(".json")
 
     if not _cache_is_valid(bin_path, meta_path, digest, tokenizer.name):
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        num_tokens = _encode_to_file(text, tokenizer, bin_path)
-        meta = {"format_version": CACHE_FORMAT_VERSION, "sha256": digest,
-                "tokenizer": tokenizer.name, "num_tokens": num_tokens, "dtype": "uint16",
-                "source": BUILTIN_SOURCE if source is None else str(source),
-                "num_characters": len(text)}
-        _write_atomically(meta_path, json.dumps(meta, indent=1).encode())
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            num_tokens = _encode_to_file(text, tokenizer, bin_path)
+            meta = {"format_version": CACHE_FORMAT_VERSION, "sha256": digest,
+                    "tokenizer": tokenizer.name, "num_tokens": num_tokens, "dtype": "uint16",
+                    "source": BUILTIN_SOURCE if source is None else str(source),
+                    "num_characters": len(text)}
+            _write_atomically(meta_path, json.dumps(meta, indent=1).encode())
+        except OSError as error:  # read-only folder, a file in the way, disk full
+            raise type(error)(error.errno, f"cannot write the token cache in {str(cache_dir)!r} "
+                              f"({error.strerror or error}); pass cache_dir= a writable folder "
+                              "with free space") from error
 
     tokens = np.memmap(bin_path, dtype=np.uint16, mode="r")
     return TokenizedCorpus(tokens=tokens, source=BUILTIN_SOURCE if source is None else str(source),

@@ -13,7 +13,10 @@ import functools
 import os
 from collections.abc import Collection, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import tiktoken
 
 REPO_TIKTOKEN_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "tiktoken"
 ENDOFTEXT = "<|endoftext|>"
@@ -89,7 +92,7 @@ class ByteTokenizer:
 
 
 @functools.cache
-def get_tokenizer(name: str = "gpt2") -> Any:
+def get_tokenizer(name: str = "gpt2") -> tiktoken.Encoding | ByteTokenizer:
     """A tokenizer by name: "gpt2" / "r50k_base" (GPT-2's BPE), "byte", or any tiktoken name.
 
     Returns a `tiktoken.Encoding` (or `ByteTokenizer`), cached per name.
