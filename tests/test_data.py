@@ -203,10 +203,19 @@ def test_chunked_encoding_gives_the_same_ids_as_one_call():
 
 def test_big_input_is_written_in_chunks(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "CHUNK_CHARS", 64)
+    chunk_counts = []
+
+    def spy(text, chunk_chars):
+        chunks = split_into_chunks(text, chunk_chars)
+        chunk_counts.append(len(chunks))
+        return chunks
+
+    monkeypatch.setattr(data, "split_into_chunks", spy)
     path = tmp_path / "big.txt"
     path.write_text("line of text\n" * 200, encoding="utf-8")
     corpus = tokenize_corpus(path, "gpt2", cache_dir=tmp_path / "cache")
-    assert len(split_into_chunks(path.read_text(), 64)) > 4
+    # 13-char lines; the first safe cut at or after 64 chars ends line 6: 200 lines -> 34 chunks
+    assert chunk_counts == [34]
     assert corpus.tokens.tolist() == get_tokenizer("gpt2").encode(path.read_text())
 
 

@@ -184,7 +184,7 @@ def _encode_to_file(text: str, tokenizer: Any, path: Path) -> int:
     """Encode chunk by chunk, streaming uint16 ids to a temp file renamed to `path` at the end."""
     from tqdm.auto import tqdm
 
-    chunks = split_into_chunks(text)
+    chunks = split_into_chunks(text, CHUNK_CHARS)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     num_tokens = 0
     try:
