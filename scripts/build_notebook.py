@@ -83,6 +83,7 @@ installed = install_requirements("requirements.txt")
 code(3, "Settings", '''
 # Every knob of the run. papermill can override them: -p QUICK_MODE True -p MAX_STEPS 500
 QUICK_MODE = False  # @param {type:"boolean"}
+QUICK_MODE_STEPS = 30  # @param {type:"integer"}
 MODEL_PRESET = "small"  # @param ["tiny", "small", "medium", "large", "xl"]
 INIT_FROM = "scratch"  # @param {type:"string"}
 DATA_PATH = ""  # @param {type:"string"}
@@ -101,6 +102,7 @@ RESUME_EXTRA_STEPS = 200  # @param {type:"integer"}
 PROMPT = "The meaning of life is"  # @param {type:"string"}
 OUTPUT_DIR = "outputs"  # @param {type:"string"}
 SEED = 1337  # @param {type:"integer"}
+# QUICK_MODE: the tiny preset, QUICK_MODE_STEPS steps, small batches (Cell 4).
 # INIT_FROM: "scratch", an OpenAI GPT-2 name ("gpt2", "gpt2-medium", ...) or a local folder.
 # DATA_PATH: a .txt file or a folder of them; empty means the built-in corpus (no download).
 # CHECKPOINT_DIR: empty means Google Drive in Colab, ./checkpoints elsewhere.
@@ -113,9 +115,9 @@ import torch
 from utils.notebook import default_device
 
 if QUICK_MODE:  # a tiny model and a few steps: the whole notebook runs in minutes on a CPU
-    MODEL_PRESET, CONTEXT_LENGTH, MAX_STEPS, BATCH_SIZE = "tiny", 64, 40, 4
-    WARMUP_STEPS, EVAL_INTERVAL, EVAL_BATCHES, CHECKPOINT_INTERVAL = 5, 10, 2, 20
-    RESUME_EXTRA_STEPS = 10
+    MODEL_PRESET, CONTEXT_LENGTH, MAX_STEPS, BATCH_SIZE = "tiny", 64, QUICK_MODE_STEPS, 4
+    WARMUP_STEPS, EVAL_INTERVAL, EVAL_BATCHES, CHECKPOINT_INTERVAL = 5, 10, 2, 10
+    RESUME_EXTRA_STEPS = 5
 torch.manual_seed(SEED)
 device = default_device()
 print(f"Quick mode: {QUICK_MODE} | preset: {MODEL_PRESET} | steps: {MAX_STEPS} | "
@@ -203,6 +205,7 @@ with friendly_errors():
 code(13, "Initialize Model", '''
 # From scratch, or OpenAI's GPT-2 (a Hugging Face name such as "gpt2" or a local folder).
 from utils.model import GPTModel, count_parameters
+from utils.notebook import friendly_errors
 from utils.pretrained.huggingface import load_openai_gpt2
 
 with friendly_errors():
@@ -246,7 +249,10 @@ from utils.plots import LiveLossPlot
 from utils.training.engine.trainer import Trainer
 
 live_plot = LiveLossPlot()
-trainer = Trainer(model, training_config, train_loader, val_loader, callbacks=[live_plot])
+trainer = Trainer(model, training_config, train_loader, val_loader, callbacks=[live_plot],
+                  tokenizer_name=TOKENIZER)
+print(f"{trainer.total_steps} steps of {trainer.tokens_per_step:,} tokens; "
+      f"{trainer.steps_per_epoch} steps per epoch")
 ''')
 
 md("## 5 · Training")
@@ -254,6 +260,8 @@ md("## 5 · Training")
 code(32, "Run Training", '''
 # A progress bar shows loss, learning rate and tokens/s; the plot updates at each evaluation.
 # Checkpoints are written every CHECKPOINT_INTERVAL steps to CHECKPOINT_DIR.
+from utils.notebook import friendly_errors
+
 with friendly_errors():
     history = trainer.fit()
     live_plot.close()
@@ -268,6 +276,7 @@ Cells 33–35 also work in a fresh runtime after a crash: run Cells 1–13 first
 
 code(33, "Checkpoint Recovery", '''
 # Reads every metric back from the checkpoints on disk (the runtime's memory may be gone).
+from utils.notebook import friendly_errors
 from utils.training.engine.recovery import recover_training_results
 
 with friendly_errors():
@@ -280,7 +289,7 @@ with friendly_errors():
 code(34, "Load Model Weights from Checkpoint", '''
 # Which checkpoint: CHECKPOINT_OVERRIDE (Cell 3) if set, else Cell 33's choice, else the best.
 USE_WIDGET_PICKER = False  # @param {type:"boolean"}
-from utils.notebook import load_weights_cell
+from utils.notebook import friendly_errors, load_weights_cell
 
 with friendly_errors():
     checkpoint_path, checkpoint = load_weights_cell(globals(), CHECKPOINT_DIR,
@@ -310,13 +319,14 @@ display(metrics.tail(10))
 
 code(37, "Resume Training from the Latest Checkpoint", '''
 # Continues exactly where the latest checkpoint stopped (optimizer, schedule, data position).
+from utils.notebook import friendly_errors
 import dataclasses
 
 with friendly_errors():
     latest = recover_training_results(CHECKPOINT_DIR)
     resume_config = dataclasses.replace(
         training_config, max_steps=latest["global_step"] + RESUME_EXTRA_STEPS)
-    trainer = Trainer(model, resume_config, train_loader, val_loader)
+    trainer = Trainer(model, resume_config, train_loader, val_loader, tokenizer_name=TOKENIZER)
     trainer.fit(resume_from="latest")
     print(f"✅ resumed from step {latest['global_step']} to step {trainer.global_step}")
 ''')
@@ -329,10 +339,14 @@ from utils.generation import generate_from_prompt
 for temperature in (0.0, 0.8):  # greedy, then sampled (reproducible with SEED)
     text = generate_from_prompt(model, tokenizer, PROMPT, maximum_new_tokens=40,
                                 temperature=temperature, top_k_tokens=50, seed=SEED)
-    print(f"--- temperature {temperature} ---\n{text}\n")
+    print(f"--- temperature {temperature} ---")
+    print(text)
+    print()
 ''')
 
 code(39, "Validation Perplexity", '''
+import math
+
 from utils.training.engine.trainer import evaluate
 
 val_loss = evaluate(model, val_loader, batches=EVAL_BATCHES, device=device)

@@ -23,7 +23,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--no-first-run", "--hide-scrollbars"]
 
 
-def run_notebook(output_dir: Path) -> Path:
+def run_notebook(output_dir: Path, steps: int) -> Path:
     import papermill
 
     checkpoint_dir = output_dir / "demo_checkpoints"
@@ -32,7 +32,8 @@ def run_notebook(output_dir: Path) -> Path:
     papermill.execute_notebook(
         str(REPO_ROOT / "training.ipynb"), str(executed), cwd=str(REPO_ROOT),
         kernel_name="python3", progress_bar=True,
-        parameters={"QUICK_MODE": True, "CHECKPOINT_DIR": str(checkpoint_dir),
+        parameters={"QUICK_MODE": True, "QUICK_MODE_STEPS": steps,
+                    "CHECKPOINT_DIR": str(checkpoint_dir),
                     "OUTPUT_DIR": str(output_dir)},
     )
     return executed
@@ -64,6 +65,8 @@ def screenshot(html: Path, height: int = 4000) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", default="outputs", type=Path)
+    parser.add_argument("--steps", type=int, default=200,
+                        help="training steps of the tiny model (QUICK_MODE_STEPS)")
     parser.add_argument("--screenshot", action="store_true",
                         help="also render the HTML to PNG with headless Chromium")
     args = parser.parse_args(argv)
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     output_dir.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    executed = run_notebook(output_dir)
+    executed = run_notebook(output_dir, args.steps)
     html = export_html(executed)
     png = screenshot(html) if args.screenshot else None
     print(f"\nDemo finished in {time.perf_counter() - start:.0f} s")

@@ -257,3 +257,54 @@ def corpus_statistics(corpus: Any, tokenizer: Any, top: int = 5) -> Any:
         rows[f"most frequent #{rank}"] = (f"{tokenizer.decode([int(token)])!r} "
                                           f"({counts[token] / len(tokens):.1%})")
     return pd.DataFrame({"value": rows})
+
+
+def _load_into_model(model: Any, path: Path, method: str, infos: list[Any] | None) -> dict:
+    """Load `path` into `model` (strict, all or nothing), print seed 003's reports."""
+    from utils.reports import full_load_report
+    from utils.training.engine.loading import load_model_weights
+    from utils.training.engine.recovery import inspect_checkpoint
+
+    load_report = load_model_weights(model, path)  # eval mode, CUDA > MPS > CPU
+    info, sidecar = inspect_checkpoint(path)
+    checkpoint = dict(sidecar or {})
+    for key in ("epoch", "global_step", "train_loss", "val_loss", "learning_rate", "timestamp"):
+        checkpoint.setdefault(key, getattr(info, key))
+    print(full_load_report(path, method, model, checkpoint, infos, load_report))
+    return checkpoint
+
+
+def load_weights_cell(namespace: Mapping[str, Any], checkpoint_dir: str | Path,
+                      override: str | None = None, use_widget: bool = False
+                      ) -> tuple[Path | None, dict | None]:
+    """Cell 34: choose a checkpoint, load it into the session's `model`, print the reports.
+
+    Order of choice (`select_checkpoint`): `override`, then Cell 33's
+    `results["checkpoint_path"]`, then the best by val_loss. Raises the `CheckpointError`
+    of seed 003's scenarios (no model, no checkpoints, architecture mismatch, ...), which
+    `friendly_errors` prints as guidance. With `use_widget`, shows the ipywidgets picker
+    (or, where widgets cannot render, the table) and loads when Load is clicked.
+    """
+    from utils.training.engine.errors import ModelNotInitializedError
+    from utils.training.engine.loading import select_checkpoint
+    from utils.training.engine.recovery import list_checkpoints
+
+    model = namespace.get("model")
+    if model is None:
+        raise ModelNotInitializedError(
+            "Model instance not found: there is no 'model' to load weights into.")
+    path, method = select_checkpoint(results=namespace.get("results"),
+                                     checkpoint_dir=checkpoint_dir, override=override or None)
+    infos = list_checkpoints(checkpoint_dir) if Path(checkpoint_dir).is_dir() else []
+    if use_widget:
+        from utils.widgets import checkpoint_picker
+
+        picker = checkpoint_picker(checkpoint_dir, selected=path,
+                                   on_load=lambda chosen: _load_into_model(
+                                       model, Path(chosen), "widget picker", infos))
+        if picker is not None:
+            from IPython.display import display
+
+            display(picker.widget)
+        return None, None
+    return path, _load_into_model(model, path, method, infos)
