@@ -88,7 +88,8 @@ def test_no_weight_is_initialised_before_being_overwritten(hf_folder, monkeypatc
 
     monkeypatch.setattr(torch.nn.init, "normal_", spy)
     model, _ = load_openai_gpt2(hf_folder)
-    assert touched and set(touched) == {"meta"}  # init ran only on the meta skeleton
+    assert touched == []  # the skeleton lives on meta and skips init; weights are assigned
+    assert not any(p.is_meta for p in model.parameters())
 
 
 def test_load_into_existing_model_and_failed_load_leaves_it_unchanged(hf_model, hf_folder):
@@ -211,3 +212,30 @@ def test_gpt2_small_shapes_stream_load_and_compare_outputs(tmp_path):
     assert match, max_diff
     report = compare_layers(model, hf_model, torch.arange(0, 300, 7))
     assert report["matches"].all()
+
+
+def test_truncated_or_garbage_safetensors_is_a_clear_error(hf_folder, tmp_path):
+    from utils.training.engine.errors import CorruptCheckpointError
+
+    data = (hf_folder / "model.safetensors").read_bytes()
+    bad = tmp_path / "model.safetensors"
+    (tmp_path / "config.json").write_text((hf_folder / "config.json").read_text())
+    bad.write_bytes(data[:-100])
+    with pytest.raises(CorruptCheckpointError, match="truncated inside tensor"):
+        load_openai_gpt2(tmp_path)
+    bad.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(CorruptCheckpointError, match="not a safetensors file"):
+        load_openai_gpt2(tmp_path)
+
+
+def test_loaded_parameters_own_their_memory(hf_folder):
+    # Read, not memory-mapped: rewriting the file afterwards cannot change the model.
+    model, _ = load_openai_gpt2(hf_folder)
+    before = model.token_embedding.weight.clone()
+    original = (hf_folder / "model.safetensors").read_bytes()
+    try:
+        (hf_folder / "model.safetensors").write_bytes(original[:8] + original[8:].replace(
+            b"\x00", b"\x01"))
+        assert torch.equal(model.token_embedding.weight, before)
+    finally:
+        (hf_folder / "model.safetensors").write_bytes(original)

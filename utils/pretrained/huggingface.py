@@ -10,9 +10,11 @@ Loading is strict: a missing, unexpected or wrong-shaped tensor is an error, nev
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import struct
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -89,15 +91,63 @@ def download_from_hub(name: str) -> Path:
 # ------------------------------------------------------------------- reading tensors
 
 
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                      "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                      "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_safetensors_header(file: Path) -> tuple[int, dict[str, dict]]:
+    """`(data start, {name: {"dtype", "shape", "data_offsets"}})` of a .safetensors file."""
+    with open(file, "rb") as handle:
+        prefix = handle.read(8)
+        length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else -1
+        raw = handle.read(length) if 0 < length < 100_000_000 else b""
+    try:
+        header = json.loads(raw)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        raise CorruptCheckpointError(f"{file} is not a safetensors file (bad header); "
+                                     "download or export it again")
+    header.pop("__metadata__", None)
+    return 8 + length, header
+
+
+def iter_safetensors(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Tensors of a .safetensors file in file order, each read straight into its own memory.
+
+    Plain sequential reads instead of safetensors' memory map: the tensors then own their
+    memory (no parameter stays backed by the file) and the mapped file's pages are not
+    added on top of the model's, which keeps peak memory at the model plus one tensor.
+    """
+    start, header = read_safetensors_header(file)
+    with open(file, "rb", buffering=0) as handle:
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            if info["dtype"] not in SAFETENSORS_DTYPES:
+                raise CorruptCheckpointError(f"{file}: tensor {name} has unsupported dtype "
+                                             f"{info['dtype']}")
+            tensor = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
+            begin, end = info["data_offsets"]
+            buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+            if end - begin != len(buffer):
+                raise CorruptCheckpointError(f"{file}: tensor {name} has {end - begin} bytes for "
+                                             f"shape {info['shape']}; the file is corrupt")
+            handle.seek(start + begin)
+            filled = 0
+            while filled < len(buffer):
+                count = handle.readinto(buffer[filled:])
+                if not count:
+                    raise CorruptCheckpointError(f"{file} is truncated inside tensor {name}; "
+                                                 "download or export it again")
+                filled += count
+            yield name, tensor
+
+
 def iter_hf_tensors(files: Iterable[Path]) -> Iterator[tuple[str, torch.Tensor]]:
     """`(key, tensor)` for every tensor of the files, one at a time."""
     for file in files:
         if file.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(file), framework="pt", device="cpu") as reader:
-                for key in reader.keys():  # noqa: SIM118 (safe_open is not iterable)
-                    yield key, reader.get_tensor(key)
+            yield from iter_safetensors(file)
         else:
             yield from _load_torch_file(file).items()
 
@@ -122,11 +172,8 @@ def hf_tensor_shapes(files: Iterable[Path]) -> dict[str, tuple[int, ...]]:
     shapes = {}
     for file in files:
         if file.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(file), framework="pt", device="cpu") as reader:
-                for key in reader.keys():  # noqa: SIM118 (safe_open is not iterable)
-                    shapes[key] = tuple(reader.get_slice(key).get_shape())
+            _, header = read_safetensors_header(file)
+            shapes.update({key: tuple(info["shape"]) for key, info in header.items()})
         else:
             shapes.update({k: tuple(v.shape) for k, v in _load_torch_file(file).items()})
     return shapes
@@ -171,17 +218,28 @@ def _config_for(model_name_or_path: str | Path, files: list[Path]) -> ModelConfi
 
 
 def expected_hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The HF GPT-2 tensor shapes a GPTModel with `config` needs (computed on meta)."""
+    """The HF GPT-2 tensor shapes a GPTModel with `config` needs (Conv1D weights [in, out]).
+
+    Written out rather than derived from a meta-device model: the first meta-device
+    operation in a process costs seconds (torch loads its Python decompositions).
+    """
     if not config.use_attention_bias:
         raise ArchitectureMismatchError(
             "the model has use_attention_bias=False, but GPT-2's c_attn has a bias: loading "
             "it would drop the Q/K/V biases and give wrong logits; build the model with "
             "use_attention_bias=True (every GPT2_CONFIGS preset does)"
         )
-    with torch.device("meta"):
-        state = GPTModel(config).state_dict()
-    hf = convert_custom_to_hf(state, config.number_of_layers)
-    return {key: tuple(t.shape) for key, t in hf.items() if key != "lm_head.weight"}
+    d = config.embedding_dimension
+    block = {"ln_1.weight": (d,), "ln_1.bias": (d,), "attn.c_attn.weight": (d, 3 * d),
+             "attn.c_attn.bias": (3 * d,), "attn.c_proj.weight": (d, d), "attn.c_proj.bias": (d,),
+             "ln_2.weight": (d,), "ln_2.bias": (d,), "mlp.c_fc.weight": (d, 4 * d),
+             "mlp.c_fc.bias": (4 * d,), "mlp.c_proj.weight": (4 * d, d), "mlp.c_proj.bias": (d,)}
+    shapes = {"transformer.wte.weight": (config.vocab_size, d),
+              "transformer.wpe.weight": (config.context_length, d)}
+    for i in range(config.number_of_layers):
+        shapes.update({f"transformer.h.{i}.{name}": shape for name, shape in block.items()})
+    shapes.update({"transformer.ln_f.weight": (d,), "transformer.ln_f.bias": (d,)})
+    return shapes
 
 
 def validate_hf_shapes(shapes: dict[str, tuple[int, ...]], config: ModelConfig,
@@ -206,13 +264,35 @@ def validate_hf_shapes(shapes: dict[str, tuple[int, ...]], config: ModelConfig,
 
 # --------------------------------------------------------------------------- loading
 
+_INITIALISERS = ("normal_", "uniform_", "kaiming_uniform_", "zeros_", "ones_", "trunc_normal_")
+
+
+@contextlib.contextmanager
+def _initialisers_disabled() -> Iterator[None]:
+    """torch.nn.init's functions do nothing inside (as transformers' `no_init_weights`)."""
+    saved = {name: getattr(torch.nn.init, name) for name in _INITIALISERS}
+    try:
+        for name in _INITIALISERS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
+
+
+def model_skeleton(config: ModelConfig) -> GPTModel:
+    """A GPTModel on the meta device: shapes only, no memory, and no initialiser run, since
+    every weight is assigned next (initialising meta tensors would also cost seconds)."""
+    with torch.device("meta"), _initialisers_disabled():
+        return GPTModel(config)
+
+
 
 def model_from_hf_tensors(tensors: Iterable[tuple[str, torch.Tensor]], config: ModelConfig,
                           device: str | torch.device = "cpu",
                           dtype: torch.dtype = torch.float32) -> GPTModel:
     """A GPTModel holding HF-layout `tensors`, built on meta and filled by assignment."""
-    with torch.device("meta"):
-        model = GPTModel(config)
+    model = model_skeleton(config)
     expected = {k: p.shape for k, p in model.named_parameters()}
     state = {}
     try:
