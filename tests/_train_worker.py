@@ -31,12 +31,16 @@ def tokens() -> tuple[np.ndarray, np.ndarray]:
     return data[:5000], data[5000:]
 
 
-def make_trainer(checkpoint_dir: str | Path, steps: int = STEPS, **overrides):
+def make_trainer(checkpoint_dir: str | Path, steps: int = STEPS, dropout: float | None = None,
+                 **overrides):
     """Model and Trainer as every run of the test builds them."""
+    import dataclasses
+
     from utils.training.engine.trainer import Trainer
 
     torch.manual_seed(0)
-    model = GPTModel(MODEL)
+    config = MODEL if dropout is None else dataclasses.replace(MODEL, dropout_rate=dropout)
+    model = GPTModel(config)
     settings = dict(max_steps=steps, warmup_steps=4, learning_rate=3e-3,
                     min_learning_rate=3e-4, batch_size=4, gradient_accumulation_steps=2,
                     eval_interval=1, eval_batches=2, checkpoint_interval=3,
@@ -69,3 +73,12 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def make_ddp_comparable_trainer(checkpoint_dir: str | Path, batch_size: int, steps: int = 10):
+    """No dropout and a constant learning rate, so 2 ranks x batch b train like 1 x 2b,
+    and a run stopped at any max_steps continues like a longer one."""
+    return make_trainer(checkpoint_dir, steps=steps, batch_size=batch_size,
+                        gradient_accumulation_steps=1, warmup_steps=0, learning_rate=1e-3,
+                        min_learning_rate=1e-3, checkpoint_interval=5, eval_interval=5,
+                        keep_last=None, dropout=0.0)

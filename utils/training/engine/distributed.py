@@ -10,6 +10,7 @@ Trainer has one code path.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -106,9 +107,13 @@ def setup_distributed(requested_device: str | None = None) -> DistributedContext
         raise ValueError(f"distributed training needs CUDA or the CPU, not {device}; "
                          f"pass --device cuda or --device cpu")
     owns = not dist.is_initialized()
+    context = DistributedContext(rank, local_rank, world_size, device, owns)
     if owns:
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
-    return DistributedContext(rank, local_rank, world_size, device, owns)
+        # One group per process, kept for later fit() calls (joining twice under torchrun
+        # hangs) and left at exit.
+        atexit.register(cleanup_distributed, context)
+    return context
 
 
 def cleanup_distributed(context: DistributedContext) -> None:

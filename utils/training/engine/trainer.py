@@ -270,7 +270,7 @@ class Trainer:
     # ---------------------------------------------------------------- setup
     def _setup(self) -> None:
         """Process group, device, precision, optimizer and schedule (built once)."""
-        if self.dist is None or (self.dist.enabled and not torch.distributed.is_initialized()):
+        if self.dist is None:
             self.dist = setup_distributed(self.config.device)
         if self.optimizer is not None:
             return
@@ -529,7 +529,8 @@ class Trainer:
             elif error is not None:
                 warnings.warn(f"the last checkpoint write also failed: {error}", stacklevel=2)
         finally:
-            cleanup_distributed(self.dist)  # joined again by the next fit()/evaluate()
+            if failed:
+                cleanup_distributed(self.dist)  # other ranks may be gone: do not wait for them
 
 
 def _as_list(callbacks: Callback | Iterable[Callback] | None) -> list[Callback]:
