@@ -31,9 +31,12 @@ $(TOKENIZER_CACHE): | $(STAMP)
 lint: install
 	$(PY) -m ruff check .
 
+# Lint and tests both run, so a lint error does not hide test results; either failing fails.
 test: install
-	$(PY) -m ruff check .
-	$(PY) -m pytest
+	@$(PY) -m ruff check .; lint=$$?; \
+	$(PY) -m pytest; tests=$$?; \
+	if [ $$lint -ne 0 ]; then echo "make test: ruff check failed (see above)" >&2; fi; \
+	exit $$(( lint != 0 ? lint : tests ))
 
 demo: install
 	$(PY) scripts/demo.py
