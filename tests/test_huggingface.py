@@ -239,3 +239,15 @@ def test_loaded_parameters_own_their_memory(hf_folder):
         assert torch.equal(model.token_embedding.weight, before)
     finally:
         (hf_folder / "model.safetensors").write_bytes(original)
+
+
+class _NotATensor:
+    pass
+
+
+def test_bin_with_code_is_refused_as_unsafe(tmp_path):
+    from utils.training.engine.errors import UnsafeCheckpointError
+
+    torch.save({"transformer.wte.weight": _NotATensor()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(UnsafeCheckpointError, match="could run code"):
+        load_openai_gpt2(tmp_path / "pytorch_model.bin")

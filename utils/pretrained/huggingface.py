@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import pickle
 import struct
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -31,7 +32,11 @@ from utils.pretrained.mapping import (
     to_hf_config,
 )
 from utils.pretrained.memory import check_memory
-from utils.training.engine.errors import ArchitectureMismatchError, CorruptCheckpointError
+from utils.training.engine.errors import (
+    ArchitectureMismatchError,
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+)
 
 HUB_REPOS = {"small": "openai-community/gpt2", "medium": "openai-community/gpt2-medium",
              "large": "openai-community/gpt2-large", "xl": "openai-community/gpt2-xl"}
@@ -154,12 +159,17 @@ def iter_hf_tensors(files: Iterable[Path]) -> Iterator[tuple[str, torch.Tensor]]
 
 def _load_torch_file(file: Path) -> dict[str, torch.Tensor]:
     # mmap: tensors are read from disk when touched, not all at once.
-    # weights_only: a pickle that would run code is refused.
+    # weights_only: a pickle that would run code is refused (seed 003 used weights_only=False).
     try:
         state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
-    except RuntimeError as error:
-        raise CorruptCheckpointError(f"cannot read {file} as a PyTorch state dict: {error}") \
-            from error
+    except pickle.UnpicklingError as error:
+        raise UnsafeCheckpointError(
+            f"{file} holds objects other than tensors, and unpickling them could run code; "
+            "refused. Convert it to .safetensors where it came from, or use a trusted source"
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CorruptCheckpointError(f"cannot read {file} as a PyTorch state dict ({error}); "
+                                     "download or save it again") from error
     if isinstance(state, dict) and "model_state_dict" in state:
         state = state["model_state_dict"]
     if not isinstance(state, dict):
