@@ -27,6 +27,7 @@ import json
 import pickle
 import re
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -329,13 +330,23 @@ def check_weights(tensors: dict[str, torch.Tensor], path: str) -> None:
                 f"{path}: tensor {key} has dtype {tensor.dtype}; weights must be floating "
                 "point. Fix: the file was not written from a trained model's state_dict(); "
                 "use another checkpoint.")
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if tensor.is_floating_point() and not _all_finite(tensor):
             bad.append(key)
     if bad:
         raise InvalidWeightsError(
             f"{path}: {len(bad)} tensor(s) hold NaN or Inf values ({_listed(bad)}); training "
             "had diverged when this checkpoint was saved. Fix: load an earlier checkpoint "
             "(list_checkpoints shows them), and lower the learning rate for the next run.")
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """NaN and Inf propagate through a sum, which streams the tensor once without allocating
+    a mask (10x faster than isfinite().all() on a CPU); a non-finite sum is confirmed
+    element-wise, so an overflowing sum of large finite values is no false alarm."""
+    wide = torch.float32 if tensor.element_size() < 4 else None
+    if bool(torch.isfinite(tensor.sum(dtype=wide))):
+        return True
+    return bool(torch.isfinite(tensor).all())
 
 
 def _model_config(recognized: RecognizedCheckpoint, config: ModelConfig | dict | None,
@@ -379,6 +390,30 @@ def _use_exact_gelu(model: nn.Module) -> None:
             module.approximate = "none"
 
 
+_INIT_FUNCTIONS = ("normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
+                   "xavier_uniform_", "xavier_normal_", "zeros_", "ones_", "constant_")
+_init_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_weight_init() -> Iterator[None]:
+    """Make torch.nn.init's fill functions no-ops while a model skeleton is built.
+
+    The loaded weights replace every value anyway, and on the meta device `normal_` is not
+    free: its first call imports torch's reference decompositions (sympy and ~800 modules,
+    seconds). Hugging Face's `no_init_weights` does the same.
+    """
+    with _init_lock:
+        saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+        try:
+            for name in _INIT_FUNCTIONS:
+                setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+            yield
+        finally:
+            for name, function in saved.items():
+                setattr(nn.init, name, function)
+
+
 def load_pretrained_model(checkpoint_path: str | Path, device: str | torch.device | None = None,
                           mode: str = "eval", trust_checkpoint: bool = False,
                           config: ModelConfig | dict | None = None
@@ -396,7 +431,7 @@ def load_pretrained_model(checkpoint_path: str | Path, device: str | torch.devic
     path = Path(checkpoint_path)
     recognized = inspect_checkpoint(path, trust_checkpoint, config)
     model_config = _model_config(recognized, config, str(path))
-    with torch.device("meta"):  # shapes only: no memory, no random initialisation
+    with torch.device("meta"), _without_weight_init():  # shapes only: no memory, no init
         model = GPTModel(model_config)
     state_dict, report = match_state_dict(recognized, model, str(path))
     if not report.complete:
