@@ -40,6 +40,27 @@ def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1
     return statistics.median(times), times
 
 
+def interleaved_median_times(fns: dict[str, Callable[[], Any]], repeats: int = 5,
+                             warmup: int = 1) -> dict[str, tuple[float, list[float]]]:
+    """`median_time` for several functions, run in turn within each repeat.
+
+    On a shared machine the load drifts over minutes; alternating the contenders spreads
+    that drift over all of them instead of penalising whichever happened to run last.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(t), t) for name, t in times.items()}
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory in MB (Linux reports ru_maxrss in KB, macOS in bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
