@@ -172,6 +172,27 @@ def model_config_dict(model: nn.Module) -> dict[str, Any]:
     return plain
 
 
+def _check_fits(model: nn.Module, state: dict[str, Any], path: Path) -> None:
+    """Raise ArchitectureMismatchError unless the checkpoint's tensors fit `model` exactly."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in state["model_state_dict"].items()}
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(saved) if expected[k] != saved[k])
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+    if wrong:
+        parts.append(f"{len(wrong)} with other shapes (e.g. {wrong[0]}: checkpoint "
+                     f"{saved[wrong[0]]}, model {expected[wrong[0]]})")
+    raise ArchitectureMismatchError(
+        f"{path} does not fit this model: {'; '.join(parts)} keys. Build the model from the "
+        f"checkpoint's config {state.get('config')} to resume it")
+
+
 def context_length_of(model: nn.Module) -> int | None:
     config = getattr(model, "config", None)
     for name in ("context_length", "n_positions", "max_position_embeddings"):
@@ -337,13 +358,9 @@ class Trainer:
         self._setup()
         path = Path(checkpoint)
         state = load_checkpoint_file(path, map_location="cpu", mmap=False)
-        try:
-            unwrap_model(self.model).load_state_dict(state["model_state_dict"], strict=True)
-        except RuntimeError as error:
-            raise ArchitectureMismatchError(
-                f"{path} does not fit this model: {str(error).splitlines()[0]} ... Build the "
-                f"model from the checkpoint's config {state.get('config')} to resume it"
-            ) from error
+        model = unwrap_model(self.model)
+        _check_fits(model, state, path)  # before touching anything: a mismatch changes nothing
+        model.load_state_dict(state["model_state_dict"], strict=True)
         self.optimizer.load_state_dict(state["optimizer_state_dict"])
         self.scheduler.load_state_dict(state["scheduler_state_dict"])
         if self.scaler.is_enabled() and state.get("scaler_state_dict"):
