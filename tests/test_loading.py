@@ -128,6 +128,21 @@ def test_builds_on_meta_without_initialising_weights_and_reads_with_mmap(tmp_pat
     assert load_calls == [{"map_location": "cpu", "weights_only": True, "mmap": True}]
 
 
+def test_file_systems_without_mmap_fall_back_to_a_plain_read(tmp_path, monkeypatch):
+    source = make_model()
+    path = write_checkpoint(tmp_path / "c.pt", source)
+    real_load = torch.load
+
+    def no_mmap_load(*args, mmap=False, **kwargs):
+        if mmap:
+            raise RuntimeError("unable to mmap 4096 bytes from file: Operation not supported")
+        return real_load(*args, mmap=False, **kwargs)
+
+    monkeypatch.setattr(torch, "load", no_mmap_load)
+    model, _ = load_pretrained_model(path, device="cpu")
+    assert torch.equal(logits(model), logits(source))
+
+
 def test_cpu_weights_are_copy_on_write_so_training_never_changes_the_file(tmp_path):
     source = make_model()
     path = write_checkpoint(tmp_path / "c.pt", source)

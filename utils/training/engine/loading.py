@@ -117,9 +117,20 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> Any:
                 "(--trust-checkpoint on the command line), then re-save it with torch.save.")
         with open(path, "rb") as handle:
             return _translate_errors(path, lambda: pickle.load(handle))
+    def load(readable: Path, mmap: bool) -> Any:
+        return torch.load(readable, map_location="cpu", weights_only=not trust_checkpoint,
+                          mmap=mmap)
+
     with _name_torch_will_not_redirect(path) as readable:
-        return _translate_errors(path, lambda: torch.load(
-            readable, map_location="cpu", weights_only=not trust_checkpoint, mmap=kind == "zip"))
+        mmap = kind == "zip"  # torch's legacy format cannot be memory-mapped
+        try:
+            return _translate_errors(path, lambda: load(readable, mmap))
+        except CorruptCheckpointError:
+            if not mmap:
+                raise
+            # Some network file systems (FUSE mounts) cannot mmap: read once more normally;
+            # a really damaged file fails again, with the error of the plain read.
+            return _translate_errors(path, lambda: load(readable, False))
 
 
 @contextlib.contextmanager
