@@ -251,3 +251,12 @@ def test_bin_with_code_is_refused_as_unsafe(tmp_path):
     torch.save({"transformer.wte.weight": _NotATensor()}, tmp_path / "pytorch_model.bin")
     with pytest.raises(UnsafeCheckpointError, match="could run code"):
         load_openai_gpt2(tmp_path / "pytorch_model.bin")
+
+
+def test_load_gpt2_weights_fills_a_meta_device_model(hf_model, hf_folder):
+    with torch.device("meta"):
+        model = GPTModel(SMALL)
+    load_gpt2_weights(model, hf_folder)
+    assert not any(p.is_meta for p in model.parameters())
+    assert model.lm_head.weight is model.token_embedding.weight
+    torch.testing.assert_close(our_logits(model.eval()), hf_logits(hf_model), rtol=0, atol=1e-5)
