@@ -165,3 +165,14 @@ def test_naming_detection_and_prefix_stripping():
                           "transformer.h.0.attn.c_attn.weight": torch.zeros(48, 16)}) == "nanogpt"
     stripped, notes = strip_wrapper_prefixes({"module._orig_mod.a": 1, "_orig_mod.module.b": 2})
     assert stripped == {"a": 1, "b": 2} and len(notes) == 2
+
+
+@pytest.mark.parametrize("key", ["state_dict", "model"])
+def test_state_dict_under_other_common_keys(tmp_path, key):
+    torch.manual_seed(0)
+    source = GPTModel(TINY).eval()
+    torch.save({key: {"module." + k: v for k, v in source.state_dict().items()},
+                "config": TINY.to_dict(), "optimizer": {}}, tmp_path / "c.pt")
+    model, checkpoint = load_pretrained_model(tmp_path / "c.pt", device="cpu")
+    assert checkpoint["format"] == f"state dict in {key!r}"
+    assert torch.equal(our_logits(model), our_logits(source))

@@ -267,10 +267,11 @@ def recognize(payload: Any, hf_config: dict | None = None,
                                 "model_state_dict", None, format_name="training checkpoint")
     if "model" in payload and "model_args" in payload:
         return _from_nanogpt_checkpoint(payload)
-    if isinstance(payload.get("state_dict"), Mapping):  # PyTorch Lightning and friends
-        metadata = {k: v for k, v in payload.items() if k != "state_dict"}
-        return _from_state_dict(payload["state_dict"], payload.get("config") or fallback_config,
-                                metadata, "state dict in 'state_dict'", hf_config)
+    for key in ("state_dict", "model"):  # PyTorch Lightning, many training scripts
+        if isinstance(payload.get(key), Mapping) and _looks_like_state_dict(payload[key]):
+            metadata = {k: v for k, v in payload.items() if k != key}
+            return _from_state_dict(payload[key], payload.get("config") or fallback_config,
+                                    metadata, f"state dict in {key!r}", hf_config)
     if _looks_like_state_dict(payload):
         return _from_state_dict(payload, fallback_config, {}, "bare state dict", hf_config)
     keys = sorted(map(str, payload))
