@@ -143,6 +143,14 @@ def test_memory_estimates():
     assert needed > memory.estimate_memory_bytes(GPT2_CONFIGS["small"])
 
 
+def test_memory_check_uses_gpu_memory_for_cuda(monkeypatch):
+    monkeypatch.setattr(memory, "available_device_bytes", lambda device: 4 * memory.GIB)
+    monkeypatch.setattr(memory, "available_ram_bytes", lambda: 100 * memory.GIB)
+    with pytest.raises(memory.InsufficientMemoryError, match="of GPU memory is free"):
+        memory.check_memory(GPT2_CONFIGS["xl"], "cuda", name="gpt2-xl")
+    memory.check_memory(GPT2_CONFIGS["xl"], "cpu")  # plenty of RAM
+
+
 def test_compare_layers_locates_a_wrong_transpose(hf_model):
     model = converted(hf_model)
     report = compare_layers(model, hf_model, IDS)

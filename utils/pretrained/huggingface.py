@@ -297,7 +297,6 @@ def model_skeleton(config: ModelConfig) -> GPTModel:
         return GPTModel(config)
 
 
-
 def model_from_hf_tensors(tensors: Iterable[tuple[str, torch.Tensor]], config: ModelConfig,
                           device: str | torch.device = "cpu",
                           dtype: torch.dtype = torch.float32) -> GPTModel:

@@ -73,27 +73,30 @@ def check_memory(config: ModelConfig, device: str | torch.device = "cpu",
                  available: int | None = None, name: str = "this model") -> int:
     """Raise `InsufficientMemoryError` if `config` will not fit; return the bytes needed.
 
-    Loading always passes through RAM (tensor by tensor), so for a GPU both the GPU's free
-    memory and the RAM must hold the weights.
+    The weights go where the model lives: GPU memory for CUDA (they stream there tensor by
+    tensor, so RAM holds one tensor at a time), else RAM. `available` overrides the
+    measured free bytes.
     """
     needed = int(estimate_memory_bytes(config, dtype, training) * SAFETY_FACTOR)
-    places = [("RAM", available_ram_bytes() if available is None else available)]
     if torch.device(device).type == "cuda":
-        places.append(("GPU memory", available_device_bytes(device)))
-    for place, free in places:
-        if needed > free:
-            purpose = "training (weights + gradients + AdamW state)" if training else "the weights"
-            fits = _fitting_sizes(free, dtype, training)
-            half = estimate_memory_bytes(config, torch.bfloat16, training) * SAFETY_FACTOR
-            hints = []
-            if fits:
-                hints.append(f"a smaller size fits: {', '.join(fits)}")
-            if dtype == torch.float32 and half <= free:
-                hints.append("dtype=torch.bfloat16 halves the weights and fits")
-            if not hints:
-                hints.append("use a machine with more memory (Colab's free tier has ~12 GB RAM)")
-            raise InsufficientMemoryError(
-                f"{name} needs about {needed / GIB:.1f} GiB for {purpose} in {dtype} but only "
-                f"{free / GIB:.1f} GiB of {place} is free; {'; or '.join(hints)}"
-            )
+        place = "GPU memory"
+        free = available_device_bytes(device) if available is None else available
+    else:
+        place = "RAM"
+        free = available_ram_bytes() if available is None else available
+    if needed > free:
+        purpose = "training (weights + gradients + AdamW state)" if training else "the weights"
+        fits = _fitting_sizes(free, dtype, training)
+        half = estimate_memory_bytes(config, torch.bfloat16, training) * SAFETY_FACTOR
+        hints = []
+        if fits:
+            hints.append(f"a smaller size fits: {', '.join(fits)}")
+        if dtype == torch.float32 and half <= free:
+            hints.append("dtype=torch.bfloat16 (half the bytes per weight) fits")
+        if not hints:
+            hints.append("use a machine with more memory (Colab's free tier has ~12 GB RAM)")
+        raise InsufficientMemoryError(
+            f"{name} needs about {needed / GIB:.1f} GiB for {purpose} in {dtype} but only "
+            f"{free / GIB:.1f} GiB of {place} is free; {'; or '.join(hints)}"
+        )
     return needed
