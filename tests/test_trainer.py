@@ -174,3 +174,57 @@ def test_half_precision_on_cpu_falls_back_to_fp32_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="fp32"):
         trainer.fit()
     assert trainer.precision == "fp32" and not trainer.scaler.is_enabled()
+
+
+# ---------------------------------------------------------------- command line
+
+def _text_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("the quick brown fox jumps over the lazy dog. " * 300)
+    return path
+
+
+def test_cli_train_recover_and_resume(tmp_path, capsys):
+    from utils.__main__ import main
+
+    folder = tmp_path / "ck"
+    common = ["--data", str(_text_file(tmp_path)), "--tokenizer", "byte", "--checkpoint-dir",
+              str(folder), "--no-progress"]
+    assert main(["train", "--layers", "1", "--heads", "2", "--dim", "16", "--context", "16",
+                 "--max-steps", "6", "--batch-size", "2", "--eval-interval", "3",
+                 "--checkpoint-interval", "3", "--lr", "1e-2", *common]) == 0
+    out = capsys.readouterr().out
+    assert "done: step 6" in out and "checkpoint_epoch0000_step000006_" in out
+    [first, second] = sorted(list_checkpoints(folder), key=lambda i: i.global_step)
+    saved = torch.load(second.path, weights_only=True)
+    assert saved["config"]["vocab_size"] == 257 and saved["tokenizer"] == "byte"
+    assert saved["training_config"]["min_learning_rate"] == pytest.approx(1e-3)
+
+    # --resume takes the model shape and settings from the checkpoint; flags given win
+    assert main(["train", "--resume", "--max-steps", "9", *common]) == 0
+    assert "done: step 9" in capsys.readouterr().out
+    resumed = torch.load(max(list_checkpoints(folder), key=lambda i: i.global_step).path,
+                         weights_only=True)
+    assert resumed["global_step"] == 9 and resumed["config"] == saved["config"]
+    assert [h["step"] for h in resumed["metrics_history"]] == [3, 6, 9]
+    assert resumed["metrics_history"][:2] == saved["metrics_history"]
+
+    assert main(["recover", "--checkpoint-dir", str(folder)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.strip().endswith(".pt")]
+    best_first = sorted(list_checkpoints(folder), key=lambda i: i.val_loss)
+    assert [row.split()[-1] for row in rows] == [i.filename for i in best_first]
+    assert rows[0].split()[:2] == ["0", str(best_first[0].global_step)]
+    assert "metrics history: 3 evaluation(s)" in out
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    from utils.__main__ import main
+
+    assert main(["recover", "--checkpoint-dir", str(tmp_path / "none")]) == 2
+    assert "no checkpoints found" in capsys.readouterr().err
+    assert main(["train", "--resume", "--checkpoint-dir", str(tmp_path), "--no-progress"]) == 2
+    assert "no checkpoints found" in capsys.readouterr().err
+    assert main(["train", "--dim", "30", "--heads", "4", "--data", str(_text_file(tmp_path)),
+                 "--tokenizer", "byte", "--no-progress"]) == 2
+    assert "divisible" in capsys.readouterr().err

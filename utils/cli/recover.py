@@ -1,0 +1,62 @@
+"""`python -m utils recover --checkpoint-dir DIR`: the checkpoint table, best first."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "recover", help="list checkpoints and recover the training metrics",
+        description="List the checkpoints in a folder (best val_loss first, then newest) "
+                    "from their sidecars, and summarise the metrics history of the latest.",
+    )
+    parser.add_argument("--checkpoint-dir", default="checkpoints",
+                        help="folder with checkpoint_*.pt files (default: checkpoints)")
+    parser.add_argument("--include-invalid", action="store_true",
+                        help="also list unreadable or truncated files, with the reason")
+    parser.add_argument("--metrics-csv", default=None,
+                        help="also write the recovered metrics history to this CSV file")
+    parser.set_defaults(func=run)
+
+
+def format_checkpoint_table(infos: Sequence[Any]) -> str:
+    """One row per checkpoint: epoch, step, train/val loss, LR, time, file."""
+    def number(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    header = f"{'epoch':>5} {'step':>8} {'train loss':>10} {'val loss':>10} {'LR':>9}  " \
+             f"{'time':<19}  file"
+    lines = [header, "-" * len(header)]
+    for info in infos:
+        when = (info.timestamp or "-")[:19].replace("T", " ")
+        row = (f"{number(info.epoch, 'd'):>5} {number(info.global_step, 'd'):>8} "
+               f"{number(info.train_loss, '.4f'):>10} {number(info.val_loss, '.4f'):>10} "
+               f"{number(info.learning_rate, '.2e'):>9}  {when:<19}  {info.filename}")
+        if not getattr(info, "valid", True):
+            row += f"  [invalid: {info.error}]"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from utils.training.engine.recovery import list_checkpoints, recover_training_results
+
+    results = recover_training_results(args.checkpoint_dir)
+    infos = (list_checkpoints(args.checkpoint_dir, include_invalid=True)
+             if args.include_invalid else results["checkpoints"])
+    print(f"{len(results['checkpoints'])} checkpoint(s) in {args.checkpoint_dir}, "
+          f"best val_loss first:\n")
+    print(format_checkpoint_table(infos))
+    best = results["best_val_loss"]
+    print(f"\nbest:   {results['checkpoint_path']}"
+          + (f" (val loss {best:.4f})" if best is not None else ""))
+    print(f"latest: {results['latest_checkpoint_path']} (epoch {results['epoch']}, "
+          f"step {results['global_step']})")
+    print(f"metrics history: {len(results['metrics'])} evaluation(s) recovered")
+    if args.metrics_csv:
+        results["metrics"].to_csv(args.metrics_csv, index=False)
+        print(f"metrics written to {args.metrics_csv}")
+    return 0
