@@ -106,7 +106,7 @@ def _resume_source(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None
 
 
 def build_training_config(args: argparse.Namespace, saved: dict[str, Any] | None,
-                          resume_path: Any = None):
+                          resume_path: Any = None, data_state: dict[str, Any] | None = None):
     """TrainingConfig: the checkpoint's settings (if resuming), then the given flags.
 
     A resumed run keeps writing next to the checkpoint it resumed unless told otherwise.
@@ -125,6 +125,15 @@ def build_training_config(args: argparse.Namespace, saved: dict[str, Any] | None
         values["min_learning_rate"] = args.lr / 10
     values["compile"] = bool(args.compile or values.get("compile", False))
     values["background_checkpointing"] = not args.sync_checkpoints
+    if data_state and args.batch_size is None:
+        # Keep the saved global batch (batch x processes) when the number of processes
+        # changed, e.g. a 2-GPU run resumed on one: the same data stream continues.
+        from utils.training.engine.distributed import launch_info
+
+        world_size = launch_info()[2]
+        global_batch = int(data_state["batch_size"]) * int(data_state.get("world_size", 1))
+        if global_batch % world_size == 0:
+            values["batch_size"] = global_batch // world_size
     if resume_path is not None and args.checkpoint_dir is None:
         values["checkpoint_dir"] = str(resume_path.parent)
     values.setdefault("checkpoint_dir", "checkpoints")
@@ -166,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
 
     resume_path, checkpoint = _resume_source(args)
     training_config = build_training_config(
-        args, checkpoint.get("training_config") if checkpoint else None, resume_path)
+        args, checkpoint.get("training_config") if checkpoint else None, resume_path,
+        checkpoint.get("data_state") if checkpoint else None)
     tokenizer_name = args.tokenizer or (checkpoint or {}).get("tokenizer") or "gpt2"
     dist = setup_distributed(training_config.device)  # so only rank 0 tokenises
     if not dist.is_main:
