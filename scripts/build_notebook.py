@@ -186,7 +186,9 @@ md("## 3 · Model")
 code(11, "Model Configuration", '''
 from utils.config import ModelConfig
 
-model_config = ModelConfig.from_preset(MODEL_PRESET, context_length=CONTEXT_LENGTH)
+# The vocabulary is the tokenizer's (GPT-2's 50,257, or 257 for the byte tokenizer).
+model_config = ModelConfig.from_preset(MODEL_PRESET, context_length=CONTEXT_LENGTH,
+                                       vocab_size=tokenizer.n_vocab)
 for field, value in model_config.to_dict().items():
     print(f"{field:>20}: {value}")
 ''')
@@ -354,13 +356,20 @@ print(f"validation loss {val_loss:.4f} | perplexity {math.exp(val_loss):.2f}")
 ''')
 
 code(40, "Compare Checkpoints", '''
-# How much each layer moved between the oldest and the newest checkpoint kept on disk.
-from utils.compare import compare_checkpoints
+# Which layers moved most between the oldest and the newest checkpoint kept on disk, and
+# how their predictions differ (validation loss and a greedy continuation of PROMPT).
+from IPython.display import display
+from utils.training.engine.compare import (
+    compare_checkpoints, compare_predictions, plot_weight_changes)
+from utils.training.engine.recovery import list_checkpoints
 
 kept = sorted(list_checkpoints(CHECKPOINT_DIR), key=lambda info: info.global_step)
 if len(kept) >= 2:
-    comparison = compare_checkpoints(kept[0].path, kept[-1].path)
-    display(comparison.head(10))
+    changes = compare_checkpoints(kept[0].path, kept[-1].path)
+    plot_weight_changes(changes, top=12, title=f"Weight change, step {kept[0].global_step} "
+                                               f"→ {kept[-1].global_step}")
+    display(compare_predictions([kept[0].path, kept[-1].path], val_tokens, tokenizer, PROMPT,
+                                max_new_tokens=15, max_batches=2))
 else:
     print("Need at least two checkpoints to compare; train longer (Cell 32).")
 ''')
@@ -376,7 +385,7 @@ print(f"✅ saved a transformers folder: GPT2LMHeadModel.from_pretrained({str(hf
 
 code(42, "Export Binary Weights", '''
 # Seed 002's format for C/C++: docs/binary-weight-format.md describes the layout.
-from utils.pretrained import export_binary
+from utils.pretrained.binary import export_binary
 
 binary_dir = export_binary(model, f"{OUTPUT_DIR}/binary")
 print(f"✅ binary weights in {binary_dir}")

@@ -97,7 +97,9 @@ class NotebookKernel:
         """Evaluate a JSON-able expression in the kernel and return it."""
         status, text = self.run(f"import json as _json\nprint({MARKER!r} + _json.dumps({expression}))")
         assert status == "ok", text
-        return json.loads(text.rsplit(MARKER, 1)[1])
+        # only a line that starts with the marker: a warning may echo the source line
+        (line,) = [line for line in text.splitlines() if line.startswith(MARKER)]
+        return json.loads(line[len(MARKER):])
 
     def start(self, code: str) -> str:
         """Start executing `code` without waiting (e.g. a long training cell)."""

@@ -96,7 +96,7 @@ def test_whole_notebook_runs_headless_in_quick_mode(tmp_path):
 
 # ---------------------------------------------------------------- Cell 34's error scenarios
 
-ERROR_PARAMETERS = {"QUICK_MODE": True}
+ERROR_PARAMETERS = {"QUICK_MODE": True, "TOKENIZER": "byte"}  # byte-level: a tiny vocabulary, fast
 
 
 @pytest.fixture

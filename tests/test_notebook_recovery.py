@@ -12,16 +12,17 @@ import torch
 from tests.notebook_helpers import NotebookKernel
 from utils.config import ModelConfig
 from utils.model import GPTModel
-from utils.training.engine.checkpoint import CHECKPOINT_NAME_RE
+from utils.training.engine.checkpoint import CHECKPOINT_NAME_RE, sidecar_path
 
 # A tiny model with a long run, so training is still going when the kernel is killed.
 CRASH_PARAMETERS = {
-    "QUICK_MODE": False, "MODEL_PRESET": "tiny", "CONTEXT_LENGTH": 32, "BATCH_SIZE": 2,
+    "QUICK_MODE": False, "MODEL_PRESET": "tiny", "TOKENIZER": "byte", "CONTEXT_LENGTH": 32,
+    "BATCH_SIZE": 2,
     "MAX_STEPS": 100_000, "WARMUP_STEPS": 2, "EVAL_INTERVAL": 3, "EVAL_BATCHES": 1,
     "CHECKPOINT_INTERVAL": 3, "RESUME_EXTRA_STEPS": 3,
 }
 SETUP_CELLS = [1, 3, 4, 5, 6, 7, 9, 10, 11, 13]  # what runs again after reconnecting
-PROBE_IDS = [[15496, 11, 616, 1438, 318, 262, 640, 286]]
+PROBE_IDS = [[72, 101, 108, 108, 111, 44, 32, 256]]  # byte-level ids
 
 
 def checkpoints_on_disk(folder: Path) -> dict[int, dict]:
@@ -35,14 +36,16 @@ def checkpoints_on_disk(folder: Path) -> dict[int, dict]:
     return found
 
 
-def wait_for_checkpoints(folder: Path, count: int, timeout: float = 240) -> None:
+def wait_for_checkpoints(kernel: NotebookKernel, folder: Path, count: int,
+                         timeout: float = 240) -> None:
+    """Until `count` complete checkpoints (file + sidecar) exist while training still runs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        complete = [p for p in folder.glob("checkpoint_*.pt")
-                    if p.with_suffix(".json").exists()]
+        complete = [p for p in folder.glob("checkpoint_*.pt") if sidecar_path(p).exists()]
         if len(complete) >= count:
             return
-        time.sleep(0.2)
+        assert not kernel.client.shell_channel.msg_ready(), "Cell 32 ended before the kill"
+        time.sleep(0.1)
     raise AssertionError(f"fewer than {count} checkpoints in {folder} after {timeout} s")
 
 
@@ -64,7 +67,7 @@ def test_kill_during_training_then_recover_load_and_resume_in_a_fresh_kernel(tmp
     try:
         doomed.run_cells([*SETUP_CELLS, 15, 16], parameters)
         doomed.start(doomed.cells[32])
-        wait_for_checkpoints(checkpoint_dir, 2)
+        wait_for_checkpoints(doomed, checkpoint_dir, 2)
         doomed.kill()
     finally:
         doomed.shutdown()
