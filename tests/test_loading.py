@@ -124,7 +124,10 @@ def test_builds_on_meta_without_initialising_weights_and_reads_with_mmap(tmp_pat
     monkeypatch.setattr(torch.nn.init, "normal_", counting_init)
     monkeypatch.setattr(torch, "load", spying_load)
     load_pretrained_model(path, device="cpu")
-    assert initialised == []  # the random initialisation ran on meta tensors only
+    assert initialised == []  # no random initialisation of real tensors
+    assert torch.nn.init.normal_ is counting_init  # init functions restored after the build
+    torch.nn.init.normal_(torch.empty(3))
+    assert initialised == [(3,)]
     assert load_calls == [{"map_location": "cpu", "weights_only": True, "mmap": True}]
 
 
