@@ -269,6 +269,7 @@ def test_load_model_weights_copies_into_the_same_parameter_objects(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     report = load_model_weights(model, path, device="cpu")
     assert isinstance(report, LoadReport) and report.complete
+    assert report.metadata["global_step"] == 42 and "model_state_dict" not in report.metadata
     assert len(report.loaded) == len(source.state_dict())
     assert [id(p) for p in model.parameters()] == parameter_ids
     assert optimizer.param_groups[0]["params"][0] is model.token_embedding.weight

@@ -230,6 +230,8 @@ class LoadReport:
     mismatched: list[tuple[str, list[int], list[int]]] = field(default_factory=list)  # (key, file, model)
     config_differences: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # The file's other entries (epoch, losses, timestamp, optimizer state, ...), for reports.
+    metadata: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def complete(self) -> bool:
@@ -279,6 +281,7 @@ def match_state_dict(recognized: RecognizedCheckpoint, model: nn.Module, path: s
             and "token_embedding.weight" in state_dict and _is_tied(model)):
         state_dict["lm_head.weight"] = state_dict["token_embedding.weight"]
     report = LoadReport(path, recognized.format, notes=list(recognized.notes),
+                        metadata=dict(recognized.metadata),
                         config_differences=config_differences(
                             recognized.config, getattr(model, "config", None)))
     usable: dict[str, torch.Tensor] = {}
