@@ -268,3 +268,21 @@ def test_load_gpt2_weights_fills_a_meta_device_model(hf_model, hf_folder):
     assert not any(p.is_meta for p in model.parameters())
     assert model.lm_head.weight is model.token_embedding.weight
     torch.testing.assert_close(our_logits(model.eval()), hf_logits(hf_model), rtol=0, atol=1e-5)
+
+
+def test_prefetch_thread_stops_when_the_reader_stops_early():
+    import threading
+
+    from utils.pretrained.huggingface import _prefetched
+
+    stream = _prefetched(iter(range(1000)))
+    assert next(stream) == 0
+    stream.close()
+    assert not [t for t in threading.enumerate() if t.name == "tensor-prefetch"]
+
+    def failing():
+        yield 1
+        raise OSError("disk went away")
+
+    with pytest.raises(OSError, match="disk went away"):
+        list(_prefetched(failing()))

@@ -15,8 +15,10 @@ import dataclasses
 import json
 import os
 import pickle
+import queue
 import struct
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -148,13 +150,61 @@ def iter_safetensors(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
             yield name, tensor
 
 
-def iter_hf_tensors(files: Iterable[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    """`(key, tensor)` for every tensor of the files, one at a time."""
+def _read_all(files: Iterable[Path]) -> Iterator[tuple[str, torch.Tensor]]:
     for file in files:
         if file.suffix == ".safetensors":
             yield from iter_safetensors(file)
         else:
             yield from _load_torch_file(file).items()
+
+
+def iter_hf_tensors(files: Iterable[Path], prefetch: bool = True
+                    ) -> Iterator[tuple[str, torch.Tensor]]:
+    """`(key, tensor)` for every tensor of the files, one at a time.
+
+    With `prefetch`, a background thread reads the next tensor while the caller converts
+    the current one (file reads and torch copies both release the GIL), so reading and
+    transposing overlap; at most two tensors are in flight besides the one being converted.
+    """
+    items = _read_all(files)
+    return _prefetched(items) if prefetch else items
+
+
+_DONE = object()
+
+
+def _prefetched(items: Iterator, depth: int = 1) -> Iterator:
+    results: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                results.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+        except BaseException as error:  # handed to the consumer, raised there
+            put(error)
+        put(_DONE)
+
+    worker = threading.Thread(target=produce, name="tensor-prefetch", daemon=True)
+    worker.start()
+    try:
+        while (item := results.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:  # also when the consumer stops early: let the reader finish and close its file
+        stop.set()
+        worker.join()
 
 
 def _load_torch_file(file: Path) -> dict[str, torch.Tensor]:
