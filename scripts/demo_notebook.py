@@ -65,7 +65,7 @@ def screenshot(html: Path, height: int = 4000) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", default="outputs", type=Path)
-    parser.add_argument("--steps", type=int, default=200,
+    parser.add_argument("--steps", type=int, default=120,
                         help="training steps of the tiny model (QUICK_MODE_STEPS)")
     parser.add_argument("--screenshot", action="store_true",
                         help="also render the HTML to PNG with headless Chromium")

@@ -71,8 +71,9 @@ def test_whole_notebook_runs_headless_in_quick_mode(tmp_path):
     executed = tmp_path / "executed.ipynb"
     papermill.execute_notebook(
         str(NOTEBOOK_PATH), str(executed), cwd=str(REPO_ROOT), kernel_name="python3",
-        parameters={"QUICK_MODE": True, "CHECKPOINT_DIR": str(checkpoint_dir),
-                    "OUTPUT_DIR": str(output_dir)},
+        # GPT-2's BPE as in a real run; 10 steps (+5 resumed) keep the test short
+        parameters={"QUICK_MODE": True, "QUICK_MODE_STEPS": 10,
+                    "CHECKPOINT_DIR": str(checkpoint_dir), "OUTPUT_DIR": str(output_dir)},
         progress_bar=False,
     )
     outputs = {}
@@ -88,6 +89,9 @@ def test_whole_notebook_runs_headless_in_quick_mode(tmp_path):
     assert sorted(checkpoint_dir.glob("checkpoint_epoch*_step*.pt"))
     assert "✅ model" in outputs[35] and "✅ results" in outputs[35]
     assert "LOADING MODEL WEIGHTS" in outputs[34]
+    assert "resumed from step 10 to step 15" in outputs[37]
+    assert "val_loss" in outputs[40] and "sample" in outputs[40]
+    assert "Need at least two checkpoints" not in outputs[40]  # steps 10 and 15 compared
     # artefacts: the loss curve, a Hugging Face folder and the binary weights
     assert (output_dir / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert (output_dir / "hf_model" / "config.json").is_file()
