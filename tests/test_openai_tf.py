@@ -215,3 +215,25 @@ def test_download_urls_point_at_openai_blob_storage(tmp_path, monkeypatch):
     assert len(opened) == len(openai_tf.OPENAI_FILES)
     with pytest.raises(ValueError, match="unknown GPT-2 size"):
         openai_tf.download_openai_checkpoint("gpt5", tmp_path)
+
+
+def test_twelve_layer_index_spanning_several_blocks():
+    # GPT-2 small's 148 variable names: the index outgrows one 4 KiB SSTable block, and keys
+    # sort h0, h1, h10, h11, h2, ... so layer numbers must come from the names, not the order.
+    folder = FIXTURE.parent / "openai_tf_12layer"
+    assert (folder / "model.ckpt.index").stat().st_size > 4096
+    _, entries = read_bundle_index(folder / "model.ckpt.index")
+    assert len(entries) == 148
+    hparams, params = load_tf_checkpoint(folder)
+    with np.load(folder / "expected.npz") as expected:
+        for i in range(12):
+            assert np.array_equal(params["blocks"][i]["mlp"]["c_fc"]["w"],
+                                  expected[f"model/h{i}/mlp/c_fc/w"][0])
+            assert np.array_equal(params["blocks"][i]["ln_2"]["b"], expected[f"model/h{i}/ln_2/b"])
+    model, config = load_tf_gpt2(folder)
+    assert config.number_of_layers == 12
+    ids = [1, 2, 259, 262, 5]
+    want = numpy_gpt2(np.array(ids), _to_float64(params), hparams["n_head"])
+    with torch.no_grad():
+        got = model(torch.tensor([ids]))[0].double().numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
