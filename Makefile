@@ -39,7 +39,7 @@ test: install
 	exit $$(( lint != 0 ? lint : tests ))
 
 demo: install
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo_notebook.py
 
 bench: install
 	$(PY) bench/run_all.py
