@@ -151,10 +151,12 @@ print(f"{example!r} -> {ids} -> {tokenizer.decode(ids)!r}")
 code(7, "Load and Tokenise the Corpus", '''
 # Tokenised once and cached on disk: running this again (e.g. after a crash) is instant.
 from utils.data import tokenize_corpus
+from utils.notebook import friendly_errors
 
-corpus = tokenize_corpus(DATA_PATH or None, tokenizer_name=TOKENIZER)
-print(f"Source: {corpus.source}")
-print(f"Tokens: {len(corpus.tokens):,} (uint16 memmap, sha256 {corpus.sha256[:12]}...)")
+with friendly_errors():  # a wrong DATA_PATH prints what to pass instead
+    corpus = tokenize_corpus(DATA_PATH or None, tokenizer_name=TOKENIZER)
+    print(f"Source: {corpus.source}")
+    print(f"Tokens: {len(corpus.tokens):,} (uint16 memmap, sha256 {corpus.sha256[:12]}...)")
 ''')
 
 code(8, "Data Statistics", '''
