@@ -191,7 +191,8 @@ def test_download_urls_point_at_openai_blob_storage(tmp_path, monkeypatch):
     class FakeResponse:
         headers = {"Content-Length": "3"}
 
-        def __init__(self, url):
+        def __init__(self, url, timeout=None):
+            assert timeout  # a dead connection must not hang forever
             opened.append(url)
             self.chunks = [b"abc"]
 

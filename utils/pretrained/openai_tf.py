@@ -490,7 +490,7 @@ def download_openai_checkpoint(model_size: str, dest: str | Path = "models") -> 
             continue
         url = f"{OPENAI_BASE_URL}/{OPENAI_SIZES[key]}/{filename}"
         partial = target.with_name(target.name + ".part")
-        with urllib.request.urlopen(url) as response, open(partial, "wb") as out:
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
             total = int(response.headers.get("Content-Length", 0)) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=filename) as bar:
                 while chunk := response.read(1 << 20):
