@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from utils.config import ModelConfig
 from utils.model import GPTModel
+from utils.training.engine.errors import ArchitectureMismatchError
 from utils.training.engine.formats import detect_naming, strip_wrapper_prefixes
 from utils.training.engine.loading import load_model_weights, load_pretrained_model
 
@@ -176,3 +177,27 @@ def test_state_dict_under_other_common_keys(tmp_path, key):
     model, checkpoint = load_pretrained_model(tmp_path / "c.pt", device="cpu")
     assert checkpoint["format"] == f"state dict in {key!r}"
     assert torch.equal(our_logits(model), our_logits(source))
+
+
+def test_hf_state_dict_with_a_missing_tensor_is_an_architecture_mismatch(tmp_path, hf_model):
+    state = dict(hf_model.state_dict())
+    del state["transformer.h.1.attn.c_attn.bias"]
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    model = GPTModel(TINY)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ArchitectureMismatchError, match="3 missing") as caught:
+        load_model_weights(model, tmp_path / "pytorch_model.bin", device="cpu")
+    assert "transformer_blocks.1.attention.W_key.bias" in str(caught.value)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_nanogpt_into_an_existing_model_switches_to_exact_gelu(tmp_path):
+    args = {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16, "bias": True,
+            "vocab_size": 64, "dropout": 0.0}
+    sd = nanogpt_state_dict(args, seed=5)
+    torch.save({"model": sd, "model_args": args, "iter_num": 1, "best_val_loss": 2.0,
+                "config": {}}, tmp_path / "ckpt.pt")
+    model = GPTModel(TINY)
+    report = load_model_weights(model, tmp_path / "ckpt.pt", device="cpu")
+    assert any("GELU" in note for note in report.notes)
+    assert torch.allclose(our_logits(model), nanogpt_forward(sd, args, IDS), atol=1e-5, rtol=0)

@@ -147,3 +147,21 @@ def test_error_report_gives_cause_and_numbered_fixes(error, title, fix):
     assert str(error) in text  # the cause, as the error states it
     assert fix in text
     assert f"Technical details: {type(error).__name__}" in text
+
+
+def test_loading_report_says_when_a_load_was_partial(tmp_path):
+    import dataclasses
+    import warnings
+
+    from utils.training.engine.loading import load_model_weights
+
+    other = dataclasses.replace(TINY, vocab_size=80)
+    torch.save({"model_state_dict": GPTModel(other).state_dict(), "config": other.to_dict()},
+               tmp_path / "other.pt")
+    model = GPTModel(TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = load_model_weights(model, tmp_path / "other.pt", device="cpu", strict=False)
+    text = reports.loading_report(tmp_path / "other.pt", model, report)
+    assert "Partial load: loaded 35 tensors; skipped 0 missing, 0 unexpected, 2 wrong-shape" in text
+    assert "loaded successfully" not in text
