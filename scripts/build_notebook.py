@@ -75,7 +75,7 @@ print(environment_report())
 
 code(2, "Install Requirements", '''
 # Installs requirements.txt only when something is missing (Colab lacks tiktoken); Colab's
-# own torch is kept. Prepares GPT-2's tokenizer so the rest works offline.
+# own torch is kept.
 from utils.notebook import install_requirements
 installed = install_requirements("requirements.txt")
 ''')
@@ -133,7 +133,7 @@ CHECKPOINT_DIR = str(choose_checkpoint_dir(CHECKPOINT_DIR or None))
 existing = list_checkpoints(CHECKPOINT_DIR)
 print(f"📁 Checkpoint folder: {CHECKPOINT_DIR} ({len(existing)} checkpoints already there)")
 if existing:
-    print("   After a crash: run Cells 6-13, then Cell 33 and Cell 34 to recover.")
+    print("   Recovering after a crash? Run Cells 6-13, then Cells 33-35 (not Cell 32).")
 ''')
 
 md("## 2 · Data")
@@ -245,7 +245,8 @@ training_config = TrainingConfig(
     eval_batches=EVAL_BATCHES, checkpoint_interval=CHECKPOINT_INTERVAL,
     checkpoint_dir=CHECKPOINT_DIR, seed=SEED, device=device,
 )
-print(training_config)
+for field, value in training_config.to_dict().items():
+    print(f"{field:>26}: {value}")
 ''')
 
 code(16, "Create the Trainer", '''
@@ -368,8 +369,8 @@ from utils.training.engine.recovery import list_checkpoints
 kept = sorted(list_checkpoints(CHECKPOINT_DIR), key=lambda info: info.global_step)
 if len(kept) >= 2:
     changes = compare_checkpoints(kept[0].path, kept[-1].path)
-    plot_weight_changes(changes, top=12, title=f"Weight change, step {kept[0].global_step} "
-                                               f"→ {kept[-1].global_step}")
+    display(plot_weight_changes(changes, top=12, title=f"Relative weight change, step "
+                                f"{kept[0].global_step} → {kept[-1].global_step}"))
     display(compare_predictions([kept[0].path, kept[-1].path], val_tokens, tokenizer, PROMPT,
                                 max_new_tokens=15, max_batches=2))
 else:

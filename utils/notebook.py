@@ -176,12 +176,17 @@ def _describe(value: Any) -> str:
         return f"{type(value).__name__}, {count:,} parameters, on {device}, {mode} mode"
     if hasattr(value, "shape") and hasattr(value, "columns"):  # DataFrame
         return f"DataFrame, {value.shape[0]} rows × {value.shape[1]} columns"
+    if hasattr(value, "global_step") and hasattr(value, "fit"):  # Trainer
+        return f"{type(value).__name__} at step {value.global_step}"
     if isinstance(value, float):
         return f"{value:.4f}"
     if isinstance(value, Mapping):
         return f"dict with {len(value)} keys"
     text = str(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    if len(text) <= 80:
+        return text
+    # a long path: keep its end, where the file name is
+    return "..." + text[-77:] if isinstance(value, (str, Path)) else text[:77] + "..."
 
 
 # What Cell 35 takes out of `results` (Cell 33) into plain variables.
