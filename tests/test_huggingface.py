@@ -286,3 +286,14 @@ def test_prefetch_thread_stops_when_the_reader_stops_early():
 
     with pytest.raises(OSError, match="disk went away"):
         list(_prefetched(failing()))
+
+
+def test_hub_failure_is_a_clear_error(monkeypatch):
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(FileNotFoundError, match="openai-community/gpt2-medium.*local"):
+        load_openai_gpt2("gpt2-medium", memory_check=False)

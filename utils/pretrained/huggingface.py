@@ -92,7 +92,13 @@ def download_from_hub(name: str) -> Path:
 
     size = PRESET_ALIASES.get(name, name)
     repo_id = HUB_REPOS.get(size, name)
-    return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    except Exception as error:  # offline, unknown repo, auth: all mean "no weights from the hub"
+        raise FileNotFoundError(
+            f"could not get {repo_id!r} from the Hugging Face hub ({type(error).__name__}: "
+            f"{error}); check the name and the network, or pass a local save_pretrained folder"
+        ) from error
 
 
 # ------------------------------------------------------------------- reading tensors
