@@ -13,7 +13,7 @@ import pytest
 
 from tests.notebook_helpers import NOTEBOOK_PATH, REPO_ROOT, TITLE, NotebookKernel, notebook_cells
 from utils import notebook as nb
-from utils.config import ConfigError
+from utils.config import ConfigError, ModelConfig
 from utils.training.engine.errors import ModelNotInitializedError, NoCheckpointsError
 
 REQUIRED_PARAMETERS = ("QUICK_MODE", "MODEL_PRESET", "DATA_PATH", "MAX_STEPS", "BATCH_SIZE",
@@ -203,3 +203,64 @@ def test_install_requirements_skips_when_everything_is_present(capsys):
     assert nb.missing_modules() == []
     assert nb.install_requirements("does-not-matter.txt") is False
     assert "nothing to do" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- Cell 34's helper, in-process
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory):
+    """A real training run of 2 steps with a checkpoint after each (shared, read-only)."""
+    import numpy as np
+
+    from utils.config import TrainingConfig
+    from utils.model import GPTModel
+    from utils.training.engine.trainer import Trainer
+
+    tmp_path = tmp_path_factory.mktemp("two_checkpoints")
+    tiny_config = ModelConfig(vocab_size=257, context_length=32, embedding_dimension=32,
+                              number_of_heads=4, number_of_layers=2, dropout_rate=0.0)
+    tokens = np.random.default_rng(0).integers(0, 256, 4000).astype(np.uint16)
+    config = TrainingConfig(max_steps=2, batch_size=2, warmup_steps=1, eval_interval=1,
+                            eval_batches=1, checkpoint_interval=1, checkpoint_dir=str(tmp_path),
+                            keep_last=None, keep_best=None, device="cpu")
+    Trainer(GPTModel(tiny_config), config, tokens[:3000], tokens[3000:], progress=False).fit()
+    return tmp_path
+
+
+def test_load_weights_cell_loads_the_selected_checkpoint_and_reports(two_checkpoints,
+                                                                    tiny_config, capsys):
+    import torch
+
+    from utils.model import GPTModel
+    from utils.training.engine.recovery import list_checkpoints
+
+    with pytest.raises(ModelNotInitializedError):
+        nb.load_weights_cell({"model": None}, two_checkpoints)
+    model = GPTModel(tiny_config)
+    path, checkpoint = nb.load_weights_cell({"model": model}, two_checkpoints, override="1")
+    listed = list_checkpoints(two_checkpoints)
+    assert path == listed[1].path and checkpoint["global_step"] == listed[1].global_step
+    out = capsys.readouterr().out
+    for title in ("AVAILABLE CHECKPOINTS", "LOADING MODEL WEIGHTS", "CHECKPOINT INFO",
+                  "MODEL INFO", "ARCHITECTURE PREVIEW", "NEXT STEPS"):
+        assert title in out
+    assert "manual override" in out.lower() and "→ [1]" in out
+    saved = torch.load(path, weights_only=True)["model_state_dict"]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+    assert not model.training
+
+
+def test_widget_picker_falls_back_to_the_table_outside_jupyter(two_checkpoints, tiny_config,
+                                                               capsys):
+    import torch
+
+    from utils.model import GPTModel
+
+    model = GPTModel(tiny_config)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert nb.load_weights_cell({"model": model}, two_checkpoints, use_widget=True) == (None, None)
+    out = capsys.readouterr().out
+    assert "AVAILABLE CHECKPOINTS" in out and "CHECKPOINT_OVERRIDE" in out
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing loaded
