@@ -130,3 +130,10 @@ def test_checksum_is_order_sensitive(tmp_path):
     a = write_binary({"x": torch.tensor([1.0, 2.0])}, tmp_path / "a.bin")
     b = write_binary({"x": torch.tensor([2.0, 1.0])}, tmp_path / "b.bin")
     assert checksum(a)[2] != checksum(b)[2]
+
+
+def test_streamed_write_checks_the_announced_count(tmp_path):
+    pairs = iter([("a", torch.ones(2)), ("b", torch.zeros(3))])
+    with pytest.raises(ValueError, match="announced 3 tensors but got 2"):
+        write_binary(pairs, tmp_path / "w.bin", count=3)
+    assert not list(tmp_path.iterdir())  # nothing half-written left behind

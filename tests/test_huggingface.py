@@ -297,3 +297,16 @@ def test_hub_failure_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(FileNotFoundError, match="openai-community/gpt2-medium.*local"):
         load_openai_gpt2("gpt2-medium", memory_check=False)
+
+
+def test_streamed_export_tensors_equal_convert_custom_to_hf():
+    from utils.pretrained.mapping import convert_custom_to_hf
+
+    torch.manual_seed(5)
+    model = GPTModel(SMALL)
+    streamed = dict(hf_loader.iter_hf_state(model))
+    reference = convert_custom_to_hf(model.state_dict(), SMALL.number_of_layers)
+    assert list(streamed) == [k for k in reference if k != "lm_head.weight"]
+    assert all(torch.equal(streamed[k], reference[k]) for k in streamed)
+    assert list(hf_loader.expected_hf_shapes(SMALL)) == list(streamed)
+    assert all(hf_loader.expected_hf_shapes(SMALL)[k] == tuple(v.shape) for k, v in streamed.items())

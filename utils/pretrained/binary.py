@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,18 +48,27 @@ def _write_tensor(handle, name: str, array: np.ndarray) -> None:
     handle.write(np.ascontiguousarray(array, dtype="<f4").tobytes())
 
 
-def write_binary(tensors: dict[str, torch.Tensor | np.ndarray], path: str | Path) -> Path:
-    """Write `{name: tensor}` in the binary format, atomically (temp file + rename)."""
+def write_binary(tensors: dict[str, torch.Tensor | np.ndarray] | Iterable[tuple[str, Any]],
+                 path: str | Path, count: int | None = None) -> Path:
+    """Write `{name: tensor}` (or `count` `(name, tensor)` pairs, streamed one at a time) in
+    the binary format, atomically (temp file + rename)."""
     path = Path(path)
+    if isinstance(tensors, dict):
+        count, tensors = len(tensors), tensors.items()
     partial = path.with_name(path.name + ".part")
+    written = 0
     with open(partial, "wb") as handle:
-        handle.write(struct.pack("<I", len(tensors)))
-        for name, tensor in tensors.items():
+        handle.write(struct.pack("<I", count))
+        for name, tensor in tensors:
+            written += 1
             if isinstance(tensor, torch.Tensor):
                 tensor = tensor.detach().to("cpu", torch.float32).numpy()
             _write_tensor(handle, name, tensor)
         handle.flush()
         os.fsync(handle.fileno())
+    if written != count:
+        partial.unlink()
+        raise ValueError(f"announced {count} tensors but got {written}; nothing was written")
     os.replace(partial, path)
     return path
 
@@ -89,21 +99,23 @@ def config_text(config: ModelConfig) -> str:
 
 def export_binary(model: GPTModel, out_dir: str | Path) -> Path:
     """Write `gpt2_weights.bin`, `gpt2_config.txt` and `gpt2_weight_mapping.txt` to `out_dir`."""
-    from utils.pretrained.huggingface import hf_state_dict_from_model
+    from dataclasses import replace
+
+    from utils.pretrained.huggingface import expected_hf_shapes, iter_hf_state
     from utils.pretrained.mapping import get_weight_mapping
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = hf_state_dict_from_model(model)
-    del tensors["lm_head.weight"]
-    write_binary(tensors, out_dir / WEIGHTS_FILE)
+    # Streamed: one converted tensor at a time, so gpt2-xl needs no second 6 GB copy.
+    shapes = expected_hf_shapes(replace(model.config, use_attention_bias=True))
+    write_binary(iter_hf_state(model), out_dir / WEIGHTS_FILE, count=len(shapes))
     (out_dir / CONFIG_FILE).write_text(config_text(model.config))
     ours = get_weight_mapping(model.config.number_of_layers)
     rows = ["# file name (Hugging Face)\tshape\tGPTModel parameter(s)\tlayout"]
-    for name, tensor in tensors.items():
+    for name, shape in shapes.items():
         targets = ours[name][0]
         targets = ",".join(targets) if isinstance(targets, tuple) else targets
-        rows.append(f"{name}\t{list(tensor.shape)}\t{targets}\t{_layout_note(name)}")
+        rows.append(f"{name}\t{list(shape)}\t{targets}\t{_layout_note(name)}")
     (out_dir / MAPPING_FILE).write_text("\n".join(rows) + "\n")
     return out_dir
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import pickle
 import queue
@@ -21,17 +22,20 @@ import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from utils.config import GPT2_CONFIGS, PRESET_ALIASES, ModelConfig
 from utils.model import GPTModel
 from utils.pretrained.mapping import (
-    convert_custom_to_hf,
+    get_weight_mapping,
     is_ignored_hf_key,
     iter_converted,
     normalize_hf_key,
+    split_qkv_weight,
     to_hf_config,
+    transpose,
 )
 from utils.pretrained.memory import check_memory
 from utils.training.engine.errors import (
@@ -435,16 +439,60 @@ def load_openai_gpt2(model_size: str | Path = "small", device: str | torch.devic
 # --------------------------------------------------------------------------- export
 
 
-def hf_state_dict_from_model(model: GPTModel) -> dict[str, torch.Tensor]:
-    """GPT2LMHeadModel tensors for `model` (zeros for Q/K/V biases it does not have)."""
+def iter_hf_state(model: GPTModel) -> Iterator[tuple[str, torch.Tensor]]:
+    """GPT2LMHeadModel tensors for `model`, one at a time in HF's order, without the tied
+    `lm_head.weight`; zeros for Q/K/V biases the model does not have.
+
+    The inverse of `mapping`'s transforms, tensor by tensor (`convert_custom_to_hf` builds
+    them all at once): exporting gpt2-xl then never holds a second 6 GB copy.
+    """
     state = {k: v.detach() for k, v in model.state_dict().items()}
-    if not model.config.use_attention_bias:
-        d = model.config.embedding_dimension
-        for i in range(model.config.number_of_layers):
-            for name in ("W_query", "W_key", "W_value"):
-                weight = state[f"transformer_blocks.{i}.attention.{name}.weight"]
-                state[f"transformer_blocks.{i}.attention.{name}.bias"] = weight.new_zeros(d)
-    return convert_custom_to_hf(state, model.config.number_of_layers)
+    for hf_key, (ours, transform) in get_weight_mapping(model.config.number_of_layers).items():
+        if isinstance(ours, tuple):
+            parts = [state[k] if k in state else _zero_bias(state, k) for k in ours]
+            yield hf_key, (torch.cat([p.t() for p in parts], dim=1)
+                           if transform is split_qkv_weight else torch.cat(parts))
+        else:
+            yield hf_key, state[ours].t().contiguous() if transform is transpose else state[ours]
+
+
+def _zero_bias(state: dict[str, torch.Tensor], bias_key: str) -> torch.Tensor:
+    weight = state[bias_key.removesuffix(".bias") + ".weight"]
+    return weight.new_zeros(weight.shape[0])
+
+
+def hf_state_dict_from_model(model: GPTModel) -> dict[str, torch.Tensor]:
+    """The full GPT2LMHeadModel state dict for `model` (head tied to wte)."""
+    hf = dict(iter_hf_state(model))
+    hf["lm_head.weight"] = hf["transformer.wte.weight"]
+    return hf
+
+
+def write_safetensors(tensors: Iterable[tuple[str, torch.Tensor]],
+                      shapes: dict[str, tuple[int, ...]], path: str | Path) -> None:
+    """Write float32 `tensors` (arriving in `shapes`' order) as a .safetensors file, one at a
+    time. The format is an 8-byte little-endian header length, a JSON header giving each
+    tensor's dtype, shape and byte range, then the raw data; safetensors' own `save_file`
+    needs every tensor in memory at once."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in shapes.items():
+        size = 4 * math.prod(shape)
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # tensor data starts 8-byte aligned
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(encoded)))
+        handle.write(encoded)
+        for (name, tensor), (expected, shape) in zip(tensors, shapes.items(), strict=True):
+            if name != expected or tuple(tensor.shape) != tuple(shape):
+                raise ValueError(f"tensor {name} {tuple(tensor.shape)} arrived where "
+                                 f"{expected} {tuple(shape)} was announced")
+            array = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+            handle.write(memoryview(array).cast("B"))
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def export_to_hf(model: GPTModel, out_dir: str | Path) -> Path:
@@ -454,7 +502,6 @@ def export_to_hf(model: GPTModel, out_dir: str | Path) -> Path:
     Files are written in a temporary folder next to `out_dir` and moved in when complete,
     so an interrupted export never leaves a half-written model behind.
     """
-    from safetensors.torch import save_file
     from transformers import GenerationConfig
 
     out_dir = Path(out_dir)
@@ -462,11 +509,10 @@ def export_to_hf(model: GPTModel, out_dir: str | Path) -> Path:
     # Q/K/V biases are always present in HF's GPT-2; a bias-free model exports zeros.
     hf_config = to_hf_config(dataclasses.replace(model.config, use_attention_bias=True),
                              architectures=["GPT2LMHeadModel"], tie_word_embeddings=True)
-    tensors = hf_state_dict_from_model(model)
-    del tensors["lm_head.weight"]  # tied to wte: HF re-ties it (safetensors rejects shared storage)
-    tensors = {k: v.to(device="cpu", dtype=torch.float32).contiguous() for k, v in tensors.items()}
+    shapes = expected_hf_shapes(dataclasses.replace(model.config, use_attention_bias=True))
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
-        save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        # lm_head.weight is left out: it is tied to wte, and HF re-ties it on load.
+        write_safetensors(iter_hf_state(model), shapes, os.path.join(tmp, "model.safetensors"))
         hf_config.save_pretrained(tmp)
         GenerationConfig.from_model_config(hf_config).save_pretrained(tmp)
         for name in os.listdir(tmp):
