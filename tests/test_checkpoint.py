@@ -173,3 +173,22 @@ def test_kill_during_write_leaves_only_an_unlisted_temp_file(tmp_path):
     temps = list(tmp_path.glob(".*.tmp"))
     assert len(temps) == 1 and temps[0].name.startswith(".checkpoint_")
     assert [info.path for info in list_checkpoints(tmp_path, include_invalid=True)] == [first]
+
+
+def test_prepare_preallocates_the_buffers_the_first_snapshot_uses(tmp_path):
+    state = make_state(step=1, val_loss=1.0)
+    writer = CheckpointWriter(tmp_path, keep_last=None, keep_best=None, background=True)
+    writer.prepare({"model_state_dict": state["model_state_dict"],
+                    "optimizer_state_dict": state["optimizer_state_dict"]})
+    writer.wait()
+    prepared = {key: buffer.data_ptr() for key, buffer in writer.buffers._buffers.items()}
+    # one buffer per distinct storage: the tied head shares the embedding's buffer
+    assert len(prepared) == len(state["model_state_dict"]) - 1 + 2 * len(
+        state["optimizer_state_dict"]["state"]) + len(state["optimizer_state_dict"]["state"])
+    writer.submit(state)
+    writer.close()
+    assert {k: b.data_ptr() for k, b in writer.buffers._buffers.items()
+            if k in prepared} == prepared
+    loaded = torch.load(writer.last_path, weights_only=True)
+    assert all(torch.equal(loaded["model_state_dict"][k], v)
+               for k, v in state["model_state_dict"].items())

@@ -68,6 +68,7 @@ def test_weight_decay_only_on_matrices_and_tied_weight_counted_once():
     model = GPTModel(TINY)
     optimizer = build_optimizer(model, TrainingConfig(weight_decay=0.1), torch.device("cpu"))
     decay, no_decay = optimizer.param_groups
+    assert optimizer.defaults["fused"]  # the fused kernel on the CPU too
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
     everything = decay["params"] + no_decay["params"]
