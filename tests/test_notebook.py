@@ -266,3 +266,25 @@ def test_widget_picker_falls_back_to_the_table_outside_jupyter(two_checkpoints, 
     out = capsys.readouterr().out
     assert "AVAILABLE CHECKPOINTS" in out and "CHECKPOINT_OVERRIDE" in out
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing loaded
+
+
+def test_cell_13_initialises_from_a_local_gpt2_folder(kernel, tmp_path):
+    """INIT_FROM = a `save_pretrained` folder: Cell 13's model gives the HF model's logits."""
+    import torch
+
+    from utils.pretrained.verify import random_hf_gpt2
+
+    hf_config = ModelConfig(vocab_size=257, context_length=64, embedding_dimension=32,
+                            number_of_heads=4, number_of_layers=2, dropout_rate=0.0)
+    hf_model = random_hf_gpt2(hf_config, seed=5)
+    hf_model.save_pretrained(tmp_path / "gpt2-local")
+    ids = [[72, 101, 108, 108, 111, 32, 256, 7]]
+    with torch.no_grad():
+        expected = hf_model(torch.tensor(ids)).logits
+
+    kernel.run_cells([1, 3, 4, 5, 6, 11, 13], {
+        "QUICK_MODE": True, "TOKENIZER": "byte", "INIT_FROM": str(tmp_path / "gpt2-local"),
+        "CHECKPOINT_DIR": str(tmp_path / "checkpoints")})
+    logits = kernel.value(f"model(torch.tensor({ids})).tolist()")
+    assert torch.allclose(torch.tensor(logits), expected, atol=1e-5, rtol=0)
+    assert kernel.value("model_config.embedding_dimension") == 32  # the folder's, not Cell 11's
