@@ -324,8 +324,12 @@ display(metrics.tail(10))
 
 code(37, "Resume Training from the Latest Checkpoint", '''
 # Continues exactly where the latest checkpoint stopped (optimizer, schedule, data position).
-from utils.notebook import friendly_errors
+# After a crash: Cells 1-13 and 15 first (the settings of the run that wrote the checkpoints).
 import dataclasses
+
+from utils.notebook import friendly_errors
+from utils.training.engine.recovery import recover_training_results
+from utils.training.engine.trainer import Trainer
 
 with friendly_errors():
     latest = recover_training_results(CHECKPOINT_DIR)

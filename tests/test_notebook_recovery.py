@@ -102,7 +102,7 @@ def test_kill_during_training_then_recover_load_and_resume_in_a_fresh_kernel(tmp
         assert torch.allclose(loaded, expected, atol=1e-5, rtol=0), (loaded - expected).abs().max()
 
         # 3. Resume: training continues from the last checkpoint's step.
-        fresh.run_cells([15, 16])
+        fresh.run_cells([15])  # as docs/03 says: Cell 15, then Cell 37
         text = fresh.run_cell(37)
         assert f"resumed from step {last_step}" in text
         assert fresh.value("trainer.global_step") == last_step + CRASH_PARAMETERS["RESUME_EXTRA_STEPS"]
