@@ -349,7 +349,7 @@ class Trainer:
             "scheduler_state_dict": self.scheduler.state_dict(),
             "scaler_state_dict": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "config": model_config_dict(unwrap_model(self.model)),
-            "training_config": self.config.to_dict(),
+            "training_config": _plain(self.config.to_dict()),
             "epoch": self.epoch,
             "global_step": self.global_step,
             "train_loss": record["train_loss"],
@@ -571,6 +571,14 @@ class Trainer:
         finally:
             if failed:
                 cleanup_distributed(self.dist)  # other ranks may be gone: do not wait for them
+
+
+def _plain(data: dict[str, Any]) -> dict[str, Any]:
+    """JSON types only (a torch.device given as `device` becomes "cuda:0"), so the
+    checkpoint loads with weights_only=True."""
+    import json
+
+    return json.loads(json.dumps(data, default=str))
 
 
 def _as_list(callbacks: Callback | Iterable[Callback] | None) -> list[Callback]:

@@ -1,0 +1,126 @@
+"""Training throughput of the Trainer on this CPU, against torch.mm's FLOP/s.
+
+    python bench/train.py [--repeats 5] [--save]
+
+Model: 6 layers, 6 heads, 384 wide, context 256, vocabulary 50304, no dropout, fp32;
+batch 8 (2048 tokens per step); AdamW, gradient clipping, as `Trainer.fit` runs them
+(`Trainer.train_step` is the same step without evaluation or checkpoints).
+
+FLOPs per token (the PaLM / nanoGPT estimate): 6N + 12·L·H·Q·T, where N = parameters
+excluding the position embedding (the tied output head's matmul counts through the token
+embedding), L = layers, H = heads, Q = head dimension, T = context length. Training steps
+and a square fp32 `torch.mm` (2n³ FLOPs) alternate in the same process, so machine load hits
+both alike; the aim is achieved FLOP/s >= 70% of torch.mm's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import command_line, machine_info, save_section  # noqa: E402
+
+AIM_FRACTION = 0.70
+MM_SIZE = 2048
+
+
+def mm_flops_per_s(repeats: int = 3) -> float:
+    import torch
+
+    a, b = torch.randn(MM_SIZE, MM_SIZE), torch.randn(MM_SIZE, MM_SIZE)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * MM_SIZE**3 / statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="measured training steps")
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="torch thread counts to measure (default: 1 and torch's default)")
+    parser.add_argument("--save", action="store_true", help="write bench/results/train.md")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    from utils.config import ModelConfig, TrainingConfig
+    from utils.model import GPTModel
+    from utils.training.engine.trainer import Trainer
+
+    config = ModelConfig(vocab_size=50304, context_length=256, embedding_dimension=384,
+                         number_of_heads=6, number_of_layers=6, dropout_rate=0.0)
+    batch = 8
+    torch.manual_seed(0)
+    model = GPTModel(config)
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, 1_000_000).astype(np.uint16)
+    trainer = Trainer(model, TrainingConfig(max_steps=1000, batch_size=batch, warmup_steps=10,
+                                            checkpoint_dir=None, device="cpu"),
+                      tokens, progress=False)
+    n = sum(p.numel() for p in model.parameters()) - model.position_embedding.weight.numel()
+    L, H, Q, T = (config.number_of_layers, config.number_of_heads, config.head_dimension,
+                  config.context_length)
+    flops_per_token = 6 * n + 12 * L * H * Q * T
+    tokens_per_step = batch * T
+
+    def measure(threads: int) -> dict[str, float]:
+        torch.set_num_threads(threads)
+        trainer.train_step()  # warm-up: allocations, optimizer state, thread pool
+        mm_flops_per_s(1)
+        step_times, mm_rates = [], []
+        for _ in range(args.repeats):
+            mm_rates.append(mm_flops_per_s())
+            start = time.perf_counter()
+            trainer.train_step()
+            step_times.append(time.perf_counter() - start)
+        step_s = statistics.median(step_times)
+        tokens_per_s = tokens_per_step / step_s
+        achieved = tokens_per_s * flops_per_token
+        mm_rate = statistics.median(mm_rates)
+        return {"threads": threads, "step_s": step_s, "tokens_per_s": tokens_per_s,
+                "achieved": achieved, "mm": mm_rate, "fraction": achieved / mm_rate}
+
+    thread_counts = args.threads or sorted({1, torch.get_num_threads()})
+    results = [measure(threads) for threads in thread_counts]
+    lines = [
+        "## Training throughput (bench/train.py)",
+        "",
+        f"Command: `{command_line()}`  ",
+        f"Machine: {machine_info()}",
+        "",
+        f"GPTModel L={L} layers, H={H} heads, Q={Q} head dimension, T={T} context, "
+        f"vocabulary {config.vocab_size}, fp32, batch {batch} ({tokens_per_step} tokens per "
+        f"step), fused AdamW + clipping via `Trainer.train_step`. N = {n:,} parameters "
+        f"(position embedding excluded). FLOPs per token = 6N + 12·L·H·Q·T = "
+        f"{flops_per_token / 1e6:.1f} M. Medians of {args.repeats} steps, each after a "
+        f"{MM_SIZE}x{MM_SIZE} fp32 torch.mm measurement (median of 3) with the same "
+        f"number of torch threads.",
+        "",
+        "| torch threads | step (s) | tokens/s | achieved GFLOP/s | torch.mm GFLOP/s | "
+        "achieved / torch.mm |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(f"| {r['threads']} | {r['step_s']:.2f} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['achieved'] / 1e9:.1f} | {r['mm'] / 1e9:.1f} | {r['fraction']:.1%} |")
+    verdicts = ", ".join(f"{r['fraction']:.1%} with {r['threads']} thread(s) "
+                         f"({'met' if r['fraction'] >= AIM_FRACTION else 'not met'})"
+                         for r in results)
+    lines += ["", f"Aim: at least {AIM_FRACTION:.0%} of torch.mm's FLOP/s: {verdicts}."]
+    section = "\n".join(lines)
+    print(section)
+    if args.save:
+        print(f"\nsaved to {save_section('train', section)}")
+    return section
+
+
+if __name__ == "__main__":
+    main()
