@@ -48,7 +48,7 @@ def generate_text(model: nn.Module, input_ids: Sequence[int] | torch.Tensor,
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.inference_mode():  # no autograd bookkeeping at all
             _decode(model, ids, maximum_new_tokens, context_length, device,
                     lambda logits: _pick_next(logits, temperature, top_k_tokens, top_p, generator),
                     eos_token_id)
