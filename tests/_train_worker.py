@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -51,6 +52,11 @@ def make_trainer(checkpoint_dir: str | Path, steps: int = STEPS, dropout: float 
                    progress=False)
 
 
+def report_step(record: dict) -> None:
+    print(f"step {record['step']}", flush=True)
+    time.sleep(0.02)  # so the test's kill lands within the next step or two, not after the end
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("checkpoint_dir")
@@ -61,7 +67,7 @@ def main() -> None:
     from utils.training.engine.recovery import latest_checkpoint
 
     trainer = make_trainer(args.checkpoint_dir)
-    trainer.callbacks.append(lambda record: print(f"step {record['step']}", flush=True))
+    trainer.callbacks.append(report_step)
     resume = None
     if args.resume == "auto" and latest_checkpoint(args.checkpoint_dir) is not None:
         resume = "latest"

@@ -40,7 +40,7 @@ def _kill_after_step(process: subprocess.Popen, step: int) -> None:
     else:
         pytest.fail(f"worker ended before step {step} (exit code {process.wait()})")
     process.send_signal(signal.SIGKILL)  # the worker has run on meanwhile: a random moment
-    process.wait()
+    assert process.wait() == -signal.SIGKILL, "the worker finished before the kill landed"
 
 
 def _kill_during_write(process: subprocess.Popen, checkpoint_dir: Path) -> Path:
