@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/run_all.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
     DOC_PATH.parent.mkdir(parents=True, exist_ok=True)
     DOC_PATH.write_text(assemble(machine_info(), command.strip(), failed))
-    print(f"\nwrote {DOC_PATH.relative_to(REPO_ROOT)}"
+    print(f"\nwrote {DOC_PATH}"
           + (f" ({len(failed)} failed: {', '.join(failed)})" if failed else ""))
     return 1 if failed else 0
 
