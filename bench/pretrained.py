@@ -19,11 +19,9 @@ model and runs `compare_outputs` on a prompt (not counted in time or memory).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import struct
 import sys
 import tempfile
 import time
@@ -52,34 +50,24 @@ def current_rss_mb() -> float:
 def write_random_hf_folder(size: str, folder: Path) -> float:
     """config.json + model.safetensors with random GPT-2 `size` weights; returns GB written.
 
-    The safetensors file is written by hand (8-byte header length, JSON header, raw data),
-    one tensor at a time, so writing 6.2 GB needs a few hundred MB of RAM, not 6.2 GB.
+    Written one tensor at a time (`write_safetensors`), so writing 6.2 GB needs a few
+    hundred MB of RAM, not 6.2 GB.
     """
     import torch
 
     from utils.config import GPT2_CONFIGS
-    from utils.pretrained.huggingface import expected_hf_shapes
+    from utils.pretrained.huggingface import expected_hf_shapes, write_safetensors
     from utils.pretrained.mapping import to_hf_config
 
     config = GPT2_CONFIGS[size]
     folder.mkdir(parents=True, exist_ok=True)
     to_hf_config(config, architectures=["GPT2LMHeadModel"]).save_pretrained(folder)
     shapes = expected_hf_shapes(config)
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, shape in shapes.items():
-        nbytes = 4 * int(torch.Size(shape).numel())
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    encoded = json.dumps(header).encode()
-    encoded += b" " * (-len(encoded) % 8)  # data starts 8-byte aligned
     generator = torch.Generator().manual_seed(0)
-    with open(folder / "model.safetensors", "wb") as handle:
-        handle.write(struct.pack("<Q", len(encoded)))
-        handle.write(encoded)
-        for shape in shapes.values():
-            tensor = torch.randn(shape, generator=generator) * 0.02
-            handle.write(tensor.numpy().tobytes())
-    return offset / 1e9
+    tensors = ((name, torch.randn(shape, generator=generator) * 0.02)
+               for name, shape in shapes.items())
+    write_safetensors(tensors, shapes, folder / "model.safetensors")
+    return 4 * sum(torch.Size(shape).numel() for shape in shapes.values()) / 1e9
 
 
 # ------------------------------------------------------------- measured processes

@@ -310,3 +310,14 @@ def test_streamed_export_tensors_equal_convert_custom_to_hf():
     assert all(torch.equal(streamed[k], reference[k]) for k in streamed)
     assert list(hf_loader.expected_hf_shapes(SMALL)) == list(streamed)
     assert all(hf_loader.expected_hf_shapes(SMALL)[k] == tuple(v.shape) for k, v in streamed.items())
+
+
+def test_only_tensors_copied_by_conversion_are_read_as_temporaries(hf_model, hf_folder):
+    temporary = hf_loader.copied_on_conversion(SMALL.number_of_layers)
+    assert temporary("transformer.h.0.attn.c_attn.weight") and temporary("h.2.mlp.c_fc.weight")
+    assert not temporary("transformer.h.0.attn.c_attn.bias")  # split into views: kept
+    assert not temporary("transformer.wte.weight") and not temporary("lm_head.weight")
+    reference = hf_model.state_dict()
+    for name, tensor in hf_loader.iter_safetensors(hf_folder / "model.safetensors",
+                                                   temporary=lambda name: True):
+        assert torch.equal(tensor, reference[name]), name

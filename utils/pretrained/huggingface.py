@@ -14,13 +14,14 @@ import contextlib
 import dataclasses
 import json
 import math
+import mmap
 import os
 import pickle
 import queue
 import struct
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +131,26 @@ def read_safetensors_header(file: Path) -> tuple[int, dict[str, dict]]:
     return 8 + length, header
 
 
-def iter_safetensors(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
+def _unpooled_empty(shape: list[int], dtype: torch.dtype) -> torch.Tensor:
+    """An empty tensor in its own anonymous memory map, given back to the OS as soon as the
+    tensor is freed. A short-lived buffer from malloc would stay in a heap arena between
+    the model's weights and fragment it (hundreds of MB for gpt2-large)."""
+    count = math.prod(shape)
+    if count == 0:
+        return torch.empty(shape, dtype=dtype)
+    region = mmap.mmap(-1, count * torch.empty((), dtype=dtype).element_size())
+    return torch.frombuffer(region, dtype=dtype, count=count).view(shape)
+
+
+def iter_safetensors(file: Path, temporary: Callable[[str], bool] | None = None
+                     ) -> Iterator[tuple[str, torch.Tensor]]:
     """Tensors of a .safetensors file in file order, each read straight into its own memory.
 
     Plain sequential reads instead of safetensors' memory map: the tensors then own their
     memory (no parameter stays backed by the file) and the mapped file's pages are not
     added on top of the model's, which keeps peak memory at the model plus one tensor.
+    Tensors for which `temporary(name)` is true (the caller copies them, e.g. to transpose)
+    get memory that goes back to the OS when they are dropped.
     """
     start, header = read_safetensors_header(file)
     with open(file, "rb", buffering=0) as handle:
@@ -143,7 +158,9 @@ def iter_safetensors(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
             if info["dtype"] not in SAFETENSORS_DTYPES:
                 raise CorruptCheckpointError(f"{file}: tensor {name} has unsupported dtype "
                                              f"{info['dtype']}")
-            tensor = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
+            dtype = SAFETENSORS_DTYPES[info["dtype"]]
+            tensor = (_unpooled_empty(info["shape"], dtype) if temporary and temporary(name)
+                      else torch.empty(info["shape"], dtype=dtype))
             begin, end = info["data_offsets"]
             buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
             if end - begin != len(buffer):
@@ -160,15 +177,17 @@ def iter_safetensors(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
             yield name, tensor
 
 
-def _read_all(files: Iterable[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+def _read_all(files: Iterable[Path], temporary: Callable[[str], bool] | None
+              ) -> Iterator[tuple[str, torch.Tensor]]:
     for file in files:
         if file.suffix == ".safetensors":
-            yield from iter_safetensors(file)
+            yield from iter_safetensors(file, temporary)
         else:
             yield from _load_torch_file(file).items()
 
 
-def iter_hf_tensors(files: Iterable[Path], prefetch: bool = True
+def iter_hf_tensors(files: Iterable[Path], prefetch: bool = True,
+                    temporary: Callable[[str], bool] | None = None
                     ) -> Iterator[tuple[str, torch.Tensor]]:
     """`(key, tensor)` for every tensor of the files, one at a time.
 
@@ -176,8 +195,20 @@ def iter_hf_tensors(files: Iterable[Path], prefetch: bool = True
     the current one (file reads and torch copies both release the GIL), so reading and
     transposing overlap; at most two tensors are in flight besides the one being converted.
     """
-    items = _read_all(files)
+    items = _read_all(files, temporary)
     return _prefetched(items) if prefetch else items
+
+
+def copied_on_conversion(num_layers: int) -> Callable[[str], bool]:
+    """Whether converting a HF tensor copies it (transposes, the c_attn split), so the
+    tensor read from the file is only a temporary."""
+    mapping = get_weight_mapping(num_layers)
+
+    def temporary(key: str) -> bool:
+        entry = mapping.get(normalize_hf_key(key))
+        return entry is not None and entry[1] in (transpose, split_qkv_weight)
+
+    return temporary
 
 
 _DONE = object()
@@ -402,13 +433,17 @@ def load_gpt2_weights(model: GPTModel, model_name_or_path: str | Path = "gpt2") 
     validate_hf_shapes(hf_tensor_shapes(files), model.config, str(model_name_or_path))
     parameters = dict(model.named_parameters())
     if any(p.is_meta for p in parameters.values()):
-        state = dict(iter_converted(_Stream(iter_hf_tensors(files)), model.config.number_of_layers))
+        layers = model.config.number_of_layers
+        tensors = iter_hf_tensors(files, temporary=copied_on_conversion(layers))
+        state = dict(iter_converted(_Stream(tensors), layers))
         state["lm_head.weight"] = state["token_embedding.weight"]
         model.load_state_dict(state, strict=True, assign=True)
         model.tie_weights()
         return model
     with torch.no_grad():
-        for key, tensor in iter_converted(_Stream(iter_hf_tensors(files)), model.config.number_of_layers):
+        layers = model.config.number_of_layers
+        tensors = iter_hf_tensors(files, temporary=copied_on_conversion(layers))
+        for key, tensor in iter_converted(_Stream(tensors), layers):
             parameters[key].copy_(tensor)
     return model
 
@@ -432,7 +467,8 @@ def load_openai_gpt2(model_size: str | Path = "small", device: str | torch.devic
     if memory_check and not is_hub_size:
         check_memory(config, device, dtype, training, name=str(model_size))
     validate_hf_shapes(hf_tensor_shapes(files), config, str(model_size))
-    model = model_from_hf_tensors(iter_hf_tensors(files), config, device, dtype)
+    tensors = iter_hf_tensors(files, temporary=copied_on_conversion(config.number_of_layers))
+    model = model_from_hf_tensors(tensors, config, device, dtype)
     return model, config
 
 
