@@ -229,3 +229,21 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["train", "--dim", "30", "--heads", "4", "--data", str(_text_file(tmp_path)),
                  "--tokenizer", "byte", "--no-progress"]) == 2
     assert "divisible" in capsys.readouterr().err
+
+
+def test_cli_init_from_a_local_hugging_face_folder(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    from utils.__main__ import main
+
+    config = transformers.GPT2Config(vocab_size=300, n_positions=32, n_embd=32, n_layer=1,
+                                     n_head=2)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "hf")
+    folder = tmp_path / "ck"
+    assert main(["train", "--init-from", str(tmp_path / "hf"), "--data",
+                 str(_text_file(tmp_path)), "--tokenizer", "byte", "--max-steps", "2",
+                 "--batch-size", "2", "--checkpoint-dir", str(folder), "--no-progress"]) == 0
+    [info] = list_checkpoints(folder)
+    saved = torch.load(info.path, weights_only=True)
+    assert (saved["config"]["vocab_size"], saved["config"]["context_length"]) == (300, 32)
+    assert "done: step 2" in capsys.readouterr().out
