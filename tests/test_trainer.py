@@ -247,3 +247,30 @@ def test_cli_init_from_a_local_hugging_face_folder(tmp_path, capsys):
     saved = torch.load(info.path, weights_only=True)
     assert (saved["config"]["vocab_size"], saved["config"]["context_length"]) == (300, 32)
     assert "done: step 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_a_failed_checkpoint_write_stops_training_with_a_clear_error(tmp_path, monkeypatch,
+                                                                     background):
+    import errno
+
+    from utils.training.engine import checkpoint as checkpoint_module
+    from utils.training.engine.errors import CheckpointWriteError
+
+    real_save, calls = checkpoint_module.torch.save, []
+
+    def save_then_fill_the_disk(state, handle):
+        calls.append(state["global_step"])
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(state, handle)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save_then_fill_the_disk)
+    config = _config(tmp_path, checkpoint_interval=3, background_checkpointing=background)
+    trainer = Trainer(GPTModel(TINY), config, _repeating_tokens(), progress=False)
+    with pytest.raises(CheckpointWriteError, match="No space left on device"):
+        trainer.fit()
+    # background: the failure of step 6's write surfaces at the next checkpoint (step 9)
+    assert trainer.global_step == (9 if background else 6)
+    assert [info.global_step for info in list_checkpoints(tmp_path)] == [3]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
