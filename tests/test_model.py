@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.config import ModelConfig
+from utils.config import GPT2_CONFIGS, ModelConfig
 from utils.model import GPTModel, count_parameters
 
 # Small enough for a quick CPU test, big enough to have several heads and layers.
@@ -162,3 +162,24 @@ def test_last_position_only_gives_the_last_logits():
     torch.testing.assert_close(last, full[:, -1:], rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="no loss"):
         model(ids, ids, last_position_only=True)
+
+
+def test_meta_skeleton_has_shapes_only_and_runs_no_initialiser(monkeypatch):
+    from utils.model import meta_skeleton
+
+    calls = []
+    real_normal = torch.nn.init.normal_
+
+    def spy(tensor, *args, **kwargs):
+        calls.append(tensor.shape)
+        return real_normal(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "normal_", spy)
+    config = GPT2_CONFIGS["small"]
+    skeleton = meta_skeleton(config)
+    assert calls == []
+    assert all(p.is_meta for p in skeleton.parameters())
+    assert count_parameters(skeleton) == 124_439_808
+    assert torch.nn.init.normal_ is spy  # the patch is undone after the build
+    GPTModel(ModelConfig.from_preset("tiny", vocab_size=64))  # a normal build initialises again
+    assert calls

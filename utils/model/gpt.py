@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -88,3 +91,38 @@ class GPTModel(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Unique parameters (the tied head counted once), as Hugging Face counts them."""
     return sum(p.numel() for p in model.parameters())
+
+
+# torch.nn.init functions that nn.Linear, nn.Embedding and `_init_weights` call on construction.
+_INIT_FUNCTIONS = ("normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
+                   "xavier_uniform_", "xavier_normal_", "zeros_", "ones_", "constant_")
+_init_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_weight_init() -> Iterator[None]:
+    """Make torch.nn.init's fill functions no-ops while a skeleton is built.
+
+    Loading assigns every value anyway, and on the meta device `normal_` is not free: its
+    first call imports torch's reference decompositions (sympy and ~800 modules, seconds).
+    Hugging Face's `no_init_weights` does the same. The lock keeps two threads from
+    interleaving their patch and restore.
+    """
+    with _init_lock:
+        saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+        try:
+            for name in _INIT_FUNCTIONS:
+                setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+            yield
+        finally:
+            for name, function in saved.items():
+                setattr(nn.init, name, function)
+
+
+def meta_skeleton(config: ModelConfig) -> GPTModel:
+    """A GPTModel on the meta device with no initialiser run: shapes only, no memory.
+
+    For loading by `load_state_dict(..., assign=True)` followed by `tie_weights()`.
+    """
+    with torch.device("meta"), _without_weight_init():
+        return GPTModel(config)

@@ -10,7 +10,6 @@ Loading is strict: a missing, unexpected or wrong-shaped tensor is an error, nev
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 
 from utils.config import GPT2_CONFIGS, PRESET_ALIASES, ModelConfig
-from utils.model import GPTModel
+from utils.model import GPTModel, meta_skeleton
 from utils.pretrained.mapping import (
     get_weight_mapping,
     is_ignored_hf_key,
@@ -365,34 +364,11 @@ def validate_hf_shapes(shapes: dict[str, tuple[int, ...]], config: ModelConfig,
 
 # --------------------------------------------------------------------------- loading
 
-_INITIALISERS = ("normal_", "uniform_", "kaiming_uniform_", "zeros_", "ones_", "trunc_normal_")
-
-
-@contextlib.contextmanager
-def _initialisers_disabled() -> Iterator[None]:
-    """torch.nn.init's functions do nothing inside (as transformers' `no_init_weights`)."""
-    saved = {name: getattr(torch.nn.init, name) for name in _INITIALISERS}
-    try:
-        for name in _INITIALISERS:
-            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
-        yield
-    finally:
-        for name, function in saved.items():
-            setattr(torch.nn.init, name, function)
-
-
-def model_skeleton(config: ModelConfig) -> GPTModel:
-    """A GPTModel on the meta device: shapes only, no memory, and no initialiser run, since
-    every weight is assigned next (initialising meta tensors would also cost seconds)."""
-    with torch.device("meta"), _initialisers_disabled():
-        return GPTModel(config)
-
-
 def model_from_hf_tensors(tensors: Iterable[tuple[str, torch.Tensor]], config: ModelConfig,
                           device: str | torch.device = "cpu",
                           dtype: torch.dtype = torch.float32) -> GPTModel:
     """A GPTModel holding HF-layout `tensors`, built on meta and filled by assignment."""
-    model = model_skeleton(config)
+    model = meta_skeleton(config)
     expected = {k: p.shape for k, p in model.named_parameters()}
     state = {}
     try:

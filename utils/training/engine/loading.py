@@ -27,7 +27,6 @@ import json
 import pickle
 import re
 import tempfile
-import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ import torch
 from torch import nn
 
 from utils.config import ConfigError, ModelConfig
-from utils.model import GPTModel
+from utils.model import GPTModel, meta_skeleton
 from utils.training.engine.errors import (
     ArchitectureMismatchError,
     CheckpointConfigError,
@@ -418,30 +417,6 @@ def _use_exact_gelu(model: nn.Module) -> None:
             module.approximate = "none"
 
 
-_INIT_FUNCTIONS = ("normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
-                   "xavier_uniform_", "xavier_normal_", "zeros_", "ones_", "constant_")
-_init_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _without_weight_init() -> Iterator[None]:
-    """Make torch.nn.init's fill functions no-ops while a model skeleton is built.
-
-    The loaded weights replace every value anyway, and on the meta device `normal_` is not
-    free: its first call imports torch's reference decompositions (sympy and ~800 modules,
-    seconds). Hugging Face's `no_init_weights` does the same.
-    """
-    with _init_lock:
-        saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
-        try:
-            for name in _INIT_FUNCTIONS:
-                setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
-            yield
-        finally:
-            for name, function in saved.items():
-                setattr(nn.init, name, function)
-
-
 def load_pretrained_model(checkpoint_path: str | Path, device: str | torch.device | None = None,
                           mode: str = "eval", trust_checkpoint: bool = False,
                           config: ModelConfig | dict | None = None
@@ -459,8 +434,7 @@ def load_pretrained_model(checkpoint_path: str | Path, device: str | torch.devic
     path = Path(checkpoint_path)
     recognized = inspect_checkpoint(path, trust_checkpoint, config)
     model_config = _model_config(recognized, config, str(path))
-    with torch.device("meta"), _without_weight_init():  # shapes only: no memory, no init
-        model = GPTModel(model_config)
+    model = meta_skeleton(model_config)  # shapes only: no memory, no init
     state_dict, report = match_state_dict(recognized, model, str(path))
     if not report.complete:
         _raise_mismatch(report)
