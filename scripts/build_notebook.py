@@ -323,7 +323,9 @@ display(metrics.tail(10))
 ''')
 
 code(37, "Resume Training from the Latest Checkpoint", '''
-# Continues exactly where the latest checkpoint stopped (optimizer, schedule, data position).
+# Continues exactly where the latest checkpoint stopped (optimizer, schedule, data position)
+# and trains RESUME_EXTRA_STEPS more: an interrupted run keeps its learning-rate schedule
+# (up to MAX_STEPS); past MAX_STEPS the run is extended.
 # After a crash: Cells 1-13 and 15 first (the settings of the run that wrote the checkpoints).
 import dataclasses
 
@@ -333,10 +335,11 @@ from utils.training.engine.trainer import Trainer
 
 with friendly_errors():
     latest = recover_training_results(CHECKPOINT_DIR)
-    resume_config = dataclasses.replace(
-        training_config, max_steps=latest["global_step"] + RESUME_EXTRA_STEPS)
+    stop_at = latest["global_step"] + RESUME_EXTRA_STEPS
+    horizon = max(training_config.max_steps or 0, stop_at)
+    resume_config = dataclasses.replace(training_config, max_steps=horizon)
     trainer = Trainer(model, resume_config, train_loader, val_loader, tokenizer_name=TOKENIZER)
-    trainer.fit(resume_from="latest")
+    trainer.fit(resume_from="latest", stop_at_step=stop_at)
     print(f"✅ resumed from step {latest['global_step']} to step {trainer.global_step}")
 ''')
 

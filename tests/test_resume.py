@@ -151,3 +151,24 @@ def test_in_process_crash_then_resume_needs_the_rng_state(tmp_path, reference, m
     assert [h["step"] for h in history] == list(range(1, worker.STEPS + 1))
     if restore_rng:
         assert [h["train_loss"] for h in history] == [h["train_loss"] for h in reference_history]
+
+
+def test_stop_at_step_then_resume_equals_one_run(tmp_path, reference):
+    """A session that ends early on purpose (`stop_at_step`, e.g. before Colab's limit)
+    checkpoints there and keeps the run's schedule: resuming gives the uninterrupted run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        first = worker.make_trainer(tmp_path)
+        first.fit(stop_at_step=7)
+        assert first.global_step == 7
+        assert max(info.global_step for info in list_checkpoints(tmp_path)) == 7
+        resumed = worker.make_trainer(tmp_path)
+        history = resumed.fit(resume_from="latest")
+    finally:
+        torch.set_num_threads(threads)
+    reference_state, reference_history = reference
+    assert all(torch.equal(resumed.model.state_dict()[k], v) for k, v in reference_state.items())
+    assert [h["learning_rate"] for h in history] == [h["learning_rate"] for h in reference_history]
+    with pytest.raises(ValueError, match="stop_at_step"):
+        worker.make_trainer(tmp_path).fit(resume_from="latest", stop_at_step=3)

@@ -246,6 +246,7 @@ class Trainer:
         self.best_val_loss = math.inf
         self._elapsed_before = 0.0  # training seconds of earlier sessions (from the history)
         self._resumed_from: Path | None = None
+        self._stop_step: int | None = None  # set by fit(): where this session ends
         self.optimizer: torch.optim.Optimizer | None = None  # built in fit(), on the device
         self.dist: DistributedContext | None = None
 
@@ -395,15 +396,24 @@ class Trainer:
         return info.path
 
     # ---------------------------------------------------------------- training
-    def fit(self, resume_from: str | Path | None = None) -> list[dict[str, Any]]:
+    def fit(self, resume_from: str | Path | None = None,
+            stop_at_step: int | None = None) -> list[dict[str, Any]]:
         """Train until `total_steps`; returns the metrics history (one dict per evaluation).
 
         `resume_from`: None (start fresh from the model as it is), "latest" (newest valid
         checkpoint in `config.checkpoint_dir`) or a checkpoint path.
+        `stop_at_step`: end this session early at that global step (with a checkpoint
+        there), keeping the schedule of the whole run: a later `fit(resume_from="latest")`
+        continues exactly as if it had never stopped.
         """
         self._setup()
         if resume_from is not None:
             self.load_checkpoint(self._resolve_resume(resume_from))
+        self._stop_step = self.total_steps if stop_at_step is None \
+            else min(stop_at_step, self.total_steps)
+        if self._stop_step <= self.global_step and stop_at_step is not None:
+            raise ValueError(f"stop_at_step={stop_at_step} is not after the current step "
+                             f"{self.global_step}")
         elif self.global_step == 0:
             seed_everything(self.config.seed)  # same seed on every rank: identical dropout
         writer = self._make_writer()
@@ -435,7 +445,7 @@ class Trainer:
     def _progress_bar(self):
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.total_steps, initial=self.global_step, unit="step",
+        return tqdm(total=self._stop_step, initial=self.global_step, unit="step",
                     desc="training", dynamic_ncols=True,
                     disable=not (self.progress and self.dist.is_main))
 
@@ -443,7 +453,7 @@ class Trainer:
                     bar) -> None:
         loss_sum, loss_count = 0.0, 0  # training losses since the last evaluation
         session_start, session_step = time.perf_counter(), self.global_step
-        total = self.total_steps
+        total = self._stop_step
         while self.global_step < total:
             loss = self._train_step(training_model)
             self.global_step += 1
@@ -509,7 +519,7 @@ class Trainer:
         config, step = self.config, self.global_step
         if not config.checkpoint_dir:
             return False
-        return (step == self.total_steps
+        return (step in (self.total_steps, self._stop_step)
                 or (config.checkpoint_interval is not None
                     and step % config.checkpoint_interval == 0)
                 or (config.checkpoint_every_epoch and step % self.steps_per_epoch == 0))
