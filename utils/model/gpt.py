@@ -13,6 +13,7 @@ from torch import nn
 
 from utils.config import ModelConfig
 from utils.model.layers import KVCache, LayerNorm, TransformerBlock
+from utils.model.loss import linear_cross_entropy
 
 
 class GPTModel(nn.Module):
@@ -61,11 +62,19 @@ class GPTModel(nn.Module):
                        weight.device, weight.dtype)
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None, last_position_only: bool = False):
+                kv_cache: KVCache | None = None, last_position_only: bool = False,
+                return_logits: bool = True):
         """Logits `[B, T, vocab]` (`[B, 1, vocab]` with `last_position_only`, which skips the
-        head's biggest matrix product for all but the last position when generating)."""
+        head's biggest matrix product for all but the last position when generating).
+
+        With `targets`, `(logits, loss)`; with `return_logits=False` too, `(None, loss)`
+        from the head and the loss fused block by block (utils/model/loss.py), which never
+        holds all the logits: what training needs, at a fraction of the memory traffic.
+        """
         if last_position_only and targets is not None:
             raise ValueError("last_position_only=True gives no loss; pass targets without it")
+        if not return_logits and targets is None:
+            raise ValueError("return_logits=False only makes sense with targets")
         batch, length = input_ids.shape
         start = kv_cache.length if kv_cache is not None else 0
         if start + length > self.config.context_length:
@@ -81,7 +90,12 @@ class GPTModel(nn.Module):
             kv_cache.length += length
         if last_position_only:
             x = x[:, -1:]
-        logits = self.lm_head(self.final_norm(x))
+        x = self.final_norm(x)
+        if not return_logits:
+            loss = linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight,
+                                        targets.reshape(-1), ignore_index=-1)
+            return None, loss
+        logits = self.lm_head(x)
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

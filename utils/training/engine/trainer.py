@@ -30,6 +30,7 @@ from torch import nn
 
 from utils.config import ModelConfig, TrainingConfig
 from utils.data import BatchLoader
+from utils.model import GPTModel
 from utils.training.engine.checkpoint import (
     FORMAT_VERSION,
     CheckpointWriter,
@@ -74,7 +75,14 @@ def logits_of(output: Any) -> torch.Tensor:
 
 def language_model_loss(model: nn.Module, inputs: torch.Tensor,
                         targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of `model(inputs)` against `targets`."""
+    """Mean next-token cross-entropy of `model(inputs)` against `targets`.
+
+    A GPTModel (bare or DDP-wrapped) computes it with its fused head + loss, which never
+    materialises the `[batch, context, vocab]` logits (bench/train.py); other models
+    (Hugging Face's) give logits and `F.cross_entropy` takes it from there.
+    """
+    if isinstance(getattr(model, "module", model), GPTModel):
+        return model(inputs, targets, return_logits=False)[1]
     logits = logits_of(model(inputs))
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
 

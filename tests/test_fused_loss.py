@@ -1,0 +1,61 @@
+"""The fused output head + cross-entropy (utils/model/loss.py) against F.cross_entropy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from utils.config import ModelConfig
+from utils.model import GPTModel
+from utils.model import loss as fused_loss
+from utils.model.loss import linear_cross_entropy
+
+
+def _loss_and_grads(function, hidden, weight, targets, scale):
+    hidden = hidden.clone().requires_grad_()
+    weight = weight.clone().requires_grad_()
+    loss = function(hidden, weight, targets)
+    (loss * scale).backward()
+    return loss, hidden.grad, weight.grad
+
+
+@pytest.mark.parametrize("rows, ignored", [(37, False), (37, True), (5, True)])
+def test_matches_cross_entropy_of_logits(monkeypatch, rows, ignored):
+    # Blocks of 8 rows, so 37 rows take several blocks and a ragged last one.
+    monkeypatch.setattr(fused_loss, "ROWS_PER_BLOCK", 8)
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(rows, 16, generator=generator)
+    weight = torch.randn(53, 16, generator=generator)
+    targets = torch.randint(0, 53, (rows,), generator=generator)
+    if ignored:
+        targets[::3] = -1
+    expected = _loss_and_grads(
+        lambda h, w, t: F.cross_entropy(h @ w.t(), t, ignore_index=-1), hidden, weight, targets, 0.5)
+    actual = _loss_and_grads(
+        lambda h, w, t: linear_cross_entropy(h, w, t, ignore_index=-1), hidden, weight, targets, 0.5)
+    for got, want in zip(actual, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # no gradient work when none is wanted, same loss
+        torch.testing.assert_close(linear_cross_entropy(hidden, weight, targets, -1), expected[0])
+
+
+def test_model_loss_without_logits_equals_loss_with_logits():
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=97, context_length=32, embedding_dimension=48,
+                         number_of_heads=4, number_of_layers=2, dropout_rate=0.0)
+    model = GPTModel(config)
+    ids = torch.randint(0, 97, (3, 32))
+    targets = torch.randint(0, 97, (3, 32))
+    logits, loss = model(ids, targets)
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    no_logits, fused = model(ids, targets, return_logits=False)
+    fused.backward()
+    assert no_logits is None
+    torch.testing.assert_close(fused, loss, rtol=1e-6, atol=1e-6)
+    for name, p in model.named_parameters():  # the tied head's gradient included
+        torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="targets"):
+        model(ids, return_logits=False)

@@ -1,0 +1,74 @@
+"""The output head and the cross-entropy in one pass, a block of rows at a time.
+
+Training never needs all the logits at once: with a 50k vocabulary they are the largest
+tensors of a step (batch x context x vocab floats, 412 MB at batch 8 x 256 x 50304), and
+`lm_head` + `F.cross_entropy` writes and reads tensors of that size five times (the logits,
+log_softmax, the zero-filled gradient of nll_loss, the gradient of log_softmax), each one a
+fresh allocation the kernel page-faults into. On the CPU that was a fifth of a step
+(bench/train.py). Here each block of rows gets its logits, its loss and, while the logits
+are still in cache, their gradient softmax - onehot and its two products with the weight
+and the hidden states. The maths is that of `F.cross_entropy(hidden @ weight.T, targets)`
+(mean over the targets that are not `ignore_index`); only the summation order differs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+ROWS_PER_BLOCK = 256  # 256 x 50304 floats = 51 MB of logits in flight
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                ignore_index: int) -> torch.Tensor:
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        # fp32 maths under autocast too, as `F.cross_entropy(logits.float(), ...)` would do
+        with torch.autocast(hidden.device.type, enabled=False):
+            x, w = hidden.float(), weight.float()
+            rows = x.shape[0]
+            valid = targets != ignore_index
+            safe_targets = targets.masked_fill(~valid, 0).unsqueeze(1)
+            losses = x.new_empty(rows)
+            grad_x = torch.empty_like(x) if needs_grad else None
+            grad_w = torch.empty_like(w) if needs_grad else None
+            # one buffer for every block: a fresh 51 MB tensor per block would page-fault
+            block = x.new_empty(min(rows, ROWS_PER_BLOCK), w.shape[0])
+            for start in range(0, rows, ROWS_PER_BLOCK):
+                end = min(rows, start + ROWS_PER_BLOCK)
+                logits = block[: end - start]
+                torch.mm(x[start:end], w.t(), out=logits)
+                torch._log_softmax(logits, -1, False, out=logits)  # in place, row by row
+                losses[start:end] = -logits.gather(1, safe_targets[start:end]).squeeze(1)
+                if needs_grad:
+                    # d(sum of losses)/d(logits) = softmax - onehot(target), 0 on ignored rows
+                    probabilities = logits.exp_()
+                    probabilities.scatter_add_(1, safe_targets[start:end],
+                                               torch.full_like(losses[start:end, None], -1.0))
+                    ignored = (~valid[start:end]).nonzero().squeeze(1)
+                    probabilities.index_fill_(0, ignored, 0.0)
+                    torch.mm(probabilities, w, out=grad_x[start:end])
+                    # beta=0 on the first block: grad_w starts uninitialised
+                    grad_w.addmm_(probabilities.t(), x[start:end], beta=1.0 if start else 0.0)
+            count = valid.sum()
+            loss = losses.masked_fill(~valid, 0.0).sum() / count
+        if needs_grad:
+            ctx.save_for_backward(grad_x, grad_w, count)
+            ctx.dtypes = hidden.dtype, weight.dtype
+        return loss.to(hidden.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_x, grad_w, count = ctx.saved_tensors
+        scale = grad_loss / count  # the loss is a mean over `count` targets
+        hidden_dtype, weight_dtype = ctx.dtypes
+        return (grad_x * scale).to(hidden_dtype), (grad_w * scale).to(weight_dtype), None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         ignore_index: int = -100) -> torch.Tensor:
+    """`F.cross_entropy(hidden @ weight.T, targets, ignore_index=...)` without materialising
+    the logits; `hidden` is `[rows, d]`, `weight` `[vocab, d]`, `targets` `[rows]`."""
+    return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index)
