@@ -59,3 +59,29 @@ def test_model_loss_without_logits_equals_loss_with_logits():
         torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6, msg=name)
     with pytest.raises(ValueError, match="targets"):
         model(ids, return_logits=False)
+
+
+def test_second_backward_through_the_same_graph_is_refused():
+    hidden = torch.randn(4, 8, requires_grad=True)
+    weight = torch.randn(11, 8, requires_grad=True)
+    loss = linear_cross_entropy(hidden, weight, torch.tensor([1, 2, 3, 4]))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward pass"):
+        loss.backward()
+
+
+def test_no_gradient_work_without_autograd(monkeypatch):
+    calls = []
+    real = fused_loss._blockwise
+
+    def spy(hidden, weight, targets, ignore_index, with_grads):
+        calls.append(with_grads)
+        return real(hidden, weight, targets, ignore_index, with_grads)
+
+    monkeypatch.setattr(fused_loss, "_blockwise", spy)
+    hidden = torch.randn(4, 8, requires_grad=True)
+    weight = torch.randn(11, 8, requires_grad=True)
+    with torch.no_grad():
+        linear_cross_entropy(hidden, weight, torch.tensor([1, 2, 3, 4]))
+    linear_cross_entropy(hidden, weight, torch.tensor([1, 2, 3, 4]))
+    assert calls == [False, True]

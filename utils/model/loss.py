@@ -19,56 +19,71 @@ from torch.autograd.function import once_differentiable
 ROWS_PER_BLOCK = 256  # 256 x 50304 floats = 51 MB of logits in flight
 
 
+def _blockwise(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+               ignore_index: int, with_grads: bool):
+    """The mean loss, its valid-target count and, `with_grads`, the gradients of the
+    *summed* loss with respect to `hidden` and `weight` (None otherwise)."""
+    # fp32 maths under autocast too, as `F.cross_entropy(logits.float(), ...)` would do
+    with torch.autocast(hidden.device.type, enabled=False):
+        x, w = hidden.float(), weight.float()
+        rows = x.shape[0]
+        valid = targets != ignore_index
+        safe_targets = targets.masked_fill(~valid, 0).unsqueeze(1)
+        losses = x.new_empty(rows)
+        grad_x = torch.empty_like(x) if with_grads else None
+        grad_w = torch.empty_like(w) if with_grads else None
+        # one buffer for every block: a fresh 51 MB tensor per block would page-fault
+        block = x.new_empty(min(rows, ROWS_PER_BLOCK), w.shape[0])
+        for start in range(0, rows, ROWS_PER_BLOCK):
+            end = min(rows, start + ROWS_PER_BLOCK)
+            logits = block[: end - start]
+            torch.mm(x[start:end], w.t(), out=logits)
+            torch._log_softmax(logits, -1, False, out=logits)  # in place, row by row
+            losses[start:end] = -logits.gather(1, safe_targets[start:end]).squeeze(1)
+            if with_grads:
+                # d(sum of losses)/d(logits) = softmax - onehot(target), 0 on ignored rows
+                probabilities = logits.exp_()
+                probabilities.scatter_add_(1, safe_targets[start:end],
+                                           torch.full_like(losses[start:end, None], -1.0))
+                ignored = (~valid[start:end]).nonzero().squeeze(1)
+                probabilities.index_fill_(0, ignored, 0.0)
+                torch.mm(probabilities, w, out=grad_x[start:end])
+                # beta=0 on the first block: grad_w starts uninitialised
+                grad_w.addmm_(probabilities.t(), x[start:end], beta=1.0 if start else 0.0)
+        count = valid.sum()
+        loss = losses.masked_fill(~valid, 0.0).sum() / count
+    return loss.to(hidden.dtype), count, grad_x, grad_w
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                 ignore_index: int) -> torch.Tensor:
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        # fp32 maths under autocast too, as `F.cross_entropy(logits.float(), ...)` would do
-        with torch.autocast(hidden.device.type, enabled=False):
-            x, w = hidden.float(), weight.float()
-            rows = x.shape[0]
-            valid = targets != ignore_index
-            safe_targets = targets.masked_fill(~valid, 0).unsqueeze(1)
-            losses = x.new_empty(rows)
-            grad_x = torch.empty_like(x) if needs_grad else None
-            grad_w = torch.empty_like(w) if needs_grad else None
-            # one buffer for every block: a fresh 51 MB tensor per block would page-fault
-            block = x.new_empty(min(rows, ROWS_PER_BLOCK), w.shape[0])
-            for start in range(0, rows, ROWS_PER_BLOCK):
-                end = min(rows, start + ROWS_PER_BLOCK)
-                logits = block[: end - start]
-                torch.mm(x[start:end], w.t(), out=logits)
-                torch._log_softmax(logits, -1, False, out=logits)  # in place, row by row
-                losses[start:end] = -logits.gather(1, safe_targets[start:end]).squeeze(1)
-                if needs_grad:
-                    # d(sum of losses)/d(logits) = softmax - onehot(target), 0 on ignored rows
-                    probabilities = logits.exp_()
-                    probabilities.scatter_add_(1, safe_targets[start:end],
-                                               torch.full_like(losses[start:end, None], -1.0))
-                    ignored = (~valid[start:end]).nonzero().squeeze(1)
-                    probabilities.index_fill_(0, ignored, 0.0)
-                    torch.mm(probabilities, w, out=grad_x[start:end])
-                    # beta=0 on the first block: grad_w starts uninitialised
-                    grad_w.addmm_(probabilities.t(), x[start:end], beta=1.0 if start else 0.0)
-            count = valid.sum()
-            loss = losses.masked_fill(~valid, 0.0).sum() / count
-        if needs_grad:
-            ctx.save_for_backward(grad_x, grad_w, count)
-            ctx.dtypes = hidden.dtype, weight.dtype
-        return loss.to(hidden.dtype)
+        loss, count, grad_x, grad_w = _blockwise(hidden, weight, targets, ignore_index, True)
+        ctx.save_for_backward(grad_x, grad_w, count)
+        ctx.dtypes = hidden.dtype, weight.dtype
+        ctx.backward_done = False
+        return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss: torch.Tensor):
+        if ctx.backward_done:
+            raise RuntimeError("linear_cross_entropy supports one backward pass per forward "
+                               "(its saved gradients are scaled in place); run the forward again")
+        ctx.backward_done = True
         grad_x, grad_w, count = ctx.saved_tensors
         scale = grad_loss / count  # the loss is a mean over `count` targets
         hidden_dtype, weight_dtype = ctx.dtypes
-        return (grad_x * scale).to(hidden_dtype), (grad_w * scale).to(weight_dtype), None, None
+        # In place: a fresh [vocab, d] product would cost its page faults again (bench/train.py)
+        return grad_x.mul_(scale).to(hidden_dtype), grad_w.mul_(scale).to(weight_dtype), None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          ignore_index: int = -100) -> torch.Tensor:
     """`F.cross_entropy(hidden @ weight.T, targets, ignore_index=...)` without materialising
     the logits; `hidden` is `[rows, d]`, `weight` `[vocab, d]`, `targets` `[rows]`."""
-    return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index)
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index)
+    # no_grad (evaluation): the loss alone, a third of the work
+    return _blockwise(hidden, weight, targets, ignore_index, with_grads=False)[0]
