@@ -85,3 +85,23 @@ def test_no_gradient_work_without_autograd(monkeypatch):
         linear_cross_entropy(hidden, weight, torch.tensor([1, 2, 3, 4]))
     linear_cross_entropy(hidden, weight, torch.tensor([1, 2, 3, 4]))
     assert calls == [False, True]
+
+
+def test_trainer_loss_keeps_the_logits_path_under_autocast(monkeypatch):
+    """bf16/fp16 training must not route the head through the fp32 fused kernel."""
+    from utils.model import loss as loss_module
+    from utils.training.engine.trainer import language_model_loss
+
+    calls = []
+    real = loss_module.linear_cross_entropy
+    monkeypatch.setattr("utils.model.gpt.linear_cross_entropy",
+                        lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    model = GPTModel(ModelConfig(vocab_size=64, context_length=16, embedding_dimension=32,
+                                 number_of_heads=2, number_of_layers=1, dropout_rate=0.0))
+    ids = torch.randint(0, 64, (2, 16))
+    fp32 = language_model_loss(model, ids, ids)
+    assert calls == [1]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = language_model_loss(model, ids, ids)
+    assert calls == [1]
+    assert torch.allclose(fp32, bf16.float(), atol=0.05)

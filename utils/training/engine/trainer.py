@@ -77,11 +77,14 @@ def language_model_loss(model: nn.Module, inputs: torch.Tensor,
                         targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of `model(inputs)` against `targets`.
 
-    A GPTModel (bare or DDP-wrapped) computes it with its fused head + loss, which never
-    materialises the `[batch, context, vocab]` logits (bench/train.py); other models
-    (Hugging Face's) give logits and `F.cross_entropy` takes it from there.
+    A GPTModel (bare or DDP-wrapped) in fp32 computes it with its fused head + loss, which
+    never materialises the `[batch, context, vocab]` logits (bench/train.py). Under bf16/fp16
+    autocast the plain path is kept: the fused one does its products in fp32, which on a
+    GPU would give up the tensor cores. Other models (Hugging Face's) give logits and
+    `F.cross_entropy` takes it from there.
     """
-    if isinstance(getattr(model, "module", model), GPTModel):
+    fused = not torch.is_autocast_enabled(inputs.device.type)
+    if fused and isinstance(getattr(model, "module", model), GPTModel):
         return model(inputs, targets, return_logits=False)[1]
     logits = logits_of(model(inputs))
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
