@@ -61,6 +61,18 @@ def interleaved_median_times(fns: dict[str, Callable[[], Any]], repeats: int = 5
     return {name: (statistics.median(t), t) for name, t in times.items()}
 
 
+def current_rss_mb() -> float:
+    """This process's resident memory now, in MB (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory in MB (Linux reports ru_maxrss in KB, macOS in bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -30,18 +30,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import command_line, machine_info, run_isolated, save_section  # noqa: E402
+from bench.common import (  # noqa: E402
+    command_line,
+    current_rss_mb,
+    machine_info,
+    run_isolated,
+    save_section,
+)
 
 AIM_SPEEDUP = 5.0
 AIM_MEMORY_RATIO = 0.6
-
-
-def current_rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def peak_rss_mb() -> float:

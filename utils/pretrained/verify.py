@@ -63,23 +63,30 @@ def compare_outputs(model: nn.Module, hf_model: nn.Module, tokenizer: Any, text:
     return max_diff <= atol, max_diff
 
 
-def random_hf_gpt2(config: ModelConfig, seed: int = 0, bias_std: float = 0.1):
+def random_hf_gpt2(config: ModelConfig, seed: int = 0, bias_std: float = 0.1,
+                   weight_scale: float = 1.0):
     """A randomly initialised `transformers.GPT2LMHeadModel` shaped like `config`, in eval mode.
 
     For offline checks (nothing downloads). HF initialises biases to zero and LayerNorms to
     (1, 0), which would hide a dropped bias or a swapped scale/shift; so every bias and
-    LayerNorm parameter gets noise of `bias_std` here.
+    LayerNorm parameter gets noise of `bias_std` here. `weight_scale` multiplies the
+    matrices: 10x GPT-2's init scale gives confident, varied predictions, so one wrong
+    matrix moves the logits a lot and float rounding cannot flip an argmax. The global RNG
+    is left as it was.
     """
     from transformers import GPT2LMHeadModel  # heavy import, only where used
 
     from utils.pretrained.mapping import to_hf_config
 
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(to_hf_config(config))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # HF initialises from the global generator
+        model = GPT2LMHeadModel(to_hf_config(config))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.dim() == 1:  # biases and LayerNorm weights
                 noise = torch.randn(parameter.shape, generator=generator) * bias_std
                 parameter.add_(noise)
+            else:
+                parameter.mul_(weight_scale)
     return model.eval()
