@@ -29,9 +29,11 @@ import torch
 from utils.config import GPT2_CONFIGS, PRESET_ALIASES, ModelConfig
 from utils.model import GPTModel, meta_skeleton
 from utils.pretrained.mapping import (
+    convert_custom_to_hf,
     get_weight_mapping,
     is_ignored_hf_key,
     iter_converted,
+    iter_custom_to_hf,
     normalize_hf_key,
     split_qkv_weight,
     to_hf_config,
@@ -453,31 +455,17 @@ def load_openai_gpt2(model_size: str | Path = "small", device: str | torch.devic
 
 def iter_hf_state(model: GPTModel) -> Iterator[tuple[str, torch.Tensor]]:
     """GPT2LMHeadModel tensors for `model`, one at a time in HF's order, without the tied
-    `lm_head.weight`; zeros for Q/K/V biases the model does not have.
-
-    The inverse of `mapping`'s transforms, tensor by tensor (`convert_custom_to_hf` builds
-    them all at once): exporting gpt2-xl then never holds a second 6 GB copy.
+    `lm_head.weight`; zeros for Q/K/V biases the model does not have
+    (`mapping.iter_custom_to_hf`): exporting gpt2-xl then never holds a second 6 GB copy.
     """
     state = {k: v.detach() for k, v in model.state_dict().items()}
-    for hf_key, (ours, transform) in get_weight_mapping(model.config.number_of_layers).items():
-        if isinstance(ours, tuple):
-            parts = [state[k] if k in state else _zero_bias(state, k) for k in ours]
-            yield hf_key, (torch.cat([p.t() for p in parts], dim=1)
-                           if transform is split_qkv_weight else torch.cat(parts))
-        else:
-            yield hf_key, state[ours].t().contiguous() if transform is transpose else state[ours]
-
-
-def _zero_bias(state: dict[str, torch.Tensor], bias_key: str) -> torch.Tensor:
-    weight = state[bias_key.removesuffix(".bias") + ".weight"]
-    return weight.new_zeros(weight.shape[0])
+    return iter_custom_to_hf(state, model.config.number_of_layers)
 
 
 def hf_state_dict_from_model(model: GPTModel) -> dict[str, torch.Tensor]:
     """The full GPT2LMHeadModel state dict for `model` (head tied to wte)."""
-    hf = dict(iter_hf_state(model))
-    hf["lm_head.weight"] = hf["transformer.wte.weight"]
-    return hf
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    return convert_custom_to_hf(state, model.config.number_of_layers)
 
 
 def write_safetensors(tensors: Iterable[tuple[str, torch.Tensor]],

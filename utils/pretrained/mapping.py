@@ -112,19 +112,30 @@ def convert_hf_to_custom(hf_state_dict: dict[str, torch.Tensor], config: ModelCo
     return converted
 
 
-def convert_custom_to_hf(state_dict: dict[str, torch.Tensor], num_layers: int
-                         ) -> dict[str, torch.Tensor]:
-    """The inverse: a GPT2LMHeadModel state dict (Conv1D layout, fused c_attn, tied head)."""
-    hf: dict[str, torch.Tensor] = {}
+def iter_custom_to_hf(state_dict: dict[str, torch.Tensor], num_layers: int
+                      ) -> Iterator[tuple[str, torch.Tensor]]:
+    """The inverse of `iter_converted`: `(hf_key, tensor)` one at a time in HF's order
+    (Conv1D layout, fused c_attn), without the tied `lm_head.weight`; zeros for Q/K/V
+    biases the state dict does not have (HF's GPT-2 always has them)."""
     for hf_key, (ours, transform) in get_weight_mapping(num_layers).items():
         if isinstance(ours, tuple):
-            parts = [state_dict[k] for k in ours]
-            hf[hf_key] = torch.cat([p.t() for p in parts], dim=1) if transform is split_qkv_weight \
-                else torch.cat(parts, dim=0)
+            parts = [state_dict[k] if k in state_dict else _zero_bias(state_dict, k) for k in ours]
+            yield hf_key, (torch.cat([p.t() for p in parts], dim=1)
+                           if transform is split_qkv_weight else torch.cat(parts))
         else:
             tensor = state_dict[ours]
-            hf[hf_key] = tensor.t() if transform is transpose else tensor
-        hf[hf_key] = hf[hf_key].contiguous()
+            yield hf_key, (tensor.t() if transform is transpose else tensor).contiguous()
+
+
+def _zero_bias(state_dict: dict[str, torch.Tensor], bias_key: str) -> torch.Tensor:
+    weight = state_dict[bias_key.removesuffix(".bias") + ".weight"]
+    return weight.new_zeros(weight.shape[0])
+
+
+def convert_custom_to_hf(state_dict: dict[str, torch.Tensor], num_layers: int
+                         ) -> dict[str, torch.Tensor]:
+    """A full GPT2LMHeadModel state dict (Conv1D layout, fused c_attn, tied head)."""
+    hf = dict(iter_custom_to_hf(state_dict, num_layers))
     hf["lm_head.weight"] = hf[f"{HF_PREFIX}wte.weight"]
     return hf
 
