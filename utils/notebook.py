@@ -267,14 +267,13 @@ def corpus_statistics(corpus: Any, tokenizer: Any, top: int = 5) -> Any:
 def _load_into_model(model: Any, path: Path, method: str, infos: list[Any] | None) -> dict:
     """Load `path` into `model` (strict, all or nothing), print seed 003's reports."""
     from utils.reports import full_load_report
+    from utils.training.engine.checkpoint import SIDECAR_KEYS
     from utils.training.engine.loading import load_model_weights
-    from utils.training.engine.recovery import inspect_checkpoint
 
     load_report = load_model_weights(model, path)  # eval mode, CUDA > MPS > CPU
-    info, sidecar = inspect_checkpoint(path)
-    checkpoint = dict(sidecar or {})
-    for key in ("epoch", "global_step", "train_loss", "val_loss", "learning_rate", "timestamp"):
-        checkpoint.setdefault(key, getattr(info, key))
+    # The file's scalars (what a sidecar holds), from the load itself: no second read, and
+    # no optimizer state kept alive in the notebook's `checkpoint`.
+    checkpoint = {key: load_report.metadata.get(key) for key in SIDECAR_KEYS}
     print(full_load_report(path, method, model, checkpoint, infos, load_report))
     return checkpoint
 
