@@ -58,25 +58,32 @@ def _series(records: list[dict[str, Any]], x_key: str | None, y_key: str | None
     return xs, ys
 
 
-def plot_loss_curves(metrics: Any, ax: Any = None, title: str = "Loss") -> Any:
-    """Train and validation loss against step; returns the Figure."""
-    import matplotlib.pyplot as plt
-
+def _prepare(metrics: Any, ax: Any, figsize: tuple[float, float], ylabel: str, title: str
+             ) -> tuple[list[dict[str, Any]], Any, Any, str | None]:
+    """Records, Figure, labelled Axes (a new Figure unless `ax` is given), and the step key."""
     records = metrics_to_records(metrics)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 4))
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=figsize)
     else:
         fig = ax.figure
     step_key = _first_key(records, STEP_KEYS)
+    ax.set_xlabel(step_key or "evaluation")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    return records, fig, ax, step_key
+
+
+def plot_loss_curves(metrics: Any, ax: Any = None, title: str = "Loss") -> Any:
+    """Train and validation loss against step; returns the Figure."""
+    records, fig, ax, step_key = _prepare(metrics, ax, (7, 4), "cross-entropy loss", title)
     for keys, label, style in ((TRAIN_LOSS_KEYS, "train loss", "-"),
                                (VAL_LOSS_KEYS, "validation loss", "o-")):
         xs, ys = _series(records, step_key, _first_key(records, keys))
         if xs:
             ax.plot(xs, ys, style, label=label, markersize=3)
-    ax.set_xlabel(step_key or "evaluation")
-    ax.set_ylabel("cross-entropy loss")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
     if ax.get_lines():
         ax.legend()
     else:
@@ -86,14 +93,7 @@ def plot_loss_curves(metrics: Any, ax: Any = None, title: str = "Loss") -> Any:
 
 def plot_learning_rate(metrics: Any, ax: Any = None, title: str = "Learning rate") -> Any:
     """Learning rate against step (warm-up then cosine decay); returns the Figure."""
-    import matplotlib.pyplot as plt
-
-    records = metrics_to_records(metrics)
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 3))
-    else:
-        fig = ax.figure
-    step_key = _first_key(records, STEP_KEYS)
+    records, fig, ax, step_key = _prepare(metrics, ax, (7, 3), "learning rate", title)
     xs, ys = _series(records, step_key, _first_key(records, LR_KEYS))
     if xs:
         ax.plot(xs, ys, "-", color="tab:green")
@@ -101,10 +101,6 @@ def plot_learning_rate(metrics: Any, ax: Any = None, title: str = "Learning rate
     else:
         ax.text(0.5, 0.5, "no learning-rate values", ha="center", va="center",
                 transform=ax.transAxes)
-    ax.set_xlabel(step_key or "evaluation")
-    ax.set_ylabel("learning rate")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
     return fig
 
 
