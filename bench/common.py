@@ -74,7 +74,16 @@ def current_rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory in MB (Linux reports ru_maxrss in KB, macOS in bytes)."""
+    """This process's own peak resident memory in MB: VmHWM on Linux (getrusage's ru_maxrss
+    is not used there: it starts from the parent's peak at fork, which would hide a child
+    smaller than its parent), ru_maxrss elsewhere (macOS reports it in bytes)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 

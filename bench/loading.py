@@ -34,22 +34,13 @@ from bench.common import (  # noqa: E402
     command_line,
     current_rss_mb,
     machine_info,
+    peak_rss_mb,
     run_isolated,
     save_section,
 )
 
 AIM_SPEEDUP = 5.0
 AIM_MEMORY_RATIO = 0.6
-
-
-def peak_rss_mb() -> float:
-    """VmHWM, this process's own peak. (getrusage's ru_maxrss is not used: on Linux it
-    starts from the parent's peak at fork, which would hide a child smaller than its parent.)"""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 # ----------------------------------------------------------------- checkpoints on disk
@@ -94,7 +85,7 @@ def measure_ours(path: str) -> dict:
     model, checkpoint = load_pretrained_model(path, device="cpu")
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "added_mb": peak_rss_mb() - rss_after_imports,
-            "peak_rss_mb": peak_rss_mb(), "check": float(model.final_norm.scale.sum())}
+            "check": float(model.final_norm.scale.sum())}
 
 
 def measure_seed000(path: str) -> dict:
@@ -112,7 +103,7 @@ def measure_seed000(path: str) -> dict:
     model.eval()
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "added_mb": peak_rss_mb() - rss_after_imports,
-            "peak_rss_mb": peak_rss_mb(), "check": float(model.final_norm.scale.sum())}
+            "check": float(model.final_norm.scale.sum())}
 
 
 # --------------------------------------------------------------------------- main

@@ -33,6 +33,7 @@ from bench.common import (  # noqa: E402
     command_line,
     current_rss_mb,
     machine_info,
+    peak_rss_mb,
     run_isolated,
     save_section,
 )
@@ -72,8 +73,6 @@ def write_random_hf_folder(size: str, folder: Path) -> float:
 
 
 def measure_ours(folder: str, verify: bool) -> dict:
-    import resource
-
     import torch
 
     from utils.pretrained.huggingface import load_openai_gpt2
@@ -83,8 +82,7 @@ def measure_ours(folder: str, verify: bool) -> dict:
     start = time.perf_counter()
     model, _ = load_openai_gpt2(folder)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = {"seconds": seconds, "added_mb": peak - rss_after_imports}
+    result = {"seconds": seconds, "added_mb": peak_rss_mb() - rss_after_imports}
     if verify:
         from transformers import GPT2LMHeadModel
 
@@ -98,8 +96,6 @@ def measure_ours(folder: str, verify: bool) -> dict:
 
 
 def measure_usual(folder: str) -> dict:
-    import resource
-
     import torch
     from transformers import GPT2LMHeadModel
 
@@ -117,8 +113,7 @@ def measure_usual(folder: str) -> dict:
         for key, tensor in iter_converted(hf_model.state_dict(), config.number_of_layers):
             parameters[key].copy_(tensor)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": seconds, "added_mb": peak - rss_after_imports}
+    return {"seconds": seconds, "added_mb": peak_rss_mb() - rss_after_imports}
 
 
 # --------------------------------------------------------------------------- main
