@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from utils.model import count_parameters
+
 # Fine-tuning moves pretrained weights a little; the step size that trained them from
 # scratch would wash out what they learned. A tenth is the usual starting point (seed 000
 # goes from 3e-4 to 1e-5 for full fine-tuning, a thirtieth).
@@ -77,7 +79,7 @@ def unfreeze(model: nn.Module) -> int:
     """Make every parameter trainable again; returns the number of parameters."""
     for parameter in model.parameters():
         parameter.requires_grad_(True)
-    return sum(p.numel() for p in model.parameters())
+    return count_parameters(model)
 
 
 def suggested_finetune_lr(base_lr: float, factor: float = FINETUNE_LR_FACTOR) -> float:

@@ -169,9 +169,11 @@ def _describe(value: Any) -> str:
     if value is None:
         return "None"
     if hasattr(value, "parameters") and hasattr(value, "training"):  # nn.Module
-        params = list(value.parameters())
-        count = sum(p.numel() for p in {id(p): p for p in params}.values())
-        device = params[0].device if params else "no parameters"
+        from utils.model import count_parameters
+
+        count = count_parameters(value)
+        first = next(value.parameters(), None)
+        device = first.device if first is not None else "no parameters"
         mode = "train" if value.training else "eval"
         return f"{type(value).__name__}, {count:,} parameters, on {device}, {mode} mode"
     if hasattr(value, "shape") and hasattr(value, "columns"):  # DataFrame

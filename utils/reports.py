@@ -124,9 +124,10 @@ def checkpoint_info_report(checkpoint: dict[str, Any]) -> str:
 
 def parameter_counts(model: Any) -> dict[str, int]:
     """Unique parameters (a tied tensor counted once): total, trainable, frozen."""
-    unique = list(model.parameters())  # nn.Module.parameters() already skips duplicates
-    total = sum(p.numel() for p in unique)
-    trainable = sum(p.numel() for p in unique if p.requires_grad)
+    from utils.model import count_parameters
+
+    total = count_parameters(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"total": total, "trainable": trainable, "frozen": total - trainable}
 
 
