@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import command_line, machine_info, save_section  # noqa: E402
+from bench.common import command_line, machine_info, median_time, publish_section  # noqa: E402
 
 AIM_BLOCKED_FRACTION = 0.20
 AIM_LIST_MS = 5.0
@@ -144,13 +144,12 @@ def blocked_times(state: dict, folder: Path, repeats: int) -> tuple[float, list[
 def listing_ms_per_checkpoint(folder: Path, count: int, repeats: int) -> float:
     from utils.training.engine.recovery import list_checkpoints
 
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    def listing() -> None:
         infos = list_checkpoints(folder)
-        times.append(time.perf_counter() - start)
         assert len(infos) == count, (len(infos), count)
-    return statistics.median(times) / count * 1000
+
+    median, _ = median_time(listing, repeats=repeats, warmup=0)
+    return median / count * 1000
 
 
 def measure_listing(workdir: Path, big_state: dict, repeats: int) -> dict[str, float]:
@@ -242,11 +241,7 @@ def main(argv: list[str] | None = None) -> str:
         f"{listing['tiny_ms']:.2f} / {listing['big_ms']:.2f} ms, "
         f"**{'met' if list_ok else 'not met'}**.",
     ]
-    section = "\n".join(lines)
-    print(section)
-    if args.save:
-        print(f"\nsaved to {save_section('checkpoint', section)}")
-    return section
+    return publish_section("checkpoint", "\n".join(lines), args.save)
 
 
 if __name__ == "__main__":

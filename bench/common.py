@@ -165,3 +165,11 @@ def save_section(name: str, markdown: str) -> Path:
     path = RESULTS_DIR / f"{name}.md"
     path.write_text(markdown.rstrip() + "\n")
     return path
+
+
+def publish_section(name: str, markdown: str, save: bool) -> str:
+    """Print a script's markdown section and, with `save`, also write it (`save_section`)."""
+    print(markdown)
+    if save:
+        print(f"\nsaved to {save_section(name, markdown)}")
+    return markdown

@@ -25,7 +25,7 @@ from bench.common import (  # noqa: E402
     interleaved_median_times,
     machine_info,
     median_time,
-    save_section,
+    publish_section,
 )
 
 AIM_VS_HF = 1.25
@@ -160,10 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", action="store_true", help="also write bench/results/generation.md")
     args = parser.parse_args(argv)
     result = measure(args.new_tokens, args.prompt_tokens, args.repeats, args.no_cache_repeats)
-    section = report(result, args.new_tokens, args.prompt_tokens)
-    print(section)
-    if args.save:
-        print(f"\nsaved {save_section('generation', section)}")
+    publish_section("generation", report(result, args.new_tokens, args.prompt_tokens), args.save)
     return 0
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import command_line, machine_info, save_section  # noqa: E402
+from bench.common import command_line, machine_info, median_time, publish_section  # noqa: E402
 
 AIM_FRACTION = 0.70
 # Written from torch.profiler runs of one step (self CPU time, record_shapes=True) when the
@@ -66,12 +66,8 @@ def mm_flops_per_s(m: int = MM_SIZE, k: int = MM_SIZE, n: int = MM_SIZE,
 
     a, out = torch.randn(m, k), torch.zeros(m, n)
     b = torch.randn(n, k).t() if transposed else torch.randn(k, n)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
-        times.append(time.perf_counter() - start)
-    return 2 * m * k * n / statistics.median(times)
+    median, _ = median_time(lambda: torch.mm(a, b, out=out), repeats=repeats, warmup=0)
+    return 2 * m * k * n / median
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -156,11 +152,7 @@ def main(argv: list[str] | None = None) -> str:
                          for r in results)
     lines += ["", f"Aim: at least {AIM_FRACTION:.0%} of torch.mm's (2048³) FLOP/s: {verdicts}."]
     lines += ["", PROFILE_NOTES]
-    section = "\n".join(lines)
-    print(section)
-    if args.save:
-        print(f"\nsaved to {save_section('train', section)}")
-    return section
+    return publish_section("train", "\n".join(lines), args.save)
 
 
 if __name__ == "__main__":
