@@ -1,5 +1,6 @@
-"""Quick demo (`make demo`): train the `tiny` preset for a few steps on the built-in corpus and
-print a sample. Runs on a CPU in well under a minute; everything it needs is on disk.
+"""Plain-loop demo without Jupyter or checkpoints: train the `tiny` preset for a few steps on
+the built-in corpus and print a sample. Runs on a CPU in well under a minute; everything it
+needs is on disk. (`make demo` runs the notebook instead: scripts/demo_notebook.py.)
 
     python scripts/demo.py [--steps 50] [--tokenizer gpt2|byte]
 """
