@@ -14,13 +14,13 @@ from utils.reports import available_checkpoints_report, error_report, full_load_
 
 def widgets_can_render() -> bool:
     """True inside a Jupyter/Colab kernel with ipywidgets installed."""
+    from utils.plots import in_jupyter
+
     try:
         import ipywidgets  # noqa: F401
-        from IPython import get_ipython
     except ImportError:
         return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
+    return in_jupyter()
 
 
 def option_label(index: int, info: Any) -> str:
