@@ -191,7 +191,4 @@ class TrainingConfig:
             raise ConfigError(
                 f"unknown training config key(s) {unknown}; expected some of {sorted(known)}"
             )
-        data = dict(data)
-        if "betas" in data:
-            data["betas"] = tuple(data["betas"])
-        return cls(**data)
+        return cls(**data)  # __post_init__ turns a JSON list of betas back into a tuple
