@@ -87,7 +87,10 @@ def model_device(model: Any) -> str:
 
 def loading_report(path: str | Path, model: Any, load_report: Any = None,
                    notes: Iterable[str] = ()) -> str:
-    """LOADING MODEL WEIGHTS: the file, success, device and mode (and partial-load details)."""
+    """LOADING MODEL WEIGHTS: the file, success, device and mode (and partial-load details).
+
+    `notes` default to the `load_report`'s (what the loader recognised or converted)."""
+    notes = list(notes) or list(getattr(load_report, "notes", ()))
     lines = [f"📂 Loading checkpoint: {_name(path)}"]
     if load_report is not None and not load_report.complete:
         lines.append(f"⚠️ Partial load: {load_report.summary()}")
