@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from utils.reports import available_checkpoints_report, error_report, full_load_report
+from utils.reports import _number, available_checkpoints_report, error_report, full_load_report
 
 
 def widgets_can_render() -> bool:
@@ -25,10 +25,8 @@ def widgets_can_render() -> bool:
 
 def option_label(index: int, info: Any) -> str:
     """`[0] epoch 9 | step 9 | val_loss=0.3876 | checkpoint_....pt`."""
-    def number(value: Any) -> str:
-        return "n/a" if value is None else f"{value:.4f}"
     return (f"[{index}] epoch {info.epoch} | step {info.global_step} | "
-            f"train_loss={number(info.train_loss)} | val_loss={number(info.val_loss)} | "
+            f"train_loss={_number(info.train_loss)} | val_loss={_number(info.val_loss)} | "
             f"{info.filename}")
 
 
