@@ -45,12 +45,59 @@ _CRC_TABLE = _crc32c_table()
 
 
 def crc32c(data: bytes, crc: int = 0) -> int:
-    """CRC-32C (Castagnoli) of `data`, as LevelDB and TensorFlow compute it."""
-    crc ^= 0xFFFFFFFF
+    """CRC-32C (Castagnoli) of `data`, as LevelDB and TensorFlow compute it.
+
+    Large inputs run in numpy: the data is cut into 2**k equal lanes whose CRC registers
+    advance together, one byte column at a time; the lanes are then joined pairwise (the
+    register is linear over GF(2): `raw(r, A + B) = Z^len(B) raw(r, A) ^ raw(0, B)`, with
+    `Z^n` the 32x32 bit matrix of `n` zero bytes). The pure-Python loop, ~0.1 s/MB, would
+    spend minutes on gpt2-xl's 6 GB of weights.
+    """
+    register = crc ^ 0xFFFFFFFF
+    view = memoryview(data).cast("B")
+    lanes = 1 << max(0, min(16, (len(view) // 1024).bit_length() - 1))
+    if lanes >= 64:
+        length = len(view) // lanes
+        # One row per byte position, one column per lane (a copy, so each row is contiguous).
+        rows = np.frombuffer(view[:lanes * length], dtype=np.uint8).reshape(lanes, length).T.copy()
+        table = np.array(_CRC_TABLE, dtype=np.uint32)
+        registers = np.zeros(lanes, dtype=np.uint32)
+        registers[0] = register
+        low_byte = np.empty(lanes, dtype=np.uint8)
+        for row in rows:
+            np.bitwise_xor(registers.astype(np.uint8), row, out=low_byte)  # astype: low byte
+            registers = table.take(low_byte) ^ (registers >> 8)
+        zeros = _zero_bytes_matrix(length)
+        while len(registers) > 1:
+            registers = _apply(zeros, registers[0::2]) ^ registers[1::2]
+            zeros = _apply(zeros, zeros)
+        register = int(registers[0])
+        view = view[lanes * length:]
     table = _CRC_TABLE
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
+    for byte in view:
+        register = table[(register ^ byte) & 0xFF] ^ (register >> 8)
+    return register ^ 0xFFFFFFFF
+
+
+def _apply(matrix: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """GF(2) matrix (32 columns, column k = image of bit k) times each uint32 in `vectors`."""
+    out = np.zeros_like(vectors)
+    for k in range(32):
+        out ^= matrix[k] * ((vectors >> k) & 1)
+    return out
+
+
+def _zero_bytes_matrix(count: int) -> np.ndarray:
+    """The register's change over `count` zero bytes, as a GF(2) matrix (square-and-multiply)."""
+    bits = np.array([1 << k for k in range(32)], dtype=np.uint32)
+    power = np.array([_CRC_TABLE[b & 0xFF] ^ (b >> 8) for b in bits.tolist()], dtype=np.uint32)
+    result = bits  # identity
+    while count:
+        if count & 1:
+            result = _apply(power, result)
+        power = _apply(power, power)
+        count >>= 1
+    return result
 
 
 def masked_crc32c(data: bytes) -> int:
