@@ -355,7 +355,7 @@ def _read_tensor(entry: BundleEntry, shard: bytes, index_path: Path) -> np.ndarr
             f"variable {entry.name!r} in {index_path} is partitioned or has TensorFlow dtype "
             f"{entry.dtype}; only whole numeric tensors are supported"
         )
-    raw = shard[entry.offset:entry.offset + entry.size]
+    raw = memoryview(shard)[entry.offset:entry.offset + entry.size]  # no copy; astype copies
     if len(raw) != entry.size:
         raise CorruptCheckpointError(
             f"variable {entry.name!r} needs bytes {entry.offset}..{entry.offset + entry.size} "
