@@ -38,14 +38,14 @@ def training_state(preset: str) -> dict:
     import torch
 
     from tests._ckpt_helpers import make_state
-    from utils.config import ModelConfig
+    from utils.config import ModelConfig, TrainingConfig
     from utils.model import GPTModel
     from utils.training.engine.trainer import build_optimizer
 
     config = ModelConfig.from_preset(preset)
     torch.manual_seed(0)
     model = GPTModel(config)
-    optimizer = build_optimizer(model, _training_config(), torch.device("cpu"))
+    optimizer = build_optimizer(model, TrainingConfig(), torch.device("cpu"))
     for parameter in model.parameters():
         parameter.grad = torch.randn_like(parameter) * 1e-3
     optimizer.step()  # creates exp_avg / exp_avg_sq: two more copies of the weights
@@ -53,12 +53,6 @@ def training_state(preset: str) -> dict:
     state.update(model_state_dict=model.state_dict(), optimizer_state_dict=optimizer.state_dict(),
                  config=config.to_dict())
     return state
-
-
-def _training_config():
-    from utils.config import TrainingConfig
-
-    return TrainingConfig()
 
 
 def state_bytes(state: dict) -> int:
