@@ -86,14 +86,10 @@ def environment_report() -> str:
 
 
 def default_device() -> str:
-    """'cuda' if available, else 'mps', else 'cpu' (the loaders' order)."""
-    import torch
+    """'cuda' if available, else 'mps', else 'cpu' (the Trainer's and the loaders' order)."""
+    from utils.training.engine.distributed import default_device as best_device
 
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    return best_device().type
 
 
 def _total_ram_gb() -> float | None:
