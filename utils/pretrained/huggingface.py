@@ -374,7 +374,7 @@ def model_from_hf_tensors(tensors: Iterable[tuple[str, torch.Tensor]], config: M
     expected = {k: p.shape for k, p in model.named_parameters()}
     state = {}
     try:
-        for key, tensor in iter_converted(_Stream(tensors), config.number_of_layers):
+        for key, tensor in iter_converted(tensors, config.number_of_layers):
             if tensor.shape != expected[key]:
                 raise ArchitectureMismatchError(
                     f"{key}: weights have shape {tuple(tensor.shape)}, the model "
@@ -386,17 +386,6 @@ def model_from_hf_tensors(tensors: Iterable[tuple[str, torch.Tensor]], config: M
     model.load_state_dict(state, strict=True, assign=True)
     model.tie_weights()
     return model.eval()
-
-
-class _Stream:
-    """A read-once `.items()` over `(key, tensor)` pairs: `iter_converted` then pulls
-    tensors one by one instead of needing every tensor in a dict at once."""
-
-    def __init__(self, pairs: Iterable[tuple[str, torch.Tensor]]) -> None:
-        self.pairs = pairs
-
-    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
-        return iter(self.pairs)
 
 
 def load_gpt2_weights(model: GPTModel, model_name_or_path: str | Path = "gpt2") -> GPTModel:
@@ -413,7 +402,7 @@ def load_gpt2_weights(model: GPTModel, model_name_or_path: str | Path = "gpt2") 
     if any(p.is_meta for p in parameters.values()):
         layers = model.config.number_of_layers
         tensors = iter_hf_tensors(files, temporary=copied_on_conversion(layers))
-        state = dict(iter_converted(_Stream(tensors), layers))
+        state = dict(iter_converted(tensors, layers))
         state["lm_head.weight"] = state["token_embedding.weight"]
         model.load_state_dict(state, strict=True, assign=True)
         model.tie_weights()
@@ -421,7 +410,7 @@ def load_gpt2_weights(model: GPTModel, model_name_or_path: str | Path = "gpt2") 
     with torch.no_grad():
         layers = model.config.number_of_layers
         tensors = iter_hf_tensors(files, temporary=copied_on_conversion(layers))
-        for key, tensor in iter_converted(_Stream(tensors), layers):
+        for key, tensor in iter_converted(tensors, layers):
             parameters[key].copy_(tensor)
     return model
 

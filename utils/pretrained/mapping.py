@@ -7,7 +7,7 @@ along its output dimension into W_query, W_key and W_value.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
 
@@ -81,12 +81,15 @@ def is_ignored_hf_key(key: str) -> bool:
     return key == "lm_head.weight" or key.endswith(IGNORED_HF_SUFFIXES)
 
 
-def iter_converted(hf_state_dict: dict[str, torch.Tensor], num_layers: int
-                   ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield `(our_key, tensor)` one HF tensor at a time (streaming, for low memory)."""
+def iter_converted(hf_state_dict: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+                   num_layers: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield `(our_key, tensor)` one HF tensor at a time (streaming, for low memory).
+
+    `hf_state_dict` is a state dict or a read-once iterable of `(hf_key, tensor)` pairs."""
     mapping = get_weight_mapping(num_layers)
     seen = set()
-    for raw_key, tensor in hf_state_dict.items():
+    pairs = hf_state_dict.items() if isinstance(hf_state_dict, Mapping) else hf_state_dict
+    for raw_key, tensor in pairs:
         key = normalize_hf_key(raw_key)
         if is_ignored_hf_key(key):
             continue
