@@ -301,7 +301,7 @@ def load_weights_cell(namespace: Mapping[str, Any], checkpoint_dir: str | Path,
     if use_widget:
         from utils.widgets import checkpoint_picker
 
-        picker = checkpoint_picker(checkpoint_dir, selected=path,
+        picker = checkpoint_picker(checkpoint_dir, selected=path, infos=infos,
                                    on_load=lambda chosen: _load_into_model(
                                        model, Path(chosen), "widget picker", infos))
         if picker is not None:

@@ -83,18 +83,20 @@ class CheckpointPicker:
 
 def checkpoint_picker(checkpoint_dir: str | Path = "checkpoints",
                       on_load: Callable[[Path], Any] | None = None,
-                      selected: str | Path | None = None, force_widgets: bool = False
-                      ) -> CheckpointPicker | None:
+                      selected: str | Path | None = None, force_widgets: bool = False,
+                      infos: Sequence[Any] | None = None) -> CheckpointPicker | None:
     """A `CheckpointPicker` for the checkpoints in `checkpoint_dir` (best val_loss first).
 
     Without a widget frontend it prints the checkpoint table and returns None (unless
-    `force_widgets`, which tests use to build the widgets without a browser).
+    `force_widgets`, which tests use to build the widgets without a browser). `infos`: the
+    folder's `list_checkpoints` when the caller already has it (not listed again).
     """
     from utils.training.engine.errors import NoCheckpointsError
     from utils.training.engine.recovery import list_checkpoints
 
     folder = Path(checkpoint_dir)
-    infos = list_checkpoints(folder) if folder.is_dir() else []
+    if infos is None:
+        infos = list_checkpoints(folder) if folder.is_dir() else []
     if not infos:
         raise NoCheckpointsError(
             f"No checkpoints found in {folder}/. Fix: 1. run Cell 32 (Run Training) to create "
