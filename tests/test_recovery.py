@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from tests._ckpt_helpers import make_state
-from utils.training.engine import recovery
 from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
     CheckpointWriter,
@@ -53,7 +52,7 @@ def test_listing_reads_sidecars_not_checkpoints(three, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("list_checkpoints opened a checkpoint that has a sidecar")
 
-    monkeypatch.setattr(recovery.torch, "load", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
     assert len(list_checkpoints(folder)) == 3
 
 

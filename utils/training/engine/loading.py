@@ -92,11 +92,13 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 # Reading: bytes -> Python objects, without running code
 # ---------------------------------------------------------------------------------------
 
-def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> Any:
+def read_checkpoint(path: str | Path, trust_checkpoint: bool = False,
+                    mmap: bool = True) -> Any:
     """The object a checkpoint file holds, read safely onto the CPU.
 
     The file's kind comes from its first bytes (`sniff_file`); torch zip archives are
-    memory-mapped, so tensors that are never used are never read from disk.
+    memory-mapped (unless `mmap=False`), so tensors that are never used are never read
+    from disk.
     """
     path = Path(path)
     kind = sniff_file(path)
@@ -121,7 +123,7 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> Any:
                           mmap=mmap)
 
     with _name_torch_will_not_redirect(path) as readable:
-        mmap = kind == "zip"  # torch's legacy format cannot be memory-mapped
+        mmap = mmap and kind == "zip"  # torch's legacy format cannot be memory-mapped
         try:
             return _translate_errors(path, lambda: load(readable, mmap))
         except CorruptCheckpointError:

@@ -9,15 +9,11 @@ the pickled metadata, not the tensors.
 from __future__ import annotations
 
 import json
-import pickle
 import warnings
-import zipfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
@@ -80,36 +76,18 @@ def _int_or_none(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def load_checkpoint_file(path: str | Path, map_location: Any = "cpu",
-                         mmap: bool = True) -> dict[str, Any]:
-    """`torch.load(path, weights_only=True)` with errors that say what is wrong.
+def load_checkpoint_file(path: str | Path, mmap: bool = True) -> dict[str, Any]:
+    """A training checkpoint (a dict with `model_state_dict`), read safely onto the CPU.
 
-    `mmap=True` maps the tensors instead of reading them: reading only the metadata of a
-    1.5 GB checkpoint is then cheap. Raises `CorruptCheckpointError` for empty, truncated or
-    foreign files and `UnsafeCheckpointError` for pickles that need arbitrary code.
+    The file is read by `loading.read_checkpoint` (`weights_only=True`, its kind checked
+    from its first bytes). `mmap=True` maps the tensors instead of reading them: reading
+    only the metadata of a 1.5 GB checkpoint is then cheap. Raises `CorruptCheckpointError`
+    (or a subclass) for empty, truncated or foreign files, `UnsafeCheckpointError` for
+    pickles that need arbitrary code and `FileNotFoundError` for a missing file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    size = path.stat().st_size
-    if size == 0:
-        raise CorruptCheckpointError(f"{path} is empty (0 bytes): the write was interrupted; "
-                                     f"delete it and use another checkpoint")
-    if not zipfile.is_zipfile(path):
-        raise CorruptCheckpointError(
-            f"{path} is not a torch checkpoint (no zip directory: truncated or another "
-            f"format, {size} bytes); delete it and use another checkpoint")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as error:
-        raise UnsafeCheckpointError(
-            f"{path} holds objects that weights_only=True refuses to unpickle ({error}). "
-            f"Only load it with weights_only=False if you trust its source, then re-save "
-            f"it with plain types") from error
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:
-        raise CorruptCheckpointError(
-            f"{path} cannot be read ({type(error).__name__}: {error}); it is probably "
-            f"truncated: delete it and use another checkpoint") from error
+    from utils.training.engine.loading import read_checkpoint
+
+    checkpoint = read_checkpoint(path, mmap=mmap)
     if not isinstance(checkpoint, dict) or "model_state_dict" not in checkpoint:
         raise CorruptCheckpointError(
             f"{path} is not a training checkpoint (no 'model_state_dict'); use a file written "

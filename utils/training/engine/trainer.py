@@ -378,7 +378,7 @@ class Trainer:
         """Restore everything `checkpoint_state` saved (model, optimizer, ..., RNG, data)."""
         self._setup()
         path = Path(checkpoint)
-        state = load_checkpoint_file(path, map_location="cpu", mmap=False)
+        state = load_checkpoint_file(path, mmap=False)
         model = unwrap_model(self.model)
         _check_fits(model, state, path)  # before touching anything: a mismatch changes nothing
         model.load_state_dict(state["model_state_dict"], strict=True)
