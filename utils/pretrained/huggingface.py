@@ -314,11 +314,6 @@ def infer_config(shapes: dict[str, tuple[int, ...]]) -> ModelConfig:
     )
 
 
-def _config_for(model_name_or_path: str | Path, files: list[Path]) -> ModelConfig:
-    folder = files[0].parent
-    return read_hf_config(folder) or infer_config(hf_tensor_shapes(files))
-
-
 def expected_hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """The HF GPT-2 tensor shapes a GPTModel with `config` needs (Conv1D weights [in, out]).
 
@@ -430,10 +425,12 @@ def load_openai_gpt2(model_size: str | Path = "small", device: str | torch.devic
     if is_hub_size and memory_check:
         check_memory(GPT2_CONFIGS[preset], device, dtype, training, name=f"gpt2-{preset}")
     files = resolve_weight_files(model_size)
-    config = GPT2_CONFIGS[preset] if is_hub_size else _config_for(model_size, files)
+    shapes = hf_tensor_shapes(files)  # headers only; read once for inference and checks
+    config = GPT2_CONFIGS[preset] if is_hub_size else \
+        read_hf_config(files[0].parent) or infer_config(shapes)
     if memory_check and not is_hub_size:
         check_memory(config, device, dtype, training, name=str(model_size))
-    validate_hf_shapes(hf_tensor_shapes(files), config, str(model_size))
+    validate_hf_shapes(shapes, config, str(model_size))
     tensors = iter_hf_tensors(files, temporary=copied_on_conversion(config.number_of_layers))
     model = model_from_hf_tensors(tensors, config, device, dtype)
     return model, config
