@@ -29,13 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"utils.cli.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"utils.cli.{name}":
-                raise
-            continue  # command not built yet
-        module.register(subparsers)
+        importlib.import_module(f"utils.cli.{name}").register(subparsers)
     return parser
 
 
