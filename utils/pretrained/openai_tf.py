@@ -48,7 +48,7 @@ def crc32c(data: bytes, crc: int = 0) -> int:
     """CRC-32C (Castagnoli) of `data`, as LevelDB and TensorFlow compute it.
 
     Large inputs run in numpy: the data is cut into 2**k equal lanes whose CRC registers
-    advance together, one byte column at a time; the lanes are then joined pairwise (the
+    advance together, four bytes at a time (slicing-by-4); the lanes are then joined pairwise (the
     register is linear over GF(2): `raw(r, A + B) = Z^len(B) raw(r, A) ^ raw(0, B)`, with
     `Z^n` the 32x32 bit matrix of `n` zero bytes). The pure-Python loop, ~0.1 s/MB, would
     spend minutes on gpt2-xl's 6 GB of weights.
@@ -57,16 +57,17 @@ def crc32c(data: bytes, crc: int = 0) -> int:
     view = memoryview(data).cast("B")
     lanes = 1 << max(0, min(16, (len(view) // 1024).bit_length() - 1))
     if lanes >= 64:
-        length = len(view) // lanes
-        # One row per byte position, one column per lane (a copy, so each row is contiguous).
-        rows = np.frombuffer(view[:lanes * length], dtype=np.uint8).reshape(lanes, length).T.copy()
-        table = np.array(_CRC_TABLE, dtype=np.uint32)
+        length = len(view) // lanes // 4 * 4
+        # One row per 4-byte word position, one column per lane (a copy: contiguous rows).
+        words = np.frombuffer(view[:lanes * length], dtype="<u4").reshape(lanes, length // 4)
+        rows = words.T.copy()
+        t0, t1, t2, t3 = _slicing_tables()
         registers = np.zeros(lanes, dtype=np.uint32)
         registers[0] = register
-        low_byte = np.empty(lanes, dtype=np.uint8)
-        for row in rows:
-            np.bitwise_xor(registers.astype(np.uint8), row, out=low_byte)  # astype: low byte
-            registers = table.take(low_byte) ^ (registers >> 8)
+        for row in rows:  # slicing-by-4: four bytes per step
+            registers ^= row
+            registers = (t3.take(registers & 0xFF) ^ t2.take((registers >> 8) & 0xFF)
+                         ^ t1.take((registers >> 16) & 0xFF) ^ t0.take(registers >> 24))
         zeros = _zero_bytes_matrix(length)
         while len(registers) > 1:
             registers = _apply(zeros, registers[0::2]) ^ registers[1::2]
@@ -77,6 +78,15 @@ def crc32c(data: bytes, crc: int = 0) -> int:
     for byte in view:
         register = table[(register ^ byte) & 0xFF] ^ (register >> 8)
     return register ^ 0xFFFFFFFF
+
+
+def _slicing_tables() -> tuple[np.ndarray, ...]:
+    """CRC tables for 0..3 following bytes (`t_k[b]`: byte b then k zero bytes)."""
+    tables = [np.array(_CRC_TABLE, dtype=np.uint32)]
+    for _ in range(3):
+        previous = tables[-1]
+        tables.append((previous >> 8) ^ tables[0][previous & 0xFF])
+    return tuple(tables)
 
 
 def _apply(matrix: np.ndarray, vectors: np.ndarray) -> np.ndarray:
