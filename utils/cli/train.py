@@ -86,22 +86,9 @@ def _resume_source(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None
     """(checkpoint path, its contents) for --resume, else (None, None)."""
     if args.resume is None:
         return None, None
-    from pathlib import Path
+    from utils.training.engine.recovery import load_checkpoint_file, resume_path
 
-    from utils.training.engine.recovery import (
-        latest_checkpoint,
-        load_checkpoint_file,
-        no_checkpoints_error,
-    )
-
-    if args.resume == "latest":
-        folder = args.checkpoint_dir or "checkpoints"
-        info = latest_checkpoint(folder)
-        if info is None:
-            raise no_checkpoints_error(folder)
-        path = info.path
-    else:
-        path = Path(args.resume)
+    path = resume_path(args.resume, args.checkpoint_dir or "checkpoints")
     return path, load_checkpoint_file(path, mmap=True)
 
 

@@ -116,7 +116,7 @@ def _read_sidecar(path: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def inspect_checkpoint(path: str | Path) -> tuple[CheckpointInfo, dict[str, Any] | None]:
+def _checkpoint_info(path: Path) -> tuple[CheckpointInfo, dict[str, Any] | None]:
     """Metadata of one checkpoint file, marked invalid (with the reason) if unusable.
 
     Returns the info and the sidecar dict (None when the checkpoint itself was read).
@@ -167,7 +167,7 @@ def list_checkpoints(checkpoint_dir: str | Path = "checkpoints",
     for path in sorted(folder.glob("*.pt")):
         if path.name.startswith(".") or not path.is_file():
             continue
-        info, meta = inspect_checkpoint(path)
+        info, meta = _checkpoint_info(path)
         if path.name == BEST_MODEL_NAME:
             best_meta = (info, meta)
             continue
@@ -205,6 +205,17 @@ def no_checkpoints_error(checkpoint_dir: str | Path) -> NoCheckpointsError:
         f"python -m utils train --checkpoint-dir {checkpoint_dir}), or point checkpoint_dir "
         f"at the folder that holds your checkpoint_*.pt files (in Colab, mount Drive first)."
     )
+
+
+def resume_path(resume_from: str | Path, checkpoint_dir: str | Path = "checkpoints") -> Path:
+    """The checkpoint to resume from: `resume_from` itself, or for "latest" the newest
+    valid checkpoint in `checkpoint_dir` (`NoCheckpointsError` when there is none)."""
+    if str(resume_from) != "latest":
+        return Path(resume_from)
+    info = latest_checkpoint(checkpoint_dir)
+    if info is None:
+        raise no_checkpoints_error(checkpoint_dir)
+    return info.path
 
 
 def recover_training_results(checkpoint_dir: str | Path = "checkpoints") -> dict[str, Any]:

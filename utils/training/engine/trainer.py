@@ -48,11 +48,7 @@ from utils.training.engine.errors import (
     ArchitectureMismatchError,
     CheckpointWriteError,
 )
-from utils.training.engine.recovery import (
-    latest_checkpoint,
-    load_checkpoint_file,
-    no_checkpoints_error,
-)
+from utils.training.engine.recovery import load_checkpoint_file, resume_path
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -398,14 +394,6 @@ class Trainer:
         self._resumed_from = path
         return state
 
-    def _resolve_resume(self, resume_from: str | Path) -> Path:
-        if str(resume_from) != "latest":
-            return Path(resume_from)
-        info = latest_checkpoint(self.config.checkpoint_dir)
-        if info is None:
-            raise no_checkpoints_error(self.config.checkpoint_dir)
-        return info.path
-
     # ---------------------------------------------------------------- training
     def fit(self, resume_from: str | Path | None = None,
             stop_at_step: int | None = None) -> list[dict[str, Any]]:
@@ -419,7 +407,7 @@ class Trainer:
         """
         self._setup()
         if resume_from is not None:
-            self.load_checkpoint(self._resolve_resume(resume_from))
+            self.load_checkpoint(resume_path(resume_from, self.config.checkpoint_dir))
         self._stop_step = self.total_steps if stop_at_step is None \
             else min(stop_at_step, self.total_steps)
         if self._stop_step <= self.global_step and stop_at_step is not None:
