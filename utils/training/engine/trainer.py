@@ -252,7 +252,6 @@ class Trainer:
         self.metrics_history: list[dict[str, Any]] = []
         self.best_val_loss = math.inf
         self._elapsed_before = 0.0  # training seconds of earlier sessions (from the history)
-        self._resumed_from: Path | None = None
         self._stop_step: int | None = None  # set by fit(): where this session ends
         self.optimizer: torch.optim.Optimizer | None = None  # built in fit(), on the device
         self.dist: DistributedContext | None = None
@@ -391,7 +390,6 @@ class Trainer:
         if self.config.checkpoint_dir:
             best = read_best_val_loss(self.config.checkpoint_dir)
             self.best_val_loss = best if best is not None else math.inf
-        self._resumed_from = path
         return state
 
     # ---------------------------------------------------------------- training
