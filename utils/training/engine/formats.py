@@ -118,13 +118,7 @@ def sniff_file(path: Path) -> str:
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "pickle"
     if len(head) >= 9 and head[8:9] == b"{":
-        header_length = int.from_bytes(head[:8], "little")
-        if header_length + 8 > size:
-            raise TruncatedCheckpointError(
-                f"{path} is a truncated safetensors file: its header says "
-                f"{header_length + 8} bytes or more, the file has {size}. Fix: copy or "
-                "download it again completely.")
-        _check_safetensors_length(path, header_length, size)
+        _check_safetensors_length(path, int.from_bytes(head[:8], "little"), size)
         return "safetensors"
     for magic, kind, fix in FOREIGN_MAGIC:
         if head.startswith(magic):
@@ -133,20 +127,22 @@ def sniff_file(path: Path) -> str:
 
 
 def _check_safetensors_length(path: Path, header_length: int, size: int) -> None:
-    """The header lists each tensor's byte range: the file must reach the last one."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(8)
-            header = json.loads(handle.read(header_length))
-        end = max((entry["data_offsets"][1] for name, entry in header.items()
-                   if name != "__metadata__"), default=0)
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-        return  # a broken header: safetensors itself reports it when reading
-    if 8 + header_length + end > size:
+    """The file must hold its header, and the header lists each tensor's byte range: the
+    file must reach the last one."""
+    needed = 8 + header_length
+    if needed <= size:
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(8)
+                header = json.loads(handle.read(header_length))
+            needed += max((entry["data_offsets"][1] for name, entry in header.items()
+                           if name != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return  # a broken header: safetensors itself reports it when reading
+    if needed > size:
         raise TruncatedCheckpointError(
-            f"{path} is a truncated safetensors file: its tensors need "
-            f"{8 + header_length + end:,} bytes, the file has {size:,}. Fix: copy or "
-            "download it again completely.")
+            f"{path} is a truncated safetensors file: it needs {needed:,} bytes or more, "
+            f"the file has {size:,}. Fix: copy or download it again completely.")
 
 
 def _sniff_zip(path: Path, size: int) -> str:
@@ -419,14 +415,11 @@ def convert_nanogpt_to_custom(state_dict: Mapping[str, torch.Tensor], config: Ma
         take(src + "ln_1.weight", dst + "norm1.scale")
         take(src + "ln_1.bias", dst + "norm1.shift", zeros=d)
         qkv = [dst + f"attention.{n}" for n in ("W_query", "W_key", "W_value")]
-        if src + "attn.c_attn.weight" in sd:
-            for name, part in zip(qkv, sd.pop(src + "attn.c_attn.weight").chunk(3, dim=0),
-                                  strict=True):
-                out[name + ".weight"] = part.contiguous()
-        if src + "attn.c_attn.bias" in sd:
-            for name, part in zip(qkv, sd.pop(src + "attn.c_attn.bias").chunk(3, dim=0),
-                                  strict=True):
-                out[name + ".bias"] = part.contiguous()
+        for kind in ("weight", "bias"):
+            fused = sd.pop(f"{src}attn.c_attn.{kind}", None)
+            if fused is not None:
+                for name, part in zip(qkv, fused.chunk(3, dim=0), strict=True):
+                    out[f"{name}.{kind}"] = part.contiguous()
         sd.pop(src + "attn.bias", None)  # nanoGPT's causal-mask buffer, not a weight
         take(src + "attn.c_proj.weight", dst + "attention.out_proj.weight")
         take(src + "attn.c_proj.bias", dst + "attention.out_proj.bias", zeros=d)
