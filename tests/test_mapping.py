@@ -137,3 +137,15 @@ def test_missing_and_unexpected_keys_are_errors(hf_state):
     # A 3-layer checkpoint is not a 2-layer model: layer 2's keys are unexpected there.
     with pytest.raises(KeyError, match="unexpected"):
         convert_hf_to_custom(hf_state, ModelConfig.from_dict({**CONFIG.to_dict(), "number_of_layers": 2}))
+
+
+def test_mapping_errors_are_user_errors_with_a_plain_message(hf_state):
+    """The CLI prints ValueErrors as one line; the message is not wrapped in KeyError quotes."""
+    from utils.pretrained.mapping import WeightMappingError
+
+    broken = dict(hf_state)
+    broken["transformer.h.99.ln_1.weight"] = broken["transformer.ln_f.weight"]
+    with pytest.raises(ValueError) as caught:
+        convert_hf_to_custom(broken, CONFIG)
+    assert isinstance(caught.value, WeightMappingError)
+    assert str(caught.value).startswith("unexpected Hugging Face key")

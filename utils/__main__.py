@@ -19,7 +19,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from utils.training.engine.errors import CheckpointError
 
     return (UserError, ConfigError, CheckpointError, FileNotFoundError, NotADirectoryError,
-            IsADirectoryError, PermissionError, ValueError, KeyError)
+            IsADirectoryError, PermissionError, ValueError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except _user_error_types() as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return 2
 
 

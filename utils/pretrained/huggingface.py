@@ -29,6 +29,7 @@ import torch
 from utils.config import GPT2_CONFIGS, PRESET_ALIASES, ModelConfig
 from utils.model import GPTModel, meta_skeleton
 from utils.pretrained.mapping import (
+    WeightMappingError,
     convert_custom_to_hf,
     get_weight_mapping,
     is_ignored_hf_key,
@@ -375,8 +376,8 @@ def model_from_hf_tensors(tensors: Iterable[tuple[str, torch.Tensor]], config: M
                     f"{key}: weights have shape {tuple(tensor.shape)}, the model "
                     f"{tuple(expected[key])}; pick the model size that matches the weights")
             state[key] = tensor.to(device=device, dtype=dtype)
-    except KeyError as error:
-        raise ArchitectureMismatchError(f"{error.args[0]}; pick the matching GPT-2 size") from error
+    except WeightMappingError as error:
+        raise ArchitectureMismatchError(f"{error}; pick the matching GPT-2 size") from error
     state["lm_head.weight"] = state["token_embedding.weight"]
     model.load_state_dict(state, strict=True, assign=True)
     model.tie_weights()

@@ -17,6 +17,17 @@ Transform = Callable[[torch.Tensor], "torch.Tensor | tuple[torch.Tensor, ...]"]
 
 # HF buffers that are not weights: transformers 4.x has them, 5.x does not.
 IGNORED_HF_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+
+
+class WeightMappingError(ValueError, KeyError):
+    """A state dict whose keys do not fit a GPT-2 of the given depth.
+
+    A ValueError (bad input, reported as one line by the CLI) that is still a KeyError for
+    callers that catch the missing-key case.
+    """
+
+    __str__ = ValueError.__str__  # KeyError's would wrap the message in quotes
+
 HF_PREFIX = "transformer."
 
 
@@ -94,7 +105,7 @@ def iter_converted(hf_state_dict: Mapping[str, torch.Tensor] | Iterable[tuple[st
         if is_ignored_hf_key(key):
             continue
         if key not in mapping:
-            raise KeyError(f"unexpected Hugging Face key {raw_key!r} for a {num_layers}-layer GPT-2")
+            raise WeightMappingError(f"unexpected Hugging Face key {raw_key!r} for a {num_layers}-layer GPT-2")
         targets, transform = mapping[key]
         outputs = transform(tensor)
         if isinstance(targets, str):
@@ -104,7 +115,7 @@ def iter_converted(hf_state_dict: Mapping[str, torch.Tensor] | Iterable[tuple[st
         seen.add(key)
     missing = sorted(set(mapping) - seen)
     if missing:
-        raise KeyError(f"Hugging Face state dict lacks {len(missing)} key(s), e.g. {missing[:3]}")
+        raise WeightMappingError(f"Hugging Face state dict lacks {len(missing)} key(s), e.g. {missing[:3]}")
 
 
 def convert_hf_to_custom(hf_state_dict: dict[str, torch.Tensor], config: ModelConfig
