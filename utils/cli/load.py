@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint_dir:
         from utils.training.engine.recovery import list_checkpoints
 
-        path, method = select_checkpoint(checkpoint_dir=args.checkpoint_dir)
         infos = list_checkpoints(args.checkpoint_dir)
+        path, method = select_checkpoint(checkpoint_dir=args.checkpoint_dir, infos=infos)
     else:
         path, method = args.checkpoint, "manual override (--checkpoint)"
     config = ModelConfig.from_preset(args.preset) if args.preset else None

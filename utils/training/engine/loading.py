@@ -559,22 +559,29 @@ METHOD_BEST = "auto-selected best val_loss"
 
 
 def select_checkpoint(results: dict | None = None, checkpoint_dir: str | Path = "checkpoints",
-                      override: str | Path | int | None = None) -> tuple[Path, str]:
+                      override: str | Path | int | None = None,
+                      infos: list | None = None) -> tuple[Path, str]:
     """`(path, method)`: a manual override wins, then `results["checkpoint_path"]`
     (Cell 33's choice), then the best of `list_checkpoints(checkpoint_dir)` by val_loss.
 
     `override` may be a path, a file name inside `checkpoint_dir`, or an index into the
-    listing (as printed by `available_checkpoints_report`).
+    listing (as printed by `available_checkpoints_report`). `infos`: that listing, when
+    the caller has it already (the folder is then not listed again).
     """
     from utils.training.engine.recovery import list_checkpoints
 
     folder = Path(checkpoint_dir)
+
+    def listing() -> list:
+        return infos if infos is not None else (
+            list_checkpoints(folder) if folder.is_dir() else [])
+
     if override is not None and override != "":
-        return _resolve_override(override, folder, list_checkpoints), METHOD_OVERRIDE
+        return _resolve_override(override, folder, listing()), METHOD_OVERRIDE
     recovered = (results or {}).get("checkpoint_path")
     if recovered and Path(recovered).is_file():
         return Path(recovered), METHOD_RECOVERY
-    infos = list_checkpoints(folder) if folder.is_dir() else []
+    infos = listing()
     if not infos:
         raise NoCheckpointsError(
             f"No checkpoints found in {folder}/. Fix: 1. run Cell 32 (Run Training) to "
@@ -586,8 +593,7 @@ def select_checkpoint(results: dict | None = None, checkpoint_dir: str | Path = 
     return Path(infos[0].path), method
 
 
-def _resolve_override(override: str | Path | int, folder: Path, list_checkpoints: Any) -> Path:
-    infos = list_checkpoints(folder) if folder.is_dir() else []
+def _resolve_override(override: str | Path | int, folder: Path, infos: list) -> Path:
     text = str(override).strip()
     if isinstance(override, int) or text.isdigit():
         index = int(text)
