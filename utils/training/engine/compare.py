@@ -109,7 +109,7 @@ def validation_loss(model: nn.Module, tokens: Any, context_length: int | None = 
             rows = range(start, min(start + batch_size, windows))
             x = torch.stack([ids[r * context:(r + 1) * context] for r in rows]).to(device)
             y = torch.stack([ids[r * context + 1:(r + 1) * context + 1] for r in rows]).to(device)
-            _, loss = model(x, y)
+            _, loss = model(x, y, return_logits=False)  # fused head + loss: no logits
             total += loss.item() * len(rows)
             count += len(rows)
     finally:
