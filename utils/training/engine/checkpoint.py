@@ -312,13 +312,19 @@ def update_best_model(checkpoint_path: Path) -> Path:
     return best
 
 
-def read_best_val_loss(checkpoint_dir: str | Path) -> float | None:
-    """val_loss recorded in `best_model.pt.json`, or None when there is none to read."""
+def read_sidecar(checkpoint_path: str | Path) -> dict[str, Any] | None:
+    """The checkpoint's JSON sidecar, or None when it is missing or unreadable."""
     try:
-        meta = json.loads(sidecar_path(Path(checkpoint_dir) / BEST_MODEL_NAME).read_text())
+        meta = json.loads(sidecar_path(checkpoint_path).read_text())
     except (OSError, ValueError):
         return None
-    return _finite_or_none(meta.get("val_loss")) if isinstance(meta, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
+def read_best_val_loss(checkpoint_dir: str | Path) -> float | None:
+    """val_loss recorded in `best_model.pt.json`, or None when there is none to read."""
+    meta = read_sidecar(Path(checkpoint_dir) / BEST_MODEL_NAME)
+    return None if meta is None else _finite_or_none(meta.get("val_loss"))
 
 
 def apply_retention(checkpoint_dir: str | Path, keep_last: int | None,

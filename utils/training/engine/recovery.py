@@ -8,7 +8,6 @@ the pickled metadata, not the tensors.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +18,7 @@ from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
     CHECKPOINT_NAME_RE,
     METRIC_FIELDS,
-    sidecar_path,
+    read_sidecar,
 )
 from utils.training.engine.errors import (
     CorruptCheckpointError,
@@ -108,14 +107,6 @@ def _info_from_metadata(path: Path, meta: dict[str, Any], size_bytes: int) -> Ch
     )
 
 
-def _read_sidecar(path: Path) -> dict[str, Any] | None:
-    try:
-        meta = json.loads(sidecar_path(path).read_text())
-    except (OSError, ValueError):
-        return None  # missing or unreadable: fall back to the checkpoint itself
-    return meta if isinstance(meta, dict) else None
-
-
 def _checkpoint_info(path: Path) -> tuple[CheckpointInfo, dict[str, Any] | None]:
     """Metadata of one checkpoint file, marked invalid (with the reason) if unusable.
 
@@ -126,7 +117,7 @@ def _checkpoint_info(path: Path) -> tuple[CheckpointInfo, dict[str, Any] | None]
         size = path.stat().st_size
     except OSError as error:
         return CheckpointInfo(path, path.name, valid=False, error=str(error)), None
-    meta = _read_sidecar(path)
+    meta = read_sidecar(path)  # None: fall back to the checkpoint itself
     if meta is not None:
         info = _info_from_metadata(path, meta, size)
         recorded = meta.get("size_bytes")
