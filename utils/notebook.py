@@ -295,9 +295,10 @@ def load_weights_cell(namespace: Mapping[str, Any], checkpoint_dir: str | Path,
     if model is None:
         raise ModelNotInitializedError(
             "Model instance not found: there is no 'model' to load weights into.")
-    path, method = select_checkpoint(results=namespace.get("results"),
-                                     checkpoint_dir=checkpoint_dir, override=override or None)
     infos = list_checkpoints(checkpoint_dir) if Path(checkpoint_dir).is_dir() else []
+    path, method = select_checkpoint(results=namespace.get("results"),
+                                     checkpoint_dir=checkpoint_dir, override=override or None,
+                                     infos=infos)
     if use_widget:
         from utils.widgets import checkpoint_picker
 

@@ -155,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
     from utils.cli.recover import format_checkpoint_table
     from utils.data import tokenize_corpus, train_val_split
+    from utils.model import count_parameters
     from utils.tokenizer import get_tokenizer
     from utils.training.engine.distributed import setup_distributed
     from utils.training.engine.recovery import list_checkpoints
@@ -180,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
                          f"vocabulary is {model_config.vocab_size}; use --tokenizer gpt2")
     del checkpoint  # the Trainer reads it again, fully, to restore the state
     if dist.is_main:
-        print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters "
+        print(f"model: {count_parameters(model):,} parameters "
               f"({model_config.number_of_layers} layers, {model_config.number_of_heads} heads, "
               f"{model_config.embedding_dimension} wide, context {model_config.context_length}); "
               f"data: {len(train_tokens):,} training / {len(val_tokens):,} validation tokens "

@@ -38,6 +38,7 @@ from torch import nn
 
 from utils.config import ConfigError, ModelConfig
 from utils.model import GPTModel, meta_skeleton
+from utils.training.engine.distributed import default_device
 from utils.training.engine.errors import (
     ArchitectureMismatchError,
     CheckpointConfigError,
@@ -71,12 +72,10 @@ LISTED_KEYS = 3  # how many keys of each kind an error message names
 # ---------------------------------------------------------------------------------------
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """`device`, or the best available one: CUDA, else MPS, else CPU."""
+    """`device`, or the best available one (`distributed.default_device`: CUDA, MPS, CPU);
+    a requested device this machine lacks is refused with the fix."""
     if device is None:
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+        return default_device()
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} was requested but CUDA is not available. "
