@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from utils.cli.convert import add_source_arguments, load_source
+from utils.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,11 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from utils.__main__ import UserError
-    from utils.generation import generate_from_prompt
-
     if args.length < 1:
         raise UserError(f"--length must be at least 1, got {args.length}")
+    from utils.generation import generate_from_prompt
+
     model, tokenizer = load_source(args)
     text = generate_from_prompt(model, tokenizer, args.prompt, maximum_new_tokens=args.length,
                                 temperature=args.temperature, top_k_tokens=args.top_k,
