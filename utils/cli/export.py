@@ -1,7 +1,7 @@
 """`python -m utils export --format hf|binary|llmc`: weights out for other tools.
 
 hf:     a folder `GPT2LMHeadModel.from_pretrained` loads (config.json + model.safetensors)
-binary: seed 002's C/C++ format (gpt2_weights.bin, gpt2_config.txt, gpt2_weight_mapping.txt)
+binary: a plain C/C++ format (gpt2_weights.bin, gpt2_config.txt, gpt2_weight_mapping.txt)
 llmc:   llm.c's float32 model file (e.g. gpt2_124M.bin)
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from utils.cli.common import check_device
 from utils.cli.convert import add_source_arguments, load_source
 from utils.errors import UserError
 
@@ -30,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.length < 1:
         raise UserError(f"--length must be at least 1, got {args.length}")
+    check_device(args.device)
     from utils.generation import generate_from_prompt
 
     model, tokenizer = load_source(args)
