@@ -102,12 +102,15 @@ CASES = {
     "train-weight-decay-nan": ([*TRAIN, "--weight-decay", "nan"], ["--weight-decay must be"]),
     "train-batch-size-0": ([*TRAIN, "--batch-size", "0"], ["--batch-size must be >= 1"]),
     "train-device": ([*TRAIN, "--device", "foo"], ["--device 'foo' is not a device"]),
+    "train-device-index": ([*TRAIN, "--device", "cuda:99"], ["--device cuda:99"]),
     "train-heads-divide-dim": ([*TRAIN, "--dim", "30", "--heads", "4"],
                                ["--dim (30) must be divisible by --heads (4)"]),
     "train-huge-model": ([*TRAIN, "--dim", "65536", "--layers", "1000"],
                          ["--layers 1000", "--dim 65536", "GiB"]),
     "train-huge-batch": ([*TRAIN, "--batch-size", "1000000000"],
                          ["--batch-size 1000000000", "activations"]),
+    "train-checkpoint-dir-is-a-file": ([*TRAIN, "--checkpoint-dir", "{model}"],
+                                       ["--checkpoint-dir", "is a file"]),
     "train-resume-converted": ([*TRAIN, "--resume", "{converted}"],
                                ["no training state", "--init-from gpt2"]),
     "train-resume-state-dict": ([*TRAIN, "--resume", "{state_dict}"],
@@ -130,12 +133,15 @@ def test_lr_minus_one_is_reported_as_lr_not_min_lr(files):
 
 
 def test_refusals_leave_the_files_as_they_were(files):
-    """convert and export refused above: the existing files are untouched."""
+    """What convert, export and train refuse to replace is untouched (train used to write
+    its checkpoint over a file given as --checkpoint-dir)."""
     before = {path: path.read_bytes() for path in (files["converted"], files["model"],
                                                    files["keep"])}
     assert_one_error_line(run_cli(["convert", str(TF_FIXTURE), "-o", str(files["converted"])]))
     assert_one_error_line(run_cli(["export", "--checkpoint", str(files["converted"]),
                                    "--format", "hf", "-o", str(files["full"])]))
+    assert_one_error_line(run_cli([arg.format(**files) for arg in TRAIN]
+                                  + ["--checkpoint-dir", str(files["model"])]))
     assert {path: path.read_bytes() for path in before} == before
     assert sorted(p.name for p in files["full"].iterdir()) == ["keep.txt"]
 
@@ -151,3 +157,13 @@ def test_flag_typos_get_argparse_message_and_exit_2(argv, message):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     [error] = [line for line in result.stderr.splitlines() if "error:" in line]
     assert message in error
+
+
+def test_a_dotted_checkpoint_dir_is_a_folder(files, capsys):
+    """`--checkpoint-dir runs/v1.2` is a new folder, not a file name for one checkpoint."""
+    from utils.__main__ import main
+
+    folder = files["root"] / "runs" / "v1.2"
+    argv = [arg.format(**files) for arg in TRAIN[:-1]] + [str(folder)]
+    assert main(argv) == 0
+    assert folder.is_dir() and any(folder.glob("checkpoint_*.pt"))

@@ -36,13 +36,22 @@ def error_line(error: BaseException, flags: Mapping[str, str] | None = None) -> 
 
 
 def check_device(name: str | None, flag: str = "--device") -> None:
-    """Refuse a device string torch does not understand (`--device foo`) with the choices."""
+    """Refuse a device torch does not know (`--device foo`) or this machine lacks."""
     if name is None:
         return
     import torch
 
     try:
-        torch.device(name)
+        device = torch.device(name)
     except (RuntimeError, ValueError, TypeError):
         raise UserError(f"{flag} {name!r} is not a device; use cpu, cuda, cuda:1 or mps "
                         f"(or leave {flag} out for the best available)") from None
+    mps = getattr(torch.backends, "mps", None)
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": bool(mps and mps.is_available())}
+    if not available.get(device.type, True):
+        raise UserError(f"{flag} {name}: this machine has no {device.type.upper()} device; "
+                        f"use {flag} cpu or leave {flag} out for the best available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"{flag} {name}: this machine has {torch.cuda.device_count()} CUDA "
+                        f"device(s), numbered from 0")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import typing
+from pathlib import Path
 from typing import Any
 
 from utils.cli.common import check_device
@@ -178,6 +179,13 @@ def build_training_config(args: argparse.Namespace, saved: dict[str, Any] | None
     return TrainingConfig.from_dict(values)
 
 
+def check_checkpoint_dir(folder: str | None) -> None:
+    """Refuse a --checkpoint-dir that is an existing file: checkpoints would replace it."""
+    if folder and Path(folder).exists() and not Path(folder).is_dir():
+        raise UserError(f"--checkpoint-dir {folder} is a file, not a folder; name a folder "
+                        f"for the checkpoints (it is created if missing)")
+
+
 def model_config(args: argparse.Namespace, saved: dict[str, Any] | None, vocab_size: int):
     """The new model's ModelConfig: the checkpoint's, a preset, or explicit sizes.
 
@@ -258,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
     training_config = build_training_config(
         args, checkpoint.get("training_config") if checkpoint else None, resume_path,
         checkpoint.get("data_state") if checkpoint else None)
+    check_checkpoint_dir(training_config.checkpoint_dir)
     tokenizer_name = args.tokenizer or (checkpoint or {}).get("tokenizer") or "gpt2"
     vocab_size = get_tokenizer(tokenizer_name).n_vocab
     dist = setup_distributed(training_config.device)  # so only rank 0 tokenises
@@ -282,6 +291,8 @@ def run(args: argparse.Namespace) -> int:
               f"{config.embedding_dimension} wide, context {config.context_length}); "
               f"data: {len(train_tokens):,} training / {len(val_tokens):,} validation tokens "
               f"({tokenizer_name}); {dist.world_size} process(es) on {dist.device}")
+    if training_config.checkpoint_dir:  # a folder, even if its name has a dot ("runs/v1.2")
+        Path(training_config.checkpoint_dir).mkdir(parents=True, exist_ok=True)
     trainer = Trainer(model, training_config, train_tokens, val_tokens,
                       tokenizer_name=tokenizer_name, progress=not args.no_progress)
     history = trainer.fit(resume_from=resume_path)
