@@ -251,6 +251,13 @@ def build_model(args: argparse.Namespace, config: Any):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check the flags (cheap, before torch is imported), then build, train and report."""
+    check_device(args.device)
+    resume_path, checkpoint = _resume_source(args)
+    training_config = build_training_config(
+        args, checkpoint.get("training_config") if checkpoint else None, resume_path,
+        checkpoint.get("data_state") if checkpoint else None)
+    check_checkpoint_dir(training_config.checkpoint_dir)
     import torch
 
     from utils.cli.recover import format_checkpoint_table
@@ -261,12 +268,6 @@ def run(args: argparse.Namespace) -> int:
     from utils.training.engine.recovery import list_checkpoints
     from utils.training.engine.trainer import Trainer
 
-    check_device(args.device)
-    resume_path, checkpoint = _resume_source(args)
-    training_config = build_training_config(
-        args, checkpoint.get("training_config") if checkpoint else None, resume_path,
-        checkpoint.get("data_state") if checkpoint else None)
-    check_checkpoint_dir(training_config.checkpoint_dir)
     tokenizer_name = args.tokenizer or (checkpoint or {}).get("tokenizer") or "gpt2"
     vocab_size = get_tokenizer(tokenizer_name).n_vocab
     dist = setup_distributed(training_config.device)  # so only rank 0 tokenises
