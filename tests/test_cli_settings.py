@@ -107,9 +107,11 @@ def test_resume_keeps_the_checkpoints_settings_unless_a_flag_is_given():
     # plain words that are also setting names stay words
     ("the device is busy; the seed of the data", "the device is busy; the seed of the data"),
     ("sequence exceeds context_length 16", "sequence exceeds --context 16"),
+    ("temperature must be a finite number >= 0", "--temperature must be a finite number >= 0"),
 ])
 def test_setting_names_become_flags(message, expected):
-    assert with_flag_names(message, SETTING_FLAGS) == expected
+    flags = {**SETTING_FLAGS, "temperature": "--temperature"}
+    assert with_flag_names(message, flags) == expected
 
 
 def test_error_line_is_one_line_with_the_flags():

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from utils.errors import UserError
 
 # Fields named by a single common word ("device", "seed") are translated only where the
-# message clearly means the setting: `device=...` or `TrainingConfig.device`.
+# message clearly means the setting: `device=...`, `device must ...`, `TrainingConfig.device`.
 _SETTING_PREFIX = r"(?:(?:ModelConfig|TrainingConfig)\.)"
 
 
@@ -23,7 +23,7 @@ def with_flag_names(message: str, flags: Mapping[str, str]) -> str:
         if "_" in name:
             pattern = rf"{_SETTING_PREFIX}?\b{name}\b(=)?"
         else:
-            pattern = rf"(?:{_SETTING_PREFIX}\b{name}\b(=)?|\b{name}(=))"
+            pattern = rf"{_SETTING_PREFIX}\b{name}\b(=)?|\b{name}(=)|\b{name}(?= must\b)"
         message = re.sub(pattern, lambda match, flag=flag: flag + (" " if any(
             match.groups()) else ""), message)
     return message

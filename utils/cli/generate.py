@@ -8,6 +8,10 @@ from utils.cli.common import check_device
 from utils.cli.convert import add_source_arguments, load_source
 from utils.errors import UserError
 
+# generate_text's argument -> the flag that sets it (for its error messages)
+SETTING_FLAGS = {"maximum_new_tokens": "--length", "temperature": "--temperature",
+                 "top_k_tokens": "--top-k", "top_p": "--top-p"}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(

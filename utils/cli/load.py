@@ -6,6 +6,8 @@ import argparse
 
 from utils.cli.common import check_device
 
+SETTING_FLAGS = {"checkpoint_dir": "--checkpoint-dir"}  # for library messages
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(

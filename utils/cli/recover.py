@@ -9,6 +9,8 @@ from typing import Any
 
 from utils.errors import UserError
 
+SETTING_FLAGS = {"checkpoint_dir": "--checkpoint-dir"}  # for library messages
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
