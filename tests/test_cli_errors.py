@@ -43,8 +43,15 @@ def files(tmp_path_factory) -> dict[str, Path]:
     return found | {"root": root, "keep": root / "full" / "keep.txt"}
 
 
-def run_cli(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "utils", *args], cwd=REPO_ROOT,
+# How the command line can start: `python -m utils`, or what a console-script shim (or any
+# program) does, import `main` from `utils.__main__` and exit with its return value.
+LAUNCHERS = {"python -m utils": ["-m", "utils"],
+             "console script": ["-c", "import sys; from utils.__main__ import main; "
+                                      "sys.exit(main())"]}
+
+
+def run_cli(args: list[str], launcher: str = "python -m utils") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *LAUNCHERS[launcher], *args], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -128,6 +135,15 @@ CASES = {
 def test_bad_input_is_one_error_line_and_exit_2(files, name):
     argv, expected = CASES[name]
     assert_one_error_line(run_cli([arg.format(**files) for arg in argv]), *expected)
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+@pytest.mark.parametrize("name", ["generate-length-0", "convert-no-overwrite",
+                                  "export-hf-non-empty"])
+def test_our_own_refusals_are_one_line_however_started(files, launcher, name):
+    """These raise `UserError`, which used to exist twice under `python -m utils`."""
+    argv, expected = CASES[name]
+    assert_one_error_line(run_cli([arg.format(**files) for arg in argv], launcher), *expected)
 
 
 def test_lr_minus_one_is_reported_as_lr_not_min_lr(files):
