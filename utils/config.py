@@ -153,7 +153,8 @@ class TrainingConfig:
         None, "passes over the training tokens (used when max_steps is None)")
     batch_size: int = _setting(8, "sequences per micro-batch, per process")
     gradient_accumulation_steps: int = _setting(1, "micro-batches per optimizer step")
-    weight_decay: float = _setting(0.1, "AdamW weight decay of the weight matrices (0: none)")
+    weight_decay: float = _setting(
+        0.1, "AdamW weight decay of matrices and embeddings, not biases or norms (0: none)")
     betas: tuple[float, float] = _setting((0.9, 0.95), "AdamW's (beta1, beta2)")
     grad_clip: float | None = _setting(
         1.0, "clip the gradient norm to this value (0 or None: no clipping)")
@@ -170,7 +171,7 @@ class TrainingConfig:
         True, "write checkpoints on a background thread while training goes on")
     precision: str = _setting("fp32", "fp32 | bf16 | fp16 (bf16/fp16: autocast on CUDA)")
     compile: bool = _setting(False, "compile the model with torch.compile")
-    seed: int = _setting(1337, "random seed of the initial weights, batches and dropout")
+    seed: int = _setting(1337, "random seed of batch order and dropout (CLI: initial weights too)")
     device: str | None = _setting(None, "cpu | cuda | cuda:1 | mps; unset: the best available")
 
     def __post_init__(self) -> None:
