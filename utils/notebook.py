@@ -17,6 +17,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from utils.errors import user_error_types
+
 DRIVE_MOUNT_POINT = "/content/drive"
 DRIVE_PROJECT_DIR = "/content/drive/MyDrive/gpt2-training"
 RULE = "=" * 71
@@ -136,15 +138,6 @@ def format_error(error: BaseException) -> str:
     except ImportError:  # reports not available: the message itself says cause and fix
         return f"❌ {type(error).__name__}: {error}\n{RULE}"
     return error_report(error)
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Errors a user can cause from a cell; printed as guidance instead of a traceback."""
-    from utils.config import ConfigError
-    from utils.training.engine.errors import CheckpointError
-
-    return (CheckpointError, ConfigError, FileNotFoundError, NotADirectoryError,
-            PermissionError, ValueError)
 
 
 @contextlib.contextmanager
