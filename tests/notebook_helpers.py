@@ -108,6 +108,14 @@ class NotebookKernel:
         assert "Traceback" not in text, f"Cell {number} printed a traceback:\n{text}"
         return text
 
+    def run_cell_expecting_stop(self, number: int, timeout: float = 300) -> str:
+        """Run Cell `number`, which must stop with guidance (a user error): an error status
+        whose rendering holds no traceback. Returns what it showed."""
+        status, text = self.run(self.cells[number], timeout=timeout)
+        assert status == "error", f"Cell {number} did not stop:\n{text}"
+        assert "Traceback" not in text and "Stopped here" in text, text
+        return text
+
     def run_cells(self, numbers: list[int], parameters: dict[str, Any] | None = None) -> str:
         """Run the cells in order; `parameters` are applied right after the parameters cell."""
         outputs = []
