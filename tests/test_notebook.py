@@ -477,3 +477,17 @@ def test_cell_13_initialises_from_a_local_gpt2_folder(kernel, tmp_path):
     logits = kernel.value(f"model(torch.tensor({ids})).tolist()")
     assert torch.allclose(torch.tensor(logits), expected, atol=1e-5, rtol=0)
     assert kernel.value("model_config.embedding_dimension") == 32  # the folder's, not Cell 11's
+
+
+def test_the_widget_picker_shows_a_load_error_with_the_notebook_hint(two_checkpoints, capsys):
+    """The picker's Load button shows errors through the same mapping as the cells."""
+    from utils.widgets import checkpoint_picker
+
+    def fail(path):
+        raise NoCheckpointsError(f"nothing to load at {path}")
+
+    picker = checkpoint_picker(two_checkpoints, on_load=fail, force_widgets=True)
+    picker.button.click()
+    shown = capsys.readouterr().out  # outside a kernel, the Output widget lets prints through
+    assert isinstance(picker.error, NoCheckpointsError)
+    assert "nothing to load at" in shown and "▶ In this notebook: train first (Cell 32)" in shown

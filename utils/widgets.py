@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from utils.reports import _number, available_checkpoints_report, error_report, full_load_report
+from utils.reports import _number, available_checkpoints_report, full_load_report
 
 
 def widgets_can_render() -> bool:
@@ -35,7 +35,7 @@ class CheckpointPicker:
 
     `on_load(path)` runs when Load is clicked; by default it builds the model with
     `load_pretrained_model` and prints the full report. Its return value is kept in
-    `result`; an error is shown as seed 003's error text in `output` and kept in `error`.
+    `result`; an error is shown as its guidance in `output` and kept in `error`.
     """
 
     def __init__(self, infos: Sequence[Any], on_load: Callable[[Path], Any] | None = None,
@@ -65,8 +65,10 @@ class CheckpointPicker:
             try:
                 self.result, self.error = self.on_load(self.selected_path), None
             except Exception as error:  # a widget callback must not raise: show it instead
+                from utils.notebook import format_error
+
                 self.error = error
-                print(error_report(error))
+                print(format_error(error))  # the report, and what to do in the notebook
 
     def _load_and_report(self, path: Path) -> tuple[Any, dict]:
         from utils.training.engine.loading import load_pretrained_model
