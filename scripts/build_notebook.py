@@ -77,7 +77,7 @@ code(1, "Find the Code, Check the Environment", '''
 # of REPO_URL; the folder REPO_DIR in your Google Drive (MyDrive/REPO_DIR, Drive is mounted).
 REPO_DIR = "gpt2-training"  # @param {type:"string"}
 REPO_URL = @REPO_URL@  # the repository's address, set once when it is published
-import os, shutil, subprocess, sys
+import os, shutil, subprocess, sys, zipfile
 from pathlib import Path
 
 class CodeNotFound(Exception):  # shown as its message alone, like every error of this notebook
@@ -86,9 +86,10 @@ class CodeNotFound(Exception):  # shown as its message alone, like every error o
 
 def code_folders():
     yield from (Path.cwd(), Path("gpt2-training"))
-    for archive in sorted(Path().glob("*.zip")):
-        shutil.unpack_archive(archive, "gpt2-training-zip")
-        yield from (Path("gpt2-training-zip"), *Path("gpt2-training-zip").iterdir())
+    for archive in sorted(Path().glob("*.zip")):  # only a zip that holds the code
+        if any(n.endswith("utils/notebook.py") for n in zipfile.ZipFile(archive).namelist()):
+            shutil.unpack_archive(archive, "gpt2-training-zip")
+            yield from (Path("gpt2-training-zip"), *Path("gpt2-training-zip").iterdir())
     if REPO_URL and not Path("gpt2-training").exists():
         subprocess.run(["git", "clone", "-q", REPO_URL, "gpt2-training"], check=True)
         yield Path("gpt2-training")
@@ -223,8 +224,10 @@ print(corpus_statistics(corpus, tokenizer).to_string())
 
 code(9, "Train / Validation Split", '''
 from utils.data import train_val_split
+from utils.notebook import friendly_errors
 
-train_tokens, val_tokens = train_val_split(corpus.tokens, val_fraction=0.1)
+with friendly_errors("DATA_PATH"):  # too little text for a validation split
+    train_tokens, val_tokens = train_val_split(corpus.tokens, val_fraction=0.1)
 print(f"train: {len(train_tokens):,} tokens | validation: {len(val_tokens):,} tokens")
 ''')
 
@@ -386,11 +389,14 @@ md("## 7 · Results")
 
 code(36, "Loss and Learning-Rate Curves", '''
 from IPython.display import display
+from utils.notebook import check_form, friendly_errors
 from utils.plots import plot_training_curves, save_figure
 
 metrics = results["metrics"]
 figure = plot_training_curves(metrics, title=f"{MODEL_PRESET}: {len(metrics)} evaluations")
-save_figure(figure, f"{OUTPUT_DIR}/loss_curve.png")
+with friendly_errors("OUTPUT_DIR"):
+    check_form(globals(), "OUTPUT_DIR")
+    save_figure(figure, f"{OUTPUT_DIR}/loss_curve.png")
 display(metrics.tail(10))
 ''')
 
@@ -419,10 +425,13 @@ md("## 8 · Inference and evaluation")
 
 code(38, "Generate Text", '''
 from utils.generation import generate_from_prompt
+from utils.notebook import check_form, friendly_errors
 
 for temperature in (0.0, 0.8):  # greedy, then sampled (reproducible with SEED)
-    text = generate_from_prompt(model, tokenizer, PROMPT, maximum_new_tokens=40,
-                                temperature=temperature, top_k_tokens=50, seed=SEED)
+    with friendly_errors("PROMPT"):
+        check_form(globals(), "PROMPT")
+        text = generate_from_prompt(model, tokenizer, PROMPT, maximum_new_tokens=40,
+                                    temperature=temperature, top_k_tokens=50, seed=SEED)
     print(f"--- temperature {temperature} ---")
     print(text)
     print()
@@ -459,17 +468,21 @@ else:
 md("## 9 · Export")
 
 code(41, "Export to Hugging Face", '''
+from utils.notebook import friendly_errors
 from utils.pretrained.huggingface import export_to_hf
 
-hf_dir = export_to_hf(model, f"{OUTPUT_DIR}/hf_model")
+with friendly_errors("OUTPUT_DIR"):
+    hf_dir = export_to_hf(model, f"{OUTPUT_DIR}/hf_model")
 print(f"✅ saved a transformers folder: GPT2LMHeadModel.from_pretrained({str(hf_dir)!r})")
 ''')
 
 code(42, "Export Binary Weights", '''
 # A flat binary format for C/C++ loaders: docs/binary-weight-format.md describes it.
+from utils.notebook import friendly_errors
 from utils.pretrained.binary import export_binary
 
-binary_dir = export_binary(model, f"{OUTPUT_DIR}/binary")
+with friendly_errors("OUTPUT_DIR"):
+    binary_dir = export_binary(model, f"{OUTPUT_DIR}/binary")
 print(f"✅ binary weights in {binary_dir}")
 ''')
 

@@ -39,6 +39,8 @@ def test_cell_1_finds_the_code_on_drive_or_in_an_uploaded_zip(tmp_path):
     content = tmp_path / "content"  # Colab's working folder: only the notebook
     content.mkdir()
     shutil.copy(NOTEBOOK_PATH, content)
+    with zipfile.ZipFile(content / "my-data.zip", "w") as unrelated:  # another upload
+        unrelated.writestr("corpus.txt", "not the code")
     environment = colab_environment(tmp_path)
     my_drive = Path(environment["COLAB_STUB_MYDRIVE"])
     kernel = NotebookKernel(cwd=content, env=environment)
@@ -68,6 +70,7 @@ def test_cell_1_finds_the_code_on_drive_or_in_an_uploaded_zip(tmp_path):
         assert kernel.value("os.getcwd()") == str(unzipped)
         assert (unzipped / "utils" / "notebook.py").read_bytes() == \
             (REPO_ROOT / "utils" / "notebook.py").read_bytes()
+        assert not (content / "gpt2-training-zip" / "corpus.txt").exists()  # left zipped
     finally:
         kernel.shutdown()
 
