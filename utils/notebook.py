@@ -295,8 +295,8 @@ def init_model_config(init_from: str, model_config: Any, preset: str) -> tuple[A
         return model_config, preset
     if source in GPT2_CONFIGS:
         return GPT2_CONFIGS[source], "gpt2" if source == "small" else f"gpt2-{source}"
-    if not Path(source).exists():  # a hub id: its config is known after the download
-        return model_config, source
+    if not Path(source).exists():  # a hub id: its size is known (and checked) when it loads
+        return model_config, f"{preset} ({source} is checked when Cell 13 loads it)"
     files = resolve_weight_files(source)
     return read_hf_config(files[0].parent) or infer_config(hf_tensor_shapes(files)), source
 

@@ -101,8 +101,9 @@ def checkpoint_picker(checkpoint_dir: str | Path = "checkpoints",
         infos = list_checkpoints(folder) if folder.is_dir() else []
     if not infos:
         raise NoCheckpointsError(
-            f"No checkpoints found in {folder}/. Fix: 1. run Cell 32 (Run Training) to create "
-            "checkpoints, 2. or point CHECKPOINT_DIR at the folder that holds them.")
+            f"No checkpoints found in {folder}/. Fix: 1. train first (checkpoints are written "
+            "every checkpoint_interval steps), 2. or point checkpoint_dir at the folder that "
+            "holds them.")
     if not (force_widgets or widgets_can_render()):
         print(available_checkpoints_report(infos, selected or infos[0].path))
         print("(interactive picker unavailable here: set CHECKPOINT_OVERRIDE to a file name "
