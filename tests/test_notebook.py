@@ -479,14 +479,25 @@ def test_cell_13_initialises_from_a_local_gpt2_folder(kernel, tmp_path):
     assert kernel.value("model_config.embedding_dimension") == 32  # the folder's, not Cell 11's
 
 
-def test_the_widget_picker_shows_a_load_error_with_the_notebook_hint(two_checkpoints, capsys):
-    """The picker's Load button shows errors through the same mapping as the cells."""
-    from utils.widgets import checkpoint_picker
+def test_the_widget_picker_shows_a_load_error_with_the_notebook_hint(two_checkpoints, capsys,
+                                                                    tiny_config, monkeypatch):
+    """The picker's Load button shows errors through the same mapping as the cells: Cell 34
+    (load_weights_cell) gives the picker `format_error`."""
+    from utils import widgets
+    from utils.model import GPTModel
+
+    made = []
+    monkeypatch.setattr(widgets, "checkpoint_picker",
+                        lambda *args, **kwargs: made.append(kwargs) or None)
+    nb.load_weights_cell({"model": GPTModel(tiny_config)}, two_checkpoints, use_widget=True)
+    assert made[0]["describe_error"] is nb.format_error
+    monkeypatch.undo()
 
     def fail(path):
         raise NoCheckpointsError(f"nothing to load at {path}")
 
-    picker = checkpoint_picker(two_checkpoints, on_load=fail, force_widgets=True)
+    picker = widgets.checkpoint_picker(two_checkpoints, on_load=fail, force_widgets=True,
+                                       describe_error=made[0]["describe_error"])
     picker.button.click()
     shown = capsys.readouterr().out  # outside a kernel, the Output widget lets prints through
     assert isinstance(picker.error, NoCheckpointsError)

@@ -583,7 +583,8 @@ def load_weights_cell(namespace: Mapping[str, Any], checkpoint_dir: str | Path,
 
         picker = checkpoint_picker(checkpoint_dir, selected=path, infos=infos,
                                    on_load=lambda chosen: _load_into_model(
-                                       model, Path(chosen), "widget picker", infos))
+                                       model, Path(chosen), "widget picker", infos),
+                                   describe_error=format_error)
         if picker is not None:
             from IPython.display import display
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from utils.reports import _number, available_checkpoints_report, full_load_report
+from utils.reports import _number, available_checkpoints_report, error_report, full_load_report
 
 
 def widgets_can_render() -> bool:
@@ -35,15 +35,18 @@ class CheckpointPicker:
 
     `on_load(path)` runs when Load is clicked; by default it builds the model with
     `load_pretrained_model` and prints the full report. Its return value is kept in
-    `result`; an error is shown as its guidance in `output` and kept in `error`.
+    `result`; an error is shown in `output` as `describe_error(error)` (the notebook passes
+    its `format_error`, which adds the cell to run) and kept in `error`.
     """
 
     def __init__(self, infos: Sequence[Any], on_load: Callable[[Path], Any] | None = None,
-                 selected: str | Path | None = None) -> None:
+                 selected: str | Path | None = None,
+                 describe_error: Callable[[BaseException], str] = error_report) -> None:
         import ipywidgets as widgets
 
         self.infos = list(infos)
         self.on_load = on_load or self._load_and_report
+        self.describe_error = describe_error
         self.result: Any = None
         self.error: BaseException | None = None
         options = [(option_label(i, info), str(info.path)) for i, info in enumerate(self.infos)]
@@ -65,10 +68,8 @@ class CheckpointPicker:
             try:
                 self.result, self.error = self.on_load(self.selected_path), None
             except Exception as error:  # a widget callback must not raise: show it instead
-                from utils.notebook import format_error
-
                 self.error = error
-                print(format_error(error))  # the report, and what to do in the notebook
+                print(self.describe_error(error))
 
     def _load_and_report(self, path: Path) -> tuple[Any, dict]:
         from utils.training.engine.loading import load_pretrained_model
@@ -86,7 +87,9 @@ class CheckpointPicker:
 def checkpoint_picker(checkpoint_dir: str | Path = "checkpoints",
                       on_load: Callable[[Path], Any] | None = None,
                       selected: str | Path | None = None, force_widgets: bool = False,
-                      infos: Sequence[Any] | None = None) -> CheckpointPicker | None:
+                      infos: Sequence[Any] | None = None,
+                      describe_error: Callable[[BaseException], str] = error_report
+                      ) -> CheckpointPicker | None:
     """A `CheckpointPicker` for the checkpoints in `checkpoint_dir` (best val_loss first).
 
     Without a widget frontend it prints the checkpoint table and returns None (unless
@@ -109,4 +112,4 @@ def checkpoint_picker(checkpoint_dir: str | Path = "checkpoints",
         print("(interactive picker unavailable here: set CHECKPOINT_OVERRIDE to a file name "
               "or an index from this table)")
         return None
-    return CheckpointPicker(infos, on_load, selected)
+    return CheckpointPicker(infos, on_load, selected, describe_error)
