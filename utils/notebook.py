@@ -1,7 +1,10 @@
 """Small helpers that the cells of `training.ipynb` call, so each cell stays a few lines.
 
-Environment report, Colab detection and Google Drive, the checkpoint folder, friendly
-error printing (the guidance, never a traceback), and Cell 35's session summary.
+Environment report, Colab detection and Google Drive (mount point from
+$GPT2_DRIVE_MOUNT_POINT, so tests mount a stand-in), the checkpoint folder, the form values
+of Cell 3 (`check_form`, quick mode), user errors (`friendly_errors` stops the cell with the
+guidance alone, never a traceback, and `notebook_hint` is the one mapping from a library
+error to the cell to run or the field to change), and Cell 35's session summary.
 Heavy libraries are imported inside the functions.
 """
 
@@ -21,6 +24,7 @@ from typing import Any
 DRIVE_MOUNT_POINT = "/content/drive"  # Colab's; GPT2_DRIVE_MOUNT_POINT overrides it
 DRIVE_MOUNT_ENV = "GPT2_DRIVE_MOUNT_POINT"
 DRIVE_PROJECT_NAME = "gpt2-training"  # the project folder inside MyDrive
+DRIVE_PROJECT_DIR = f"{DRIVE_MOUNT_POINT}/MyDrive/{DRIVE_PROJECT_NAME}"  # Colab's default
 RULE = "=" * 71
 
 # Import names of what requirements.txt installs; when all are importable, nothing is installed.
