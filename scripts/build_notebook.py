@@ -165,7 +165,7 @@ import torch
 from utils.notebook import apply_quick_mode, check_form, default_device, friendly_errors
 
 with friendly_errors():
-    check_form(globals(), "QUICK_MODE", "SEED")
+    check_form(globals(), "QUICK_MODE", "QUICK_MODE_STEPS", "SEED")
     if QUICK_MODE:
         print(apply_quick_mode(globals()))
     check_form(globals(), "MODEL_PRESET", "MAX_STEPS", "BATCH_SIZE", "CONTEXT_LENGTH")
@@ -367,9 +367,10 @@ with friendly_errors():
 code(34, "Load Model Weights from Checkpoint", '''
 # Which checkpoint: CHECKPOINT_OVERRIDE (Cell 3) if set, else Cell 33's choice, else the best.
 USE_WIDGET_PICKER = False  # @param {type:"boolean"}
-from utils.notebook import friendly_errors, load_weights_cell
+from utils.notebook import check_form, friendly_errors, load_weights_cell
 
 with friendly_errors():
+    check_form(globals(), "CHECKPOINT_OVERRIDE")
     checkpoint_path, checkpoint = load_weights_cell(globals(), CHECKPOINT_DIR,
                                                     override=CHECKPOINT_OVERRIDE or None,
                                                     use_widget=USE_WIDGET_PICKER)
@@ -407,11 +408,12 @@ code(37, "Resume Training from the Latest Checkpoint", '''
 # After a crash: Cells 1-13 and 15 first (the settings of the run that wrote the checkpoints).
 import dataclasses
 
-from utils.notebook import friendly_errors
+from utils.notebook import check_form, friendly_errors
 from utils.training.engine.recovery import recover_training_results
 from utils.training.engine.trainer import Trainer
 
 with friendly_errors():
+    check_form(globals(), "RESUME_EXTRA_STEPS")
     latest = recover_training_results(CHECKPOINT_DIR)
     stop_at = latest["global_step"] + RESUME_EXTRA_STEPS
     horizon = max(training_config.max_steps or 0, stop_at)

@@ -351,6 +351,20 @@ def test_check_form_names_the_field_and_what_it_must_hold():
         nb.check_form({}, "SEED")
 
 
+def test_every_settings_field_has_a_rule_and_a_cell_that_checks_it():
+    """Each form field of Cell 3 is validated (check_form) by some cell, by the rule in
+    FORM_FIELDS: a new field without either fails here."""
+    cells = notebook_cells()
+    fields = re.findall(r"^(\w+) = .+# @param", cells[3], re.MULTILINE)
+    assert set(fields) == set(nb.FORM_FIELDS)
+    checked = set()
+    for source in cells.values():
+        for call in ast.walk(ast.parse(source)):
+            if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "check_form":
+                checked |= {arg.value for arg in call.args if isinstance(arg, ast.Constant)}
+    assert checked == set(fields), set(fields) ^ checked
+
+
 def test_init_source_reads_scratch_sizes_paths_and_refuses_stray_words(tmp_path):
     assert nb.init_source("Scratch") == nb.init_source(" ") == "scratch"
     assert nb.init_source("gpt2") == "small" and nb.init_source("GPT2-XL") == "xl"
