@@ -23,10 +23,12 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     `ValueError` covers `ConfigError`, `InsufficientMemoryError`, `WeightMappingError` and
     the other "this value cannot be used" errors; `CheckpointError` covers every checkpoint
     that cannot be found, read, trusted or used. `TypeError`, `KeyError` and the like are
-    bugs, not user errors.
+    bugs, not user errors. `TrainingDivergedError` (the loss became NaN) names the setting
+    to change; `MemoryError` means the chosen sizes do not fit this machine.
     """
     from utils.config import ConfigError
-    from utils.training.engine.errors import CheckpointError
+    from utils.training.engine.errors import CheckpointError, TrainingDivergedError
 
-    return (UserError, ConfigError, CheckpointError, ValueError, FileNotFoundError,
-            FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+    return (UserError, ConfigError, CheckpointError, TrainingDivergedError, ValueError,
+            FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError, MemoryError)
