@@ -60,10 +60,13 @@ Run the numbered cells top to bottom: set-up, data, model, training with checkpo
 recovery, loading, inference and export. Every cell is a few lines that call the `utils`
 package, which is tested on its own (`make test`).
 
-**After a crash or a disconnected runtime** (Colab): run Cells 1–13 (set-up, data, model:
-quick, the data is cached), then Cell 33 (recover the metrics), Cell 34 (load the weights)
-and Cell 35. Cell 37 resumes training from the latest checkpoint. The checkpoints live on
-Google Drive in Colab, so they survive the runtime. See `docs/03-crash-recovery-colab.md`.
+**After a crash or a disconnected runtime** (Colab): reconnect, then *Runtime → Run all*.
+Cell 32 continues the run exactly where its last checkpoint left it (or, if it had
+finished, says so and trains nothing); every later cell works as before. A run with other
+settings starts a run of its own next to the others, whose files are never touched. The
+checkpoints live on Google Drive in Colab, so they survive the runtime; if Drive fails
+mid-run, training goes on and writes to a local folder until Drive is back. See
+`docs/03-crash-recovery-colab.md`.
 
 Cell numbers 13 and 32–35 are fixed because the guides refer to them; the numbers jump from
 16 to 32.
@@ -146,6 +149,7 @@ EVAL_BATCHES = 20  # @param {type:"integer"}
 CHECKPOINT_INTERVAL = 200  # @param {type:"integer"}
 CHECKPOINT_DIR = ""  # @param {type:"string"}
 CHECKPOINT_OVERRIDE = ""  # @param {type:"string"}
+RUN_ID = ""  # @param {type:"string"}
 RESUME_EXTRA_STEPS = 200  # @param {type:"integer"}
 PROMPT = "The meaning of life is"  # @param {type:"string"}
 OUTPUT_DIR = "outputs"  # @param {type:"string"}
@@ -155,6 +159,7 @@ SEED = 1337  # @param {type:"integer"}
 # DATA_PATH: a .txt file or a folder of them; empty means the built-in corpus (no download).
 # CHECKPOINT_DIR: empty means Google Drive in Colab, ./checkpoints elsewhere.
 # CHECKPOINT_OVERRIDE: a checkpoint file for Cell 34 to load instead of the best one.
+# RUN_ID: which run Cells 33-35 recover and load (empty: the newest; Cell 33 lists the runs).
 # OUTPUT_DIR: where the loss curve and the exported models go.
 ''', tags=["parameters"])
 
@@ -186,7 +191,8 @@ with friendly_errors("CHECKPOINT_DIR"):
     existing = list_checkpoints(CHECKPOINT_DIR)
 print(f"📁 Checkpoint folder: {CHECKPOINT_DIR} ({len(existing)} checkpoints already there)")
 if existing:
-    print("   Recovering after a crash? Run Cells 6-13, then Cells 33-35 (not Cell 32).")
+    print("   Cell 32 continues the run with these settings if it is unfinished; other runs "
+          "stay untouched.")
 ''')
 
 md("## 2 · Data")
@@ -328,7 +334,7 @@ from utils.training.engine.trainer import Trainer
 with friendly_errors():
     live_plot = LiveLossPlot()
     trainer = Trainer(model, training_config, train_loader, val_loader, callbacks=[live_plot],
-                      tokenizer_name=TOKENIZER)
+                      tokenizer_name=TOKENIZER, init_from=initialised_from)
 print(f"{trainer.total_steps} steps of {trainer.tokens_per_step:,} tokens; "
       f"{trainer.steps_per_epoch} steps per epoch")
 ''')
@@ -337,13 +343,19 @@ md("## 5 · Training")
 
 code(32, "Run Training", '''
 # A progress bar shows loss, learning rate and tokens/s; the plot updates at each evaluation.
-# Checkpoints are written every CHECKPOINT_INTERVAL steps to CHECKPOINT_DIR.
+# Checkpoints are written every CHECKPOINT_INTERVAL steps to CHECKPOINT_DIR. After a crash,
+# running this cell again continues the same run exactly (same settings, same folder).
 from utils.notebook import friendly_errors
 
 with friendly_errors():
-    history = trainer.fit()
+    history = trainer.fit()  # resume_from="auto": continue, report a finished run, or start
     live_plot.close()
-    print(f"✅ trained to step {trainer.global_step}; checkpoints in {CHECKPOINT_DIR}")
+if trainer.finished:
+    print(f"✅ run {trainer.run_id} had already finished at step {trainer.global_step}: nothing "
+          "to train (Cell 37 trains further; a larger MAX_STEPS continues the run)")
+else:
+    print(f"✅ run {trainer.run_id} trained to step {trainer.global_step}; checkpoints in "
+          f"{CHECKPOINT_DIR}")
 ''')
 
 md("""
@@ -353,15 +365,19 @@ Cells 33–35 also work in a fresh runtime after a crash: run Cells 1–13 first
 """)
 
 code(33, "Checkpoint Recovery", '''
-# Reads every metric back from the checkpoints on disk (the runtime's memory may be gone).
-from utils.notebook import friendly_errors
+# Reads the run back from the folder (the runtime's memory may be gone): every run there,
+# then the chosen run's best and latest checkpoints and its metrics up to the last logged
+# step (also the steps after the last checkpoint, from the run's metrics log).
+from utils.notebook import check_form, friendly_errors, recovery_report
+from utils.plots import plot_loss_curves
 from utils.training.engine.recovery import recover_training_results
 
-with friendly_errors():
-    results = recover_training_results(CHECKPOINT_DIR)
-    print(f"Recovered {len(results['metrics'])} evaluations up to step {results['global_step']}")
-    print(f"Best checkpoint:   {results['checkpoint_path']} (val loss {results['best_val_loss']:.4f})")
-    print(f"Latest checkpoint: {results['latest_checkpoint_path']}")
+with friendly_errors("CHECKPOINT_DIR", "RUN_ID"):
+    check_form(globals(), "RUN_ID")
+    results = recover_training_results(CHECKPOINT_DIR, run=RUN_ID or "latest")
+print(recovery_report(results))
+curve = plot_loss_curves(results["train_curve"] if len(results["train_curve"]) else
+                         results["metrics"], title=f"run {results['run_id']}")
 ''')
 
 code(34, "Load Model Weights from Checkpoint", '''

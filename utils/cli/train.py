@@ -2,11 +2,14 @@
 
 Single process:   python -m utils train --preset tiny --max-steps 200
 Several GPUs:     torchrun --standalone --nproc_per_node=4 -m utils train --preset small ...
-Resume:           python -m utils train --resume latest --checkpoint-dir checkpoints
+Again after a crash: the same command. It continues the folder's newest run with the same
+settings (exactly where its last checkpoint left it), reports a finished run instead of
+training it again, and otherwise starts a new run next to the others (`--new-run` always
+starts one).
 
-With --resume, settings not given on the command line come from the checkpoint (model
-shape, batch size, schedule, tokenizer), so `--resume latest --max-steps 2000` extends a
-run; a flag that is given wins.
+With --resume latest|PATH, settings not given on the command line come from the checkpoint
+(model shape, batch size, schedule, tokenizer), so `--resume latest --max-steps 2000`
+extends a run; a flag that is given wins.
 """
 
 from __future__ import annotations
@@ -110,16 +113,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     checkpoints.add_argument("--sync-checkpoints", action="store_true",
                              help="write checkpoints on the training thread (default: "
                                   "in the background)")
-    checkpoints.add_argument("--resume", nargs="?", const="latest", default=None,
-                             metavar="latest|PATH",
-                             help="resume from the newest checkpoint (or PATH)")
+    start = checkpoints.add_mutually_exclusive_group()
+    start.add_argument("--resume", nargs="?", const="latest", default="auto",
+                       metavar="auto|latest|PATH",
+                       help="auto (default): continue the newest run with these settings "
+                            "if unfinished, else start a new one; latest: the newest "
+                            "checkpoint, its settings unless flags say otherwise; or PATH")
+    start.add_argument("--new-run", action="store_true",
+                       help="always start a new run (other runs' files stay untouched)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def _resume_source(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
-    """(checkpoint path, its contents) for --resume, else (None, None)."""
-    if args.resume is None:
+    """(checkpoint path, its contents) for --resume latest|PATH, else (None, None)."""
+    if args.new_run or args.resume == "auto":
         return None, None
     from utils.training.engine.checkpoint import load_checkpoint_file
     from utils.training.engine.recovery import resume_path
@@ -296,8 +304,10 @@ def run(args: argparse.Namespace) -> int:
     if training_config.checkpoint_dir:  # a folder, even if its name has a dot ("runs/v1.2")
         Path(training_config.checkpoint_dir).mkdir(parents=True, exist_ok=True)
     trainer = Trainer(model, training_config, train_tokens, val_tokens,
-                      tokenizer_name=tokenizer_name, progress=not args.no_progress)
-    history = trainer.fit(resume_from=resume_path)
+                      tokenizer_name=tokenizer_name, progress=not args.no_progress,
+                      init_from=args.init_from)
+    resume_from = None if args.new_run else (resume_path or "auto")
+    history = trainer.fit(resume_from=resume_from)
     if dist.is_main:
         if history:
             last = history[-1]

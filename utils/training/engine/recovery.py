@@ -394,12 +394,8 @@ def plan_resume(checkpoint_dir: str | Path, fingerprint: str, total_steps: int) 
     runs = list_runs(checkpoint_dir)
     same = [run for run in runs if run.fingerprint == fingerprint]
     if not same:
-        if not runs:
-            return ResumePlan("new", None, "starting a new run")
-        return ResumePlan(
-            "new", None,
-            f"starting a new run; runs already in {checkpoint_dir} (other settings, left "
-            f"untouched): {describe_runs(runs)}", others=runs)
+        return ResumePlan("new", None, "no run with these settings: starting a new one",
+                          others=runs)
     run = same[0]
     if run.steps >= total_steps:
         return ResumePlan(

@@ -63,6 +63,8 @@ from utils.training.engine.evaluation import (  # noqa: F401  (names once define
 from utils.training.engine.optim import build_optimizer, lr_at
 from utils.training.engine.recovery import (
     CheckpointWarning,
+    describe_runs,
+    list_runs,
     plan_resume,
     resume_candidates,
 )
@@ -122,13 +124,15 @@ class Trainer:
     `utils.plots.LiveLossPlot`). `tokenizer_name` is recorded in checkpoints.
     `data_sha256`: the corpus's hash when the caller knows it (part of the run's
     fingerprint); otherwise the token arrays are hashed once when a run needs it.
+    `init_from`: where the initial weights came from (e.g. "gpt2"; None: scratch), also
+    part of the fingerprint: the same settings from other weights are another run.
     """
 
     def __init__(self, model: nn.Module, config: TrainingConfig | None = None,
                  train_data: BatchLoader | Any = None, val_data: BatchLoader | Any = None, *,
                  callbacks: Callback | Iterable[Callback] | None = (), tokenizer_name: str | None = None,
                  context_length: int | None = None, progress: bool = True,
-                 data_sha256: str | None = None) -> None:
+                 data_sha256: str | None = None, init_from: str | None = None) -> None:
         if train_data is None:
             raise ValueError("Trainer needs train_data: a BatchLoader or an array of token ids")
         self.config = config or TrainingConfig()
@@ -153,6 +157,7 @@ class Trainer:
         self.run_id: str | None = None  # set when a run starts or is resumed
         self.finished = False  # fit() found the run already trained to total_steps
         self._data_sha256 = data_sha256
+        self.init_from = init_from
         self._fingerprint: str | None = None
         self._lock: RunLock | None = None
         self._log: MetricsLog | None = None
@@ -281,7 +286,7 @@ class Trainer:
                 self._data_sha256 = data_sha256(self.train_loader.tokens, val)
             self._fingerprint = run_fingerprint(
                 model_config_dict(unwrap_model(self.model)), self.tokenizer_name,
-                self._data_sha256, self.config.to_dict())
+                self._data_sha256, {**self.config.to_dict(), "init_from": self.init_from})
         return self._fingerprint
 
     def load_checkpoint(self, checkpoint: str | Path) -> dict[str, Any]:
@@ -385,8 +390,8 @@ class Trainer:
         folder = self.config.checkpoint_dir
         if resume_from == "auto" and self.run_id is None and folder:
             plan = plan_resume(folder, self.fingerprint, self.total_steps)
-            self._say(plan.message)
-            if plan.action in ("resume", "finished"):
+            if plan.action != "new":
+                self._say(plan.message)
                 self._load_newest_readable(plan.run.run_id)
             if plan.action == "finished":
                 self.finished = True
@@ -401,12 +406,24 @@ class Trainer:
             self.load_checkpoint(resume_from)
             self._say(f"resuming at step {self.global_step} from {resume_from}")
         if self.run_id is None:
-            if self.global_step > 0:
-                self._say("the checkpoint carries no run id (written before runs existed): "
-                          "it continues as a new run; its older files stay as they are")
             self.run_id = self.dist.broadcast(new_run_id())
+            self._announce_new_run()
         self._lock_run()
         return True
+
+    def _announce_new_run(self) -> None:
+        """Say that a run starts (or that an old-format checkpoint continues as one), and
+        which runs are already in the folder: they stay untouched."""
+        if self.global_step > 0:
+            self._say(f"the checkpoint carries no run id (written before runs existed): it "
+                      f"continues as run {self.run_id}; its older files stay as they are")
+            return
+        others = list_runs(self.config.checkpoint_dir) if self.config.checkpoint_dir else []
+        message = f"starting a new run {self.run_id}"
+        if others:
+            message += (f"; runs already in {self.config.checkpoint_dir} stay untouched: "
+                        f"{describe_runs(others)}")
+        self._say(message)
 
     def _lock_run(self) -> None:
         if not (self.config.checkpoint_dir and self.dist.is_main) or self._lock is not None:
