@@ -43,6 +43,7 @@ def run_all(root: Path, monkeypatch) -> dict[int, dict]:
     """Runtime -> Run all, in a fresh kernel (papermill), with root's stand-in Drive."""
     import papermill
 
+    root.mkdir(exist_ok=True)
     for name, value in colab_environment(root).items():
         monkeypatch.setenv(name, value)
     executed = root / f"executed-{time.monotonic_ns()}.ipynb"
@@ -103,3 +104,43 @@ def test_kill_during_training_then_run_all_finishes_the_same_run(tmp_path, monke
     cells = run_all(root, monkeypatch)
     assert f"run {run.run_id} already finished at step {MAX_STEPS + EXTRA}" in cells[32]["text"]
     assert [r.run_id for r in list_runs(folder)] == [run.run_id]
+
+
+@pytest.mark.slow
+def test_drive_disconnecting_mid_run_costs_no_training(tmp_path, monkeypatch):
+    """The stand-in Drive is unmounted during Cell 32 (as `drive.flush_and_unmount()` does):
+    training goes on into the local fallback folder and says so; once Drive is back, the
+    next training session copies the local-only checkpoints back to Drive."""
+    import threading
+
+    monkeypatch.setenv("UTILS_FALLBACK_CHECKPOINT_ROOT", str(tmp_path / "local"))
+    environment = {**colab_environment(tmp_path), "UTILS_TEST_CHECKPOINT_SLEEP": "0.4",
+                   "UTILS_FALLBACK_CHECKPOINT_ROOT": str(tmp_path / "local")}
+    folder, link = drive_checkpoints(tmp_path), tmp_path / "content" / "drive" / "MyDrive"
+    kernel = NotebookKernel(env=environment)
+    try:
+        kernel.run_cells([n for n in sorted(kernel.cells) if n < 32],
+                         {**PARAMETERS, "OUTPUT_DIR": str(tmp_path / "outputs")})
+        result: dict = {}
+        training = threading.Thread(target=lambda: result.update(
+            zip(("status", "text"), kernel.run(kernel.cells[32]), strict=True)))
+        training.start()
+        deadline = time.monotonic() + 300
+        while not list(folder.glob("checkpoint_*.pt.json")):
+            assert time.monotonic() < deadline, "no checkpoint on the stand-in Drive"
+            time.sleep(0.05)
+        link.unlink()  # Drive disconnects: <mount>/MyDrive is gone
+        training.join(timeout=600)
+        assert result["status"] == "ok", result["text"]
+        assert "written locally" in result["text"]
+        assert "exist only on this machine" in result["text"]
+        text = kernel.run_cell(33)  # recovery sees the local folder while Drive is away
+        assert f"latest checkpoint at step {MAX_STEPS}" in text
+
+        link.symlink_to(tmp_path / "mydrive", target_is_directory=True)  # Drive is back
+        kernel.run_cells([15, 37])
+        steps = {info.global_step for info in list_checkpoints(folder)
+                 if not info.local_only}
+        assert {MAX_STEPS, MAX_STEPS + EXTRA} <= steps  # copied back, then trained on
+    finally:
+        kernel.shutdown()

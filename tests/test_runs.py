@@ -203,3 +203,38 @@ def test_the_same_cli_command_after_a_kill_continues_the_run(tmp_path):
     assert recovered.returncode == 0, recovered.stderr
     assert "2 run(s)" in recovered.stdout
     assert all(run.run_id in recovered.stdout for run in list_runs(folder))
+
+
+def make_legacy(folder: Path) -> None:
+    """Turn a folder into one written before runs existed: no run id anywhere, naive local
+    timestamps, no metrics log."""
+    for path in folder.glob("*.pt"):
+        state = torch.load(path, weights_only=True)
+        state.pop("run_id", None), state.pop("run_fingerprint", None)
+        state["timestamp"] = state["timestamp"][:26]  # drop the UTC offset
+        torch.save(state, path)
+        sidecar = json.loads(sidecar_path(path).read_text())
+        sidecar.pop("run_id", None), sidecar.pop("run_fingerprint", None)
+        sidecar.update(timestamp=state["timestamp"], size_bytes=path.stat().st_size)
+        sidecar_path(path).write_text(json.dumps(sidecar))
+    for log in folder.glob("metrics_*.jsonl"):
+        log.unlink()
+
+
+def test_a_folder_from_before_runs_still_recovers_and_resumes(tmp_path, uninterrupted_weights):
+    folder, out = tmp_path / "checkpoints", tmp_path / "final.pt"
+    kill_after_step(start(folder, out), 8)
+    make_legacy(folder)
+    legacy = file_hashes(folder)
+    [run] = list_runs(folder)
+    assert run.run_id == "legacy" and run.steps == 6
+    results = recover_training_results(folder)
+    assert results["run_id"] == "legacy" and results["global_step"] == 6
+    assert list(results["metrics"]["step"]) == list(range(1, 7))
+
+    output = finish(start(folder, out, "--resume", "latest"))
+    assert "resuming run (legacy) at step 6" in output and "continues as run" in output
+    assert_same_weights(torch.load(out, weights_only=True)["model"], uninterrupted_weights)
+    after = file_hashes(folder)
+    assert {name: after.get(name) for name in legacy if not name.startswith("best_model")} \
+        == {name: h for name, h in legacy.items() if not name.startswith("best_model")}

@@ -24,10 +24,13 @@ def widgets_can_render() -> bool:
 
 
 def option_label(index: int, info: Any) -> str:
-    """`[0] epoch 9 | step 9 | val_loss=0.3876 | checkpoint_....pt`."""
+    """`[0] epoch 9 | step 9 | val_loss=0.3876 | run 2026... | checkpoint_....pt`."""
+    from utils.training.engine.recovery import printable_name
+
+    run = getattr(info, "run", None)
     return (f"[{index}] epoch {info.epoch} | step {info.global_step} | "
             f"train_loss={_number(info.train_loss)} | val_loss={_number(info.val_loss)} | "
-            f"{info.filename}")
+            + (f"run {run} | " if run else "") + printable_name(info.filename))
 
 
 class CheckpointPicker:

@@ -157,7 +157,7 @@ class Trainer:
         self.run_id: str | None = None  # set when a run starts or is resumed
         self.finished = False  # fit() found the run already trained to total_steps
         self._data_sha256 = data_sha256
-        self.init_from = init_from
+        self.init_from = None if init_from in (None, "", "scratch") else str(init_from)
         self._fingerprint: str | None = None
         self._lock: RunLock | None = None
         self._log: MetricsLog | None = None
@@ -307,8 +307,12 @@ class Trainer:
         self.metrics_history = [dict(entry) for entry in state.get("metrics_history") or []]
         if self.metrics_history:
             self._elapsed_before = float(self.metrics_history[-1].get("elapsed_s") or 0.0)
-        run_id = state.get("run_id")
+        run_id, fingerprint = state.get("run_id"), state.get("run_fingerprint")
         self.run_id = run_id if isinstance(run_id, str) and run_id else None
+        if self.run_id is not None and isinstance(fingerprint, str):
+            # A run keeps the identity it got at step 0, whatever this session changed
+            # (a larger step budget, a resume with other flags).
+            self._fingerprint = fingerprint
         self.best_val_loss = self._best_val_loss_of_run(path)
         return state
 
