@@ -20,6 +20,7 @@ import nbformat
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_PATH = REPO_ROOT / "training.ipynb"
 README_PATH = REPO_ROOT / "README.md"
+sys.path.insert(0, str(REPO_ROOT))  # utils.config: the training settings' defaults and meanings
 
 # The one line to set when the repository is published ("owner/name" on GitHub): Cell 1
 # clones it and the README's "Open in Colab" badge opens the notebook from it.
@@ -47,9 +48,36 @@ def md(text: str) -> None:
     CELLS.append(("markdown", text.strip() + "\n", []))
 
 
+# Form fields of Cell 3 that are TrainingConfig settings: value and meaning come from there
+# (utils/config.py defines each setting once), so the notebook cannot drift from the CLI.
+TRAINING_FORM_FIELDS = {"MAX_STEPS": "max_steps", "BATCH_SIZE": "batch_size",
+                        "LEARNING_RATE": "learning_rate", "WARMUP_STEPS": "warmup_steps",
+                        "EVAL_INTERVAL": "eval_interval", "EVAL_BATCHES": "eval_batches",
+                        "CHECKPOINT_INTERVAL": "checkpoint_interval", "SEED": "seed"}
+
+
+def training_form_line(variable: str) -> str:
+    from utils.config import setting_default
+
+    value = setting_default(TRAINING_FORM_FIELDS[variable])
+    kind = "number" if isinstance(value, float) else "integer"
+    return f'{variable} = {value!r}  # @param {{type:"{kind}"}}'
+
+
+def training_settings_text(body: str) -> str:
+    from utils.config import setting_help
+
+    fields = [name for name in TRAINING_FORM_FIELDS if name != "SEED"]
+    comments = [f"# {name}: {setting_help(TRAINING_FORM_FIELDS[name])}"
+                for name in TRAINING_FORM_FIELDS]
+    return (body.replace("@TRAINING_SETTINGS@", "\n".join(map(training_form_line, fields)))
+            .replace("@SEED_SETTING@", training_form_line("SEED"))
+            .replace("@TRAINING_SETTING_COMMENTS@", "\n".join(comments)))
+
+
 def code(number: int, name: str, body: str, tags: list[str] | None = None) -> None:
+    body = training_settings_text(body.replace("@REPO_URL@", f'"{REPO_URL}"'))
     form = "# @param" in body
-    body = body.replace("@REPO_URL@", f'"{REPO_URL}"')
     CELLS.append(("code", title(number, name, form) + body.strip() + "\n", tags or []))
 
 
@@ -140,20 +168,14 @@ INIT_FROM = "scratch"  # @param {type:"string"}
 DATA_PATH = ""  # @param {type:"string"}
 TOKENIZER = "gpt2"  # @param ["gpt2", "byte"]
 CONTEXT_LENGTH = 256  # @param {type:"integer"}
-MAX_STEPS = 2000  # @param {type:"integer"}
-BATCH_SIZE = 8  # @param {type:"integer"}
-LEARNING_RATE = 6e-4  # @param {type:"number"}
-WARMUP_STEPS = 100  # @param {type:"integer"}
-EVAL_INTERVAL = 100  # @param {type:"integer"}
-EVAL_BATCHES = 20  # @param {type:"integer"}
-CHECKPOINT_INTERVAL = 200  # @param {type:"integer"}
+@TRAINING_SETTINGS@
 CHECKPOINT_DIR = ""  # @param {type:"string"}
 CHECKPOINT_OVERRIDE = ""  # @param {type:"string"}
 RUN_ID = ""  # @param {type:"string"}
 RESUME_EXTRA_STEPS = 200  # @param {type:"integer"}
 PROMPT = "The meaning of life is"  # @param {type:"string"}
 OUTPUT_DIR = "outputs"  # @param {type:"string"}
-SEED = 1337  # @param {type:"integer"}
+@SEED_SETTING@
 # QUICK_MODE: the tiny preset, QUICK_MODE_STEPS steps, small batches (Cell 4).
 # INIT_FROM: "scratch", an OpenAI GPT-2 name ("gpt2", "gpt2-medium", ...) or a local folder.
 # DATA_PATH: a .txt file or a folder of them; empty means the built-in corpus (no download).
@@ -161,6 +183,7 @@ SEED = 1337  # @param {type:"integer"}
 # CHECKPOINT_OVERRIDE: a checkpoint file for Cell 34 to load instead of the best one.
 # RUN_ID: which run Cells 33-35 recover and load (empty: the newest; Cell 33 lists the runs).
 # OUTPUT_DIR: where the loss curve and the exported models go.
+@TRAINING_SETTING_COMMENTS@
 ''', tags=["parameters"])
 
 code(4, "Quick Mode, Seed and Device", '''
@@ -456,11 +479,13 @@ for temperature in (0.0, 0.8):  # greedy, then sampled (reproducible with SEED)
 ''')
 
 code(39, "Validation Perplexity", '''
+# The same validation loss the Trainer records (the same windows of the validation tokens).
 import math
 
-from utils.training.engine.evaluation import evaluate
+from utils.training.engine.evaluation import validation_loss, validation_settings
 
-val_loss = evaluate(model, val_loader, batches=EVAL_BATCHES, device=device)
+val_loss = validation_loss(model, val_tokens, context_length=CONTEXT_LENGTH, device=device,
+                           **validation_settings(training_config))
 print(f"validation loss {val_loss:.4f} | perplexity {math.exp(val_loss):.2f}")
 ''')
 
@@ -470,15 +495,21 @@ code(40, "Compare Checkpoints", '''
 from IPython.display import display
 from utils.training.engine.compare import (
     compare_checkpoints, compare_predictions, plot_weight_changes)
+from utils.training.engine.evaluation import validation_settings
 from utils.training.engine.recovery import list_checkpoints
 
-kept = sorted(list_checkpoints(CHECKPOINT_DIR), key=lambda info: info.global_step)
+validation = validation_settings(training_config)  # Cell 39's (and the Trainer's) windows
+kept = sorted(list_checkpoints(CHECKPOINT_DIR, run=RUN_ID or "latest"),  # one run's
+              key=lambda info: info.global_step)
 if len(kept) >= 2:
     changes = compare_checkpoints(kept[0].path, kept[-1].path)
     display(plot_weight_changes(changes, top=12, title=f"Relative weight change, step "
                                 f"{kept[0].global_step} → {kept[-1].global_step}"))
     display(compare_predictions([kept[0].path, kept[-1].path], val_tokens, tokenizer, PROMPT,
-                                max_new_tokens=15, max_batches=2))
+                                max_new_tokens=15, context_length=CONTEXT_LENGTH,
+                                batch_size=validation["batch_size"],
+                                max_batches=validation["batches"],
+                                validation_seed=validation["seed"]))
 else:
     print("Need at least two checkpoints to compare; train longer (Cell 32).")
 ''')
