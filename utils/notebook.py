@@ -590,7 +590,8 @@ def load_weights_cell(namespace: Mapping[str, Any], checkpoint_dir: str | Path,
     if model is None:
         raise ModelNotInitializedError(
             "Model instance not found: there is no 'model' to load weights into.")
-    infos = list_checkpoints(checkpoint_dir) if Path(checkpoint_dir).is_dir() else []
+    run = namespace.get("RUN_ID") or "latest"  # the run Cell 33 recovered
+    infos = list_checkpoints(checkpoint_dir, run=run)
     path, method = select_checkpoint(results=namespace.get("results"),
                                      checkpoint_dir=checkpoint_dir, override=override or None,
                                      infos=infos)
