@@ -342,8 +342,7 @@ def list_runs(checkpoint_dir: str | Path = "checkpoints",
     infos = list_checkpoints(checkpoint_dir) if infos is None else infos
     by_run: dict[str, list[CheckpointInfo]] = {}
     for info in infos:
-        if info.filename != BEST_MODEL_NAME or info.run_id is None:
-            by_run.setdefault(info.run, []).append(info)
+        by_run.setdefault(info.run, []).append(info)
     runs = [RunInfo(run_id, sorted(members, key=_newest_in_run, reverse=True))
             for run_id, members in by_run.items()]
     return sorted(runs, key=RunInfo.sort_time, reverse=True)

@@ -19,12 +19,10 @@ import hashlib
 import json
 import math
 import os
-import re
 import secrets
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,6 @@ from utils.training.engine.checkpoint import utc_now
 from utils.training.engine.reading import read_small_file
 
 LEGACY_RUN_ID = "legacy"
-RUN_ID_RE = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 METRICS_LOG_PREFIX = "metrics_"
 METRICS_LOG_SUFFIX = ".jsonl"
 # Settings that do not change which weights a run produces: a run resumed with other
@@ -170,15 +167,6 @@ def read_metrics_log(path: str | Path, limit_bytes: int = 256 << 20) -> list[dic
             records.pop(key, None)
             records[key] = record
     return sorted(records.values(), key=lambda r: (r["step"], r.get("kind") == "eval"))
-
-
-def run_ids_in(names: Iterable[str]) -> set[str]:
-    """Run ids named by metrics logs among `names` (file names in a checkpoint folder)."""
-    found = set()
-    for name in names:
-        if name.startswith(METRICS_LOG_PREFIX) and name.endswith(METRICS_LOG_SUFFIX):
-            found.add(name[len(METRICS_LOG_PREFIX):-len(METRICS_LOG_SUFFIX)])
-    return found
 
 
 class RunLock:

@@ -361,8 +361,12 @@ class Trainer:
         """
         self._setup()
         self.finished = False
-        if not self._start_or_resume(resume_from):
-            return self.metrics_history
+        try:
+            if not self._start_or_resume(resume_from):
+                return self.metrics_history
+        except BaseException:
+            self._release_run()
+            raise
         self._stop_step = self.total_steps if stop_at_step is None \
             else min(stop_at_step, self.total_steps)
         if self._stop_step <= self.global_step and stop_at_step is not None:
@@ -394,6 +398,8 @@ class Trainer:
         folder = self.config.checkpoint_dir
         if resume_from == "auto" and self.run_id is None and folder:
             plan = plan_resume(folder, self.fingerprint, self.total_steps)
+            if plan.action == "resume":
+                self._lock_run(plan.run.run_id)  # before anything changes: it may be in use
             if plan.action != "new":
                 self._say(plan.message)
                 self._load_newest_readable(plan.run.run_id)
@@ -412,7 +418,7 @@ class Trainer:
         if self.run_id is None:
             self.run_id = self.dist.broadcast(new_run_id())
             self._announce_new_run()
-        self._lock_run()
+        self._lock_run(self.run_id)
         return True
 
     def _announce_new_run(self) -> None:
@@ -429,13 +435,19 @@ class Trainer:
                         f"{describe_runs(others)}")
         self._say(message)
 
-    def _lock_run(self) -> None:
+    def _release_run(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _lock_run(self, run_id: str) -> None:
+        """Hold the run's lock while training it (released by `_finish`)."""
         if not (self.config.checkpoint_dir and self.dist.is_main) or self._lock is not None:
             return
-        lock = RunLock(self.config.checkpoint_dir, self.run_id)
+        lock = RunLock(self.config.checkpoint_dir, run_id)
         if not lock.acquire():
             raise RunInUseError(
-                f"run {self.run_id} in {self.config.checkpoint_dir} is being trained by "
+                f"run {run_id} in {self.config.checkpoint_dir} is being trained by "
                 "another process right now. Fix: wait for it to finish, stop it, or start a "
                 "separate run (resume_from=None) or use another checkpoint folder.")
         self._lock = lock
@@ -628,9 +640,7 @@ class Trainer:
             if self._log is not None:
                 self._log.close()
                 self._log = None
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
+            self._release_run()
             if not failed:  # after a failure other ranks may not reach these collectives
                 self._fail_together(error)
                 self.dist.barrier()
