@@ -107,13 +107,14 @@ def document_bounds(tokens: Any, eot_token: int) -> np.ndarray:
 
 
 def _assign(lengths: np.ndarray, val_fraction: float) -> np.ndarray:
-    """True for the units that go to validation: a unit goes there whenever validation has
-    fallen behind `val_fraction` of what has been seen, so it is spread evenly."""
+    """True for the units that go to validation: a unit goes there when that brings the
+    validation share of what has been seen closer to `val_fraction`, so validation is spread
+    evenly and a long document does not overshoot it."""
     val = np.zeros(len(lengths), dtype=bool)
     seen = taken = 0
     for i, length in enumerate(lengths.tolist()):
         seen += length
-        if taken < val_fraction * seen:
+        if taken + length / 2 <= val_fraction * seen:
             val[i] = True
             taken += length
     return val
@@ -124,6 +125,8 @@ def _units(tokens: Any, by: str, block_tokens: int, eot_token: int | None) -> np
     if by == "block":
         if block_tokens < 1:
             raise ValueError(f"block_tokens must be >= 1, got {block_tokens!r}")
+        # A corpus of fewer than 100 blocks gets smaller blocks, so val can be spread at all.
+        block_tokens = max(1, min(block_tokens, len(tokens) // 100))
         return np.arange(0, len(tokens), block_tokens, dtype=np.int64)
     if eot_token is None:
         raise ValueError('by="document" needs eot_token= (the end-of-text id that separates '
@@ -137,7 +140,8 @@ def train_val_split(tokens: Any, val_fraction: float = 0.1, *, by: str = "end",
     """(train, val) views of `tokens`, without copying them.
 
     by="end" (default): val is the last `val_fraction` of the corpus. by="block": the corpus
-    is cut into `block_tokens` blocks and about every (1/val_fraction)-th block is val.
+    is cut into `block_tokens` blocks (smaller when that would make fewer than 100) and about
+    every (1/val_fraction)-th block is val.
     by="document": whole documents (ended by `eot_token`) are dealt out the same way, so no
     document is half in each split. The fraction of tokens in val is about `val_fraction`.
     """

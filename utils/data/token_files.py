@@ -46,9 +46,10 @@ class TokenFiles:
 
 
 def read_llmc_header(path: Path) -> np.ndarray | None:
-    """The 256 header ints of an llm.c shard, or None when the file does not start with the magic."""
+    """The header ints of an llm.c shard (256 unless truncated), or None without the magic."""
     with open(path, "rb") as handle:
-        header = np.frombuffer(handle.read(LLMC_HEADER_BYTES), dtype="<i4")
+        data = handle.read(LLMC_HEADER_BYTES)
+    header = np.frombuffer(data[:len(data) // 4 * 4], dtype="<i4")
     if len(header) < 1 or header[0] != LLMC_MAGIC:
         return None
     return header
