@@ -222,3 +222,45 @@ def test_each_kind_has_its_own_error(tmp_path):
         load_data("hf:some/name?colum=text")
     with pytest.raises(ValueError, match="is a character device"):
         load_data("/dev/zero")
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+@pytest.mark.parametrize("bad", ["/dev/zero", "fifo", "missing"])
+def test_cli_data_that_is_not_a_file_or_folder_is_one_line(tmp_path, capsys, bad):
+    from utils.__main__ import main
+
+    path = {"fifo": tmp_path / "pipe", "missing": tmp_path / "nope"}.get(bad, bad)
+    if bad == "fifo":
+        os.mkfifo(path)
+    assert main(["train", "--data", str(path), "--checkpoint-dir", str(tmp_path / "ck"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: data path '{path}'") and "\n" not in err
+    assert ("does not exist" if bad == "missing" else "not a regular file or folder") in err
+
+
+def test_cli_trains_on_a_nanogpt_character_folder(tmp_path, capsys):
+    import torch
+
+    from utils.__main__ import main
+
+    text = "to be or not to be, that is the question. " * 40
+    chars = sorted(set(text))
+    with open(tmp_path / "meta.pkl", "wb") as handle:
+        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)),
+                     "stoi": {c: i for i, c in enumerate(chars)}}, handle)
+    ids = np.array([chars.index(c) for c in text], dtype=np.uint16)
+    ids[:1500].tofile(tmp_path / "train.bin")
+    ids[1500:].tofile(tmp_path / "val.bin")
+    folder = tmp_path / "ck"
+    assert main(["train", "--data", str(tmp_path), "--layers", "1", "--heads", "2", "--dim",
+                 "16", "--context", "16", "--max-steps", "2", "--batch-size", "2",
+                 "--eval-interval", "2", "--checkpoint-interval", "2", "--checkpoint-dir",
+                 str(folder), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"data: 1,500 training / {len(ids) - 1500:,} validation tokens (nanogpt, char)" in out
+    [checkpoint] = folder.glob("checkpoint_*.pt")
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["config"]["vocab_size"] == len(chars) and saved["tokenizer"] == "char"

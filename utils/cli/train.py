@@ -47,9 +47,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "save_pretrained folder or .safetensors/.bin file")
     data = parser.add_argument_group("data")
     data.add_argument("--data", default=None,
-                      help="text file or folder of .txt files (default: built-in corpus)")
-    data.add_argument("--tokenizer", default=None, help="gpt2 (default) | byte")
+                      help="a .txt file or folder of them, a nanoGPT folder (train.bin/val.bin), "
+                           "llm.c .bin shards (a file or folder), hf:NAME[?config=&split=&column=] "
+                           "or a save_to_disk folder (default: built-in corpus); see "
+                           "docs/08-data.md")
+    data.add_argument("--tokenizer", default=None,
+                      help="gpt2 (default) | byte; token files bring their own")
     data.add_argument("--val-fraction", type=float, default=0.1)
+    data.add_argument("--val-split", choices=("end", "block", "document"), default="end",
+                      help="validation: the end of the corpus (default), blocks or whole "
+                           "documents spread over it (inputs with their own val keep it)")
     run_group = parser.add_argument_group("training")
     length = run_group.add_mutually_exclusive_group()
     length.add_argument("--max-steps", type=int, help="optimizer steps (default 200)")
@@ -154,9 +161,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from utils.cli.recover import format_checkpoint_table
-    from utils.data import tokenize_corpus, train_val_split
+    from utils.data import load_data
     from utils.model import count_parameters
-    from utils.tokenizer import get_tokenizer
     from utils.training.engine.distributed import setup_distributed
     from utils.training.engine.recovery import list_checkpoints
     from utils.training.engine.trainer import Trainer
@@ -165,16 +171,17 @@ def run(args: argparse.Namespace) -> int:
     training_config = build_training_config(
         args, checkpoint.get("training_config") if checkpoint else None, resume_path,
         checkpoint.get("data_state") if checkpoint else None)
-    tokenizer_name = args.tokenizer or (checkpoint or {}).get("tokenizer") or "gpt2"
+    tokenizer_name = args.tokenizer or (checkpoint or {}).get("tokenizer")
     dist = setup_distributed(training_config.device)  # so only rank 0 tokenises
     if not dist.is_main:
         dist.barrier()
-    corpus = tokenize_corpus(args.data, tokenizer_name=tokenizer_name)
+    data = load_data(args.data, tokenizer_name, args.val_fraction, split=args.val_split,
+                     progress=dist.is_main and not args.no_progress)
     if dist.is_main:
         dist.barrier()
-    train_tokens, val_tokens = train_val_split(corpus.tokens, args.val_fraction)
+    train_tokens, val_tokens = data.train, data.val
+    tokenizer_name, vocab_size = data.tokenizer_name, data.vocab_size
     torch.manual_seed(training_config.seed)  # the same initial weights on every rank
-    vocab_size = get_tokenizer(tokenizer_name).n_vocab
     model, model_config = build_model(args, checkpoint, vocab_size)
     if vocab_size > model_config.vocab_size:
         raise ValueError(f"tokenizer {tokenizer_name!r} has {vocab_size} ids but the model's "
@@ -185,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
               f"({model_config.number_of_layers} layers, {model_config.number_of_heads} heads, "
               f"{model_config.embedding_dimension} wide, context {model_config.context_length}); "
               f"data: {len(train_tokens):,} training / {len(val_tokens):,} validation tokens "
-              f"({tokenizer_name}); {dist.world_size} process(es) on {dist.device}")
+              f"({data.kind}, {tokenizer_name}); {dist.world_size} process(es) on {dist.device}")
     trainer = Trainer(model, training_config, train_tokens, val_tokens,
                       tokenizer_name=tokenizer_name, progress=not args.no_progress)
     history = trainer.fit(resume_from=resume_path)
