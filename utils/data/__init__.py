@@ -19,7 +19,14 @@ own training data).
 """
 
 from utils.data.batches import SPLITS, BatchLoader, TokenView, document_bounds, train_val_split
-from utils.data.load import KINDS, LoadedData, detect_kind, load_data, token_statistics
+from utils.data.load import (
+    KINDS,
+    TOKEN_FILE_KINDS,
+    LoadedData,
+    detect_kind,
+    load_data,
+    token_statistics,
+)
 from utils.data.prepare import (
     CACHE_FORMAT_VERSION,
     DEFAULT_CACHE_DIR,
@@ -36,7 +43,7 @@ CHUNK_CHARS = PIECE_BYTES
 
 __all__ = [
     "BUILTIN_SOURCE", "CACHE_FORMAT_VERSION", "CHUNK_CHARS", "DEFAULT_CACHE_DIR", "KINDS",
-    "PIECE_BYTES", "SPLITS", "UINT16_MAX_TOKEN", "BatchLoader", "LoadedData", "TokenView",
+    "PIECE_BYTES", "SPLITS", "TOKEN_FILE_KINDS", "UINT16_MAX_TOKEN", "BatchLoader", "LoadedData", "TokenView",
     "TokenizedCorpus", "check_data_path", "detect_kind", "document_bounds", "load_data",
     "load_text", "split_into_chunks", "token_statistics", "tokenize_corpus", "train_val_split",
 ]

@@ -23,6 +23,7 @@ from utils.data.batches import DEFAULT_BLOCK_TOKENS, train_val_split
 from utils.data.prepare import TokenizedCorpus, tokenize_corpus
 from utils.tokenizer import get_tokenizer
 
+TOKEN_FILE_KINDS = ("nanogpt", "llmc")  # inputs that carry their own ids and vocabulary
 KINDS = {"builtin": "built-in corpus", "text": "UTF-8 text", "huggingface": "Hugging Face dataset",
          "nanogpt": "nanoGPT train.bin/val.bin", "llmc": "llm.c token shards"}
 
@@ -45,9 +46,14 @@ class LoadedData:
     corpus: TokenizedCorpus | None = None  # for prepared text
     tokenizer: Any = None  # decodes the ids (a CharTokenizer for nanoGPT character data)
 
+    @property
+    def num_tokens(self) -> int:
+        """Training plus validation ids."""
+        return len(self.train) + len(self.val)
+
     def summary(self) -> str:
         """What was found: kind, source, documents, tokens and the split, one per line."""
-        total = len(self.train) + len(self.val)
+        total = self.num_tokens
         rows = [("kind", KINDS.get(self.kind, self.kind)), ("source", self.source),
                 ("tokenizer", f"{self.tokenizer_name} ({self.vocab_size:,} ids)")]
         if self.files:
@@ -105,7 +111,7 @@ def load_data(
     by `train_val_split(split=...)`.
     """
     kind = detect_kind(path)
-    if kind in ("nanogpt", "llmc"):
+    if kind in TOKEN_FILE_KINDS:
         return _token_files(kind, Path(path).expanduser(), tokenizer_name, val_fraction,
                             split, block_tokens)
     name = tokenizer_name or "gpt2"
