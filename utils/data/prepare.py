@@ -166,7 +166,7 @@ def _decode(decoder: Any, block: bytes, final: bool, name: str, position: int) -
                                                   position - held + error.start)) from error
 
 
-def cut_points(data: bytes | bytearray, target: int) -> int | None:
+def safe_cut(data: bytes | bytearray, target: int) -> int | None:
     """The first safe cut at or after `target` (see `_SAFE_CUT`), or None."""
     match = _SAFE_CUT.search(data, max(target - 1, 0))
     return None if match is None else match.end()
@@ -192,7 +192,7 @@ def split_pieces(blocks: Iterable[bytes], piece_bytes: int = PIECE_BYTES,
     for block in blocks:
         buffer += block
         while len(buffer) >= piece_bytes:
-            cut = cut_points(buffer, piece_bytes)
+            cut = safe_cut(buffer, piece_bytes)
             if cut is None:
                 if len(buffer) < max_piece_bytes:
                     break  # wait for more text: the next block may bring a safe point
