@@ -264,3 +264,41 @@ def test_cli_trains_on_a_nanogpt_character_folder(tmp_path, capsys):
     [checkpoint] = folder.glob("checkpoint_*.pt")
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["config"]["vocab_size"] == len(chars) and saved["tokenizer"] == "char"
+
+
+# --------------------------------------------------------------------------- the notebook
+
+
+def _cell_source(number):
+    import json
+    from pathlib import Path
+
+    notebook = json.loads((Path(__file__).parent.parent / "training.ipynb").read_text())
+    for cell in notebook["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code" and source.startswith(f"# @title Cell {number} "):
+            return source
+    raise AssertionError(f"no Cell {number} in training.ipynb")
+
+
+def test_notebook_data_cells_take_a_nanogpt_folder_and_say_what_they_found(tmp_path, capsys):
+    """Cells 6-10 as the notebook runs them, with DATA_PATH at a character-level folder."""
+    text = "the notebook reads nanoGPT data as it is. " * 20
+    chars = sorted(set(text))
+    with open(tmp_path / "meta.pkl", "wb") as handle:
+        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)),
+                     "stoi": {c: i for i, c in enumerate(chars)}}, handle)
+    ids = np.array([chars.index(c) for c in text], dtype=np.uint16)
+    ids[:700].tofile(tmp_path / "train.bin")
+    ids[700:].tofile(tmp_path / "val.bin")
+    namespace = {"DATA_PATH": str(tmp_path), "TOKENIZER": "gpt2", "BATCH_SIZE": 2,
+                 "CONTEXT_LENGTH": 8, "SEED": 0}
+    for number in (6, 7, 8, 9, 10):
+        exec(_cell_source(number), namespace)
+    out = capsys.readouterr().out
+    for expected in ("kind: nanoGPT train.bin/val.bin", f"tokenizer: char ({len(chars)} ids)",
+                     f"tokens: {len(ids):,}", "split: given: val.bin",
+                     f"train: 700 tokens | validation: {len(ids) - 700:,} tokens"):
+        assert expected in out
+    assert namespace["TOKENIZER"] == "char" and namespace["tokenizer"].n_vocab == len(chars)
+    assert namespace["train_tokens"].tolist() == ids[:700].tolist()
