@@ -11,7 +11,8 @@ per token). Each repeat runs, in turn and each in a fresh Python process:
 - ours: `tokenize_corpus` with one worker per core (read, hash, encode, write, fsync);
 - limit: tiktoken's `encode_ordinary_batch` with one thread per core on the very pieces ours
   encodes, already in memory: only the tokenizer's time, nothing read, hashed or written.
-Peak memory is each process's own peak (VmHWM); for ours, the largest worker's peak times
+CPU time is that of the process and its workers. Peak memory is each process's own peak
+(VmHWM); for ours, the largest worker's peak times
 the number of workers is added (an upper bound: the workers need not peak together). The big
 corpus (`--big-mb`) is prepared once, to show that the peak does not grow with the corpus.
 """
@@ -58,12 +59,26 @@ def make_corpus(megabytes: int, seed: int = 0) -> Path:
 # ------------------------------------------------------------------------- measured in children
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and of its finished children (the workers)."""
+    import resource
+
+    return sum(usage.ru_utime + usage.ru_stime for usage in (
+        resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def _timed(fn) -> tuple[float, object]:
+    """(wall seconds, result); the CPU seconds it used go to _LAST_CPU."""
     import time
 
-    start = time.perf_counter()
+    global _LAST_CPU
+    start, cpu = time.perf_counter(), _cpu_seconds()
     result = fn()
+    _LAST_CPU = _cpu_seconds() - cpu
     return time.perf_counter() - start, result
+
+
+_LAST_CPU = 0.0
 
 
 def before(path: str, out_dir: str) -> dict:
@@ -89,7 +104,7 @@ def before(path: str, out_dir: str) -> dict:
         return count
 
     seconds, tokens = _timed(run)
-    return {"seconds": seconds, "tokens": tokens}
+    return {"seconds": seconds, "tokens": tokens, "cpu": _LAST_CPU}
 
 
 def ours(path: str, out_dir: str, workers: int) -> dict:
@@ -101,10 +116,11 @@ def ours(path: str, out_dir: str, workers: int) -> dict:
     cache = Path(out_dir) / f"cache-{workers}"
     seconds, corpus = _timed(lambda: tokenize_corpus(path, "gpt2", cache, workers=workers,
                                                      progress=False))
+    cpu = _LAST_CPU
     hit_seconds, _ = _timed(lambda: tokenize_corpus(path, "gpt2", cache, workers=workers,
                                                     progress=False))
     worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    result = {"seconds": seconds, "tokens": len(corpus), "hit_seconds": hit_seconds,
+    result = {"seconds": seconds, "tokens": len(corpus), "hit_seconds": hit_seconds, "cpu": cpu,
               "main_peak_mb": peak_rss_mb(), "worker_peak_mb": worker_peak, "workers": workers,
               "peak_rss_mb": peak_rss_mb() + workers * worker_peak * (workers > 1)}
     shutil.rmtree(cache)
@@ -120,7 +136,7 @@ def limit(path: str, threads: int) -> dict:
     enc = get_tokenizer("gpt2")
     pieces = [piece.decode("utf-8") for piece in split_pieces(read_blocks(Path(path)))]
     seconds, ids = _timed(lambda: enc.encode_ordinary_batch(pieces, num_threads=threads))
-    return {"seconds": seconds, "tokens": sum(map(len, ids))}
+    return {"seconds": seconds, "tokens": sum(map(len, ids)), "cpu": _LAST_CPU}
 
 
 # ------------------------------------------------------------------------------------ report
@@ -146,7 +162,8 @@ def measure(megabytes: int, big_megabytes: int, repeats: int) -> dict:
             big = run_isolated("bench.data:ours", str(big_path), out_dir, cores)
             big["bytes"] = big_path.stat().st_size
     medians = {name: statistics.median(r["seconds"] for r in rs) for name, rs in runs.items()}
-    return {"runs": runs, "medians": medians, "bytes": path.stat().st_size, "big": big,
+    cpu = {name: statistics.median(r["cpu"] for r in rs) for name, rs in runs.items()}
+    return {"runs": runs, "medians": medians, "cpu": cpu, "bytes": path.stat().st_size, "big": big,
             "cores": cores, "load_average": os.getloadavg()[0]}
 
 
@@ -159,10 +176,12 @@ def report(result: dict) -> str:
     peak = max(r["peak_rss_mb"] for r in runs["ours"])
     big = result["big"]
 
+    cpu = result["cpu"]
+
     def row(label: str, name: str) -> str:
         seconds = medians[name]
         peak_mb = max(r["peak_rss_mb"] for r in runs[name])
-        return (f"| {label} | {seconds:.2f} | {size / seconds / 1e6:.1f} | "
+        return (f"| {label} | {seconds:.2f} | {cpu[name]:.1f} | {size / seconds / 1e6:.1f} | "
                 f"{tokens / seconds / 1e6:.2f} | {medians['before'] / seconds:.2f}x | "
                 f"{medians['limit'] / seconds:.0%} | {peak_mb:.0f} |")
 
@@ -177,9 +196,9 @@ def report(result: dict) -> str:
         "fresh process; peak RSS is the largest of the runs (for the worker pool: the main "
         "process plus workers x the largest worker, an upper bound).",
         "",
-        "| method | median s | MB/s | M tokens/s | vs before | of tiktoken limit | "
+        "| method | median s | CPU s | MB/s | M tokens/s | vs before | of tiktoken limit | "
         "peak RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
         row("before: one string, one process", "before"),
         row(f"ours: `tokenize_corpus`, {result['cores']} workers", "ours"),
         row("ours: `tokenize_corpus`, workers=1 (in process)", "ours_1"),
@@ -197,11 +216,17 @@ def report(result: dict) -> str:
                       f"{big['peak_rss_mb']:.0f} MB (main {big['main_peak_mb']:.0f} MB, largest "
                       f"worker {big['worker_peak_mb']:.0f} MB)."]
         peak = max(peak, big["peak_rss_mb"])
+    cores = result["cores"]
     lines += [
         "",
         f"The machine was shared with other work (1-minute load average "
         f"{result['load_average']:.1f} on {os.cpu_count()} cores at the end of the run), which "
-        "slows every method and the multi-process ones most.",
+        "slows every method and the multi-process ones most: a second core is only there when "
+        "nobody else wants it. CPU s (this process and its workers, user + system) does not "
+        f"depend on that: the worker pool spends {cpu['ours'] / cpu['before']:.2f}x the CPU of "
+        f"before (in process: {cpu['ours_1'] / cpu['before']:.2f}x), so on {cores} idle cores "
+        f"it would take about {cpu['ours'] / cores:.1f} s, {cores * cpu['before'] / cpu['ours']:.1f}x "
+        "before (an estimate from CPU time, not a measurement).",
         "",
         f"Aim: >= {AIM_OF_LIMIT:.0%} of the tiktoken limit: {of_limit:.0%}, "
         f"{'met' if of_limit >= AIM_OF_LIMIT else 'not met'}. "
