@@ -200,6 +200,20 @@ def test_datasets_is_imported_only_for_a_dataset(tmp_path):
     assert out.stdout.strip() == "[]"
 
 
+def test_unknown_hub_dataset_is_one_clear_error(tmp_path):
+    """Offline (as in every test) the hub cannot be reached: the message names the dataset
+    and what to check, instead of datasets' traceback."""
+    code = ("from utils.data import load_data\n"
+            "try:\n    load_data('hf:no-such-user/no-such-dataset?split=train')\n"
+            "except ValueError as error:\n    print(error)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_HOME": str(tmp_path / "hf-home")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True, cwd=os.path.dirname(os.path.dirname(__file__))).stdout
+    assert out.startswith("cannot load Hugging Face dataset 'no-such-user/no-such-dataset' "
+                          "(split 'train')") and "check the name, ?config= and ?split=" in out
+
+
 def test_missing_datasets_package_is_a_one_line_fix(tmp_path, monkeypatch, saved_dataset):
     folder, _ = saved_dataset
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
