@@ -178,7 +178,8 @@ OUTPUT_DIR = "outputs"  # @param {type:"string"}
 @SEED_SETTING@
 # QUICK_MODE: the tiny preset, QUICK_MODE_STEPS steps, small batches (Cell 4).
 # INIT_FROM: "scratch", an OpenAI GPT-2 name ("gpt2", "gpt2-medium", ...) or a local folder.
-# DATA_PATH: a .txt file or a folder of them; empty means the built-in corpus (no download).
+# DATA_PATH: a .txt file or folder, a nanoGPT folder, llm.c shards, hf:NAME or a save_to_disk
+#   folder (docs/08-data.md); empty means the built-in corpus (no download).
 # CHECKPOINT_DIR: empty means Google Drive in Colab, ./checkpoints elsewhere.
 # CHECKPOINT_OVERRIDE: a checkpoint file for Cell 34 to load instead of the best one.
 # RUN_ID: which run Cells 33-35 recover and load (empty: the newest; Cell 33 lists the runs).
@@ -234,30 +235,34 @@ print(f"{example!r} -> {ids} -> {tokenizer.decode(ids)!r}")
 ''')
 
 code(7, "Load and Tokenise the Corpus", '''
-# Tokenised once and cached on disk: running this again (e.g. after a crash) is instant.
-from utils.data import tokenize_corpus
+# Text is tokenised once (streaming, on every core) and cached: running this again is
+# instant. nanoGPT / llm.c token files are mapped as they are, with their own vocabulary.
+from utils.data import TOKEN_FILE_KINDS, detect_kind, load_data
 from utils.notebook import check_form, friendly_errors
 
 with friendly_errors("DATA_PATH"):  # a wrong DATA_PATH says what to pass instead
     check_form(globals(), "DATA_PATH")
-    corpus = tokenize_corpus(DATA_PATH or None, tokenizer_name=TOKENIZER)
-print(f"Source: {corpus.source}")
-print(f"Tokens: {len(corpus.tokens):,} (uint16 memmap, sha256 {corpus.sha256[:12]}...)")
+    text_tokenizer = None if detect_kind(DATA_PATH or None) in TOKEN_FILE_KINDS else TOKENIZER
+    data = load_data(DATA_PATH or None, text_tokenizer, val_fraction=0.1)
+    tokenizer, TOKENIZER = data.tokenizer, data.tokenizer_name
+print(f"Source: {data.source} ({data.kind})")
+print(f"Tokens: {data.num_tokens:,} (uint16, memory-mapped: not loaded into RAM)")
 ''')
 
-code(8, "Data Statistics", '''
-from utils.notebook import corpus_statistics
+code(8, "What Was Found", '''
+# Kind, documents, tokens and the split; then the ids most used (counted in chunks).
+from utils.data import token_statistics
 
-print(corpus_statistics(corpus, tokenizer).to_string())
+print(data.summary())
+print(token_statistics(data))
 ''')
 
 code(9, "Train / Validation Split", '''
-from utils.data import train_val_split
-from utils.notebook import friendly_errors
-
-with friendly_errors("DATA_PATH"):  # too little text for a validation split
-    train_tokens, val_tokens = train_val_split(corpus.tokens, val_fraction=0.1)
-print(f"train: {len(train_tokens):,} tokens | validation: {len(val_tokens):,} tokens")
+# Views of the memmap, never a copy. nanoGPT's val.bin / llm.c's val shards are kept; other
+# inputs give the last 10% (load_data(split="block" or "document") spreads it instead).
+train_tokens, val_tokens = data.train, data.val
+print(f"train: {len(train_tokens):,} tokens | validation: {len(val_tokens):,} tokens "
+      f"({data.split})")
 ''')
 
 code(10, "Batches", '''
