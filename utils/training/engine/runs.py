@@ -57,21 +57,24 @@ def run_fingerprint(model_config: dict[str, Any] | None, tokenizer: str | None,
 
 
 def data_sha256(*arrays: Any) -> str:
-    """sha256 of token arrays (numpy, memmap or tensor), read in 64 MB pieces."""
+    """sha256 of token arrays (numpy, memmap, tensor, or a view made of several parts such
+    as `utils.data.TokenView`), read in 64 MB pieces: never a copy of a whole corpus."""
     import numpy as np
 
     digest = hashlib.sha256()
     for array in arrays:
-        if array is None:
-            digest.update(b"none")
-            continue
-        if hasattr(array, "numpy") and not isinstance(array, np.ndarray):
-            array = array.detach().cpu().numpy()
-        flat = np.ascontiguousarray(np.asarray(array)).reshape(-1)
-        digest.update(f"{flat.dtype.str}:{flat.size};".encode())
-        step = max(1, (64 << 20) // max(1, flat.itemsize))
-        for start in range(0, flat.size, step):
-            digest.update(flat[start:start + step].tobytes())
+        parts = getattr(array, "parts", None) or [array]
+        for part in parts:
+            if part is None:
+                digest.update(b"none")
+                continue
+            if hasattr(part, "numpy") and not isinstance(part, np.ndarray):
+                part = part.detach().cpu().numpy()
+            flat = np.asarray(part).reshape(-1)
+            digest.update(f"{flat.dtype.str}:{flat.size};".encode())
+            step = max(1, (64 << 20) // max(1, flat.itemsize))
+            for start in range(0, flat.size, step):
+                digest.update(np.ascontiguousarray(flat[start:start + step]).tobytes())
     return digest.hexdigest()
 
 
