@@ -77,7 +77,7 @@ def available_checkpoints_report(infos: Sequence[Any], selected_path: str | Path
 
 
 def selection_report(path: str | Path, method: str) -> str:
-    """Which file was chosen and how (manual override / Cell 33 / best val_loss)."""
+    """Which file was chosen and how (manual override / recovered results / best val_loss)."""
     return f"📂 Selected: {_name(path)}\n🔍 Selection Method: {method[:1].upper() + method[1:]}\n"
 
 
