@@ -467,7 +467,8 @@ class Trainer:
             print(f"removed {len(removed)} unfinished checkpoint write(s) from an earlier "
                   f"run: {', '.join(p.name for p in removed)}")
         Path(config.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        self._log = MetricsLog(config.checkpoint_dir, self.run_id)
+        self._log = MetricsLog(config.checkpoint_dir, self.run_id,
+                               fallback_folder=fallback_dir_for(config.checkpoint_dir))
         return CheckpointWriter(config.checkpoint_dir, config.keep_last, config.keep_best,
                                 background=config.background_checkpointing,
                                 run_id=self.run_id)
