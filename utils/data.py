@@ -91,6 +91,10 @@ def load_text(source: str | Path | None = None) -> str:
             raise ValueError(f"all {len(files)} .txt files in {str(path)!r} are empty; "
                              "add some text to train on")
         return ENDOFTEXT.join(doc for doc in documents if doc.strip())
+    if not path.is_file():
+        raise ValueError(
+            f"data path {str(path)!r} is not a regular file (a FIFO, device or socket): "
+            "reading it could block or never end; pass a UTF-8 .txt file or a folder of them")
     text = _read_utf8(path)
     if not text.strip():
         raise ValueError(f"data file {str(path)!r} is empty ({path.stat().st_size} bytes); "

@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def format_checkpoint_table(infos: Sequence[Any]) -> str:
     """One row per checkpoint: epoch, step, train/val loss, LR, time, file."""
+    from utils.training.engine.recovery import printable_name
+
     def number(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
@@ -39,9 +41,9 @@ def format_checkpoint_table(infos: Sequence[Any]) -> str:
         when = (info.timestamp or "-")[:19].replace("T", " ")
         row = (f"{number(info.epoch, 'd'):>5} {number(info.global_step, 'd'):>8} "
                f"{number(info.train_loss, '.4f'):>10} {number(info.val_loss, '.4f'):>10} "
-               f"{number(info.learning_rate, '.2e'):>9}  {when:<19}  {info.filename}")
+               f"{number(info.learning_rate, '.2e'):>9}  {when:<19}  {printable_name(info.filename)}")
         if not getattr(info, "valid", True):
-            row += f"  [invalid: {info.error}]"
+            row += f"  [invalid: {' '.join(str(info.error).split())}]"
         lines.append(row)
     return "\n".join(lines)
 

@@ -431,13 +431,19 @@ def no_checkpoints_error(checkpoint_dir: str | Path) -> NoCheckpointsError:
 
 def resume_path(resume_from: str | Path, checkpoint_dir: str | Path = "checkpoints") -> Path:
     """The checkpoint to resume from: `resume_from` itself, or for "latest" the newest
-    valid checkpoint of the newest run in `checkpoint_dir` (`NoCheckpointsError` if none)."""
+    checkpoint of the newest run in `checkpoint_dir` that reads (a newer one that does not
+    is skipped with a `CheckpointWarning` naming it; `NoCheckpointsError` if none)."""
     if str(resume_from) != "latest":
         return Path(resume_from)
-    info = latest_checkpoint(checkpoint_dir)
-    if info is None:
-        raise no_checkpoints_error(checkpoint_dir)
-    return info.path
+    for info in resume_candidates(checkpoint_dir):
+        try:
+            load_checkpoint_file(info.path, mmap=True)  # metadata only: tensors stay on disk
+        except (CheckpointError, OSError) as error:
+            warnings.warn(f"skipping checkpoint {printable_name(str(info.path))}: {error}; "
+                          "trying the next newest", CheckpointWarning, stacklevel=2)
+            continue
+        return info.path
+    raise no_checkpoints_error(checkpoint_dir)
 
 
 # --------------------------------------------------------------------------------------
