@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -36,13 +37,21 @@ from utils.training.engine.recovery import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 240  # seconds: far above a normal run, far below "hangs forever"
 RUN = "20250101-000000-aaaaaa"
+MEMORY_LIMIT = 4 << 30
+
+
+def limit_memory() -> None:
+    """In the child: at most 4 GiB of address space, so a file that would be read without
+    end (/dev/zero) ends in a MemoryError there instead of starving the machine."""
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     """`python -m utils ...` as a user runs it; a hang fails the test at TIMEOUT."""
     try:
         return subprocess.run([sys.executable, "-m", "utils", *map(str, args)], cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=TIMEOUT)
+                              capture_output=True, text=True, timeout=TIMEOUT,
+                              preexec_fn=limit_memory)
     except subprocess.TimeoutExpired:
         pytest.fail(f"`python -m utils {' '.join(map(str, args))}` hung ({TIMEOUT} s)")
 
