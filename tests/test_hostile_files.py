@@ -379,3 +379,27 @@ def test_trainer_fit_resume_latest_falls_back_and_names_the_skipped_file(tmp_pat
     assert any(bad.name in str(w.message) for w in caught), [str(w.message) for w in caught]
     assert trainer.global_step == 4
     assert trainer.metrics_history[0]["step"] == 1  # continued the run from step 2
+
+
+# --------------------------------------------------------------------------------------
+# Data loss: retention with files the run did not write (more in tests/test_runs.py)
+# --------------------------------------------------------------------------------------
+
+def test_resuming_from_a_renamed_file_keeps_it_and_a_convert_output_beside_it(
+        tmp_path, trained_folder):
+    from utils.cli.convert import pretrained_checkpoint
+    from utils.model import GPTModel
+
+    folder = shutil.copytree(trained_folder / "ck", tmp_path / "ck", symlinks=True)
+    mine = folder / "my_model.pt"
+    shutil.copy(newest(folder), mine)
+    converted = save_checkpoint(pretrained_checkpoint(GPTModel(TINY), "gpt2", "byte"),
+                                folder / "gpt2_converted.pt")
+    before = {path: path.read_bytes() for path in (mine, converted)}
+    result = run_cli(*TRAIN, "--max-steps", "6", "--resume", mine, "--keep-last", "1",
+                     "--keep-best", "0", "--data", trained_folder / "corpus.txt")
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stdout and "step 3" in result.stdout
+    assert {path: path.read_bytes() for path in before} == before
+    ours = sorted(path.name for path in folder.glob("checkpoint_*.pt"))
+    assert len(ours) == 1 and "step000006" in ours[0]  # retention did run, on its own files

@@ -178,7 +178,12 @@ def safetensors_header(path: str | Path) -> tuple[int, dict[str, Any]]:
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         header_length = int.from_bytes(handle.read(8), "little")
-        if size < 8 or header_length > min(size - 8, SAFETENSORS_HEADER_LIMIT):
+        if size < 9 or header_length > SAFETENSORS_HEADER_LIMIT:
+            raise NotACheckpointError(
+                f"{path} is not a safetensors file: its first 8 bytes give no plausible "
+                f"header length ({header_length:,}). Fix: pass the model's .safetensors, "
+                ".bin or .pt file, or download it again.")
+        if header_length > size - 8:
             raise TruncatedCheckpointError(
                 f"{path} is a truncated safetensors file: its header claims {header_length:,} "
                 f"bytes, the file has {size:,}. Fix: copy or download it again completely.")
