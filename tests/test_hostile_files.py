@@ -15,6 +15,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -235,11 +236,24 @@ def test_data_that_is_a_fifo_or_dev_zero_is_refused(tmp_path, kind):
 
 WRONG_TYPES = {"epoch is a list": {"epoch": [1]}, "step is a string": {"global_step": "3"},
                "timestamp is a number": {"timestamp": 5}, "val_loss is text": {"val_loss": "low"},
+               "step is negative": {"global_step": -5}, "run id is a path": {"run_id": "../x"},
+               "year 1, no offset, west of UTC": {"timestamp": "0001-01-01T00:00:00"},
                "sidecar is a list": None}
 
 
+@pytest.fixture
+def west_of_utc(monkeypatch):
+    """This process's local time zone is UTC-10 (a naive year-1 time has no UTC value)."""
+    monkeypatch.setenv("TZ", "America/Adak")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
 @pytest.mark.parametrize("case", sorted(WRONG_TYPES))
-def test_a_sidecar_of_the_wrong_type_falls_back_to_the_checkpoint(tmp_path, case):
+def test_a_sidecar_of_the_wrong_type_falls_back_to_the_checkpoint(tmp_path, case,
+                                                                  west_of_utc):
     paths = three_checkpoints(tmp_path)
     change = WRONG_TYPES[case]
     meta = read_sidecar(paths[2])

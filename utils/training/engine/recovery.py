@@ -105,8 +105,8 @@ def _integer(meta: dict, key: str) -> int | None:
     value = meta.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"field {key!r} is {value!r}, not a whole number")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"field {key!r} is {str(value)[:40]!r}, not a whole number >= 0")
     return value
 
 
@@ -132,6 +132,17 @@ def _text(meta: dict, key: str, limit: int = 200) -> str | None:
     return value
 
 
+def _timestamp(meta: dict, key: str) -> str | None:
+    """ISO 8601 text that names a real moment (a naive year-1 time cannot be made aware)."""
+    value = _text(meta, key)
+    try:
+        if value is not None and parse_timestamp(value) is not None:
+            parse_timestamp(value).timestamp()
+    except (ValueError, OverflowError, OSError):
+        raise ValueError(f"field {key!r} is {value!r}, not a usable time") from None
+    return value
+
+
 def _identifier(meta: dict, key: str) -> str | None:
     value = _text(meta, key, limit=64)
     if value is not None and not set(value) <= _ID_CHARS:
@@ -149,7 +160,7 @@ def _info_from_metadata(path: Path, meta: dict[str, Any], size_bytes: int) -> Ch
         train_loss=_number(meta, "train_loss"),
         val_loss=_number(meta, "val_loss"),
         learning_rate=_number(meta, "learning_rate"),
-        timestamp=_text(meta, "timestamp"),
+        timestamp=_timestamp(meta, "timestamp"),
         size_bytes=size_bytes,
         run_id=_identifier(meta, "run_id"),
         run_fingerprint=_identifier(meta, "run_fingerprint"),
