@@ -129,6 +129,30 @@ def test_convert_on_the_command_line_writes_nothing_for_a_lying_file(tmp_path, c
     assert not (tmp_path / "out.pt").exists()
 
 
+def test_convert_refuses_a_stride_0_bin_file(tmp_path):
+    folder = hf_folder(tmp_path)
+    from safetensors.torch import load_file
+
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    state[WEIGHT] = state[WEIGHT][:1].clone().expand(16)
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(InvalidWeightsError, match="stride-0"):
+        load_openai_gpt2(folder)
+
+
+@pytest.mark.parametrize("change", [{"n_layer": [1]}, {"n_layer": "1"}, {"vocab_size": None}])
+def test_a_config_json_of_the_wrong_type_is_one_clear_error(tmp_path, change):
+    folder = hf_folder(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | change))
+    key = next(iter(change))
+    for argv in (["convert", folder, "-o", tmp_path / "out.pt"],
+                 ["load", "--checkpoint", folder / "model.safetensors", "--device", "cpu"]):
+        assert_one_error_line(run_cli(*argv), f"config.json: {key} is", "not a whole number")
+    assert not (tmp_path / "out.pt").exists()
+
+
 def nested_header(file: Path, depth: int = 100_000) -> None:
     header = b'{"a":' + b"[" * depth + b"]" * depth + b"}"
     file.write_bytes(len(header).to_bytes(8, "little") + header)

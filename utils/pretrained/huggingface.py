@@ -199,12 +199,18 @@ def _read_all(files: Iterable[Path], temporary: Callable[[str], bool] | None
 
 def check_weight(file: Path, name: str, tensor: torch.Tensor) -> None:
     """Refuse what `load` refuses: weights that are not floating point (a bool or int
-    tensor would be cast quietly) and NaN/Inf (a diverged or damaged model)."""
+    tensor would be cast quietly), stride-0 views (a small file posing as a big model) and
+    NaN/Inf (a diverged or damaged model)."""
     if not tensor.is_floating_point() or tensor.element_size() < 2:
         raise InvalidWeightsError(
             f"{file}: tensor {name} has dtype {tensor.dtype}; GPT-2 weights are float32, "
             "float16, bfloat16 or float64. Fix: the file is not a GPT-2 model's weights; use "
             "another file.")
+    if any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape,
+                                                             strict=True)):
+        raise InvalidWeightsError(
+            f"{file}: tensor {name} of shape {list(tensor.shape)} repeats one stored value "
+            "(a broadcast / stride-0 view, not real weights). Fix: use another file.")
     wide = torch.float32 if tensor.element_size() < 4 else None
     if not bool(torch.isfinite(tensor.sum(dtype=wide))) and not bool(
             torch.isfinite(tensor).all()):
