@@ -351,8 +351,8 @@ def newest(folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", UNREADABLE)
-def test_load_checkpoint_dir_falls_back_and_names_the_skipped_file(tmp_path, trained_folder,
-                                                                   kind):
+def test_recover_and_load_checkpoint_dir_fall_back_and_name_the_skipped_file(
+        tmp_path, trained_folder, kind):
     folder = shutil.copytree(trained_folder / "ck", tmp_path / "ck", symlinks=True)
     bad = newest(folder)
     sidecar = read_sidecar(bad)
@@ -360,6 +360,9 @@ def test_load_checkpoint_dir_falls_back_and_names_the_skipped_file(tmp_path, tra
     sidecar_path(bad).write_text(json.dumps(sidecar))
     (folder / "best_model.pt").unlink()
     make_unreadable(bad, kind)
+    result = run_cli("recover", "--checkpoint-dir", folder)
+    assert result.returncode == 0, result.stderr
+    assert bad.name in result.stderr and "Traceback" not in result.stderr
     result = run_cli("load", "--checkpoint-dir", folder, "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert bad.name in result.stderr and "Traceback" not in result.stderr
