@@ -194,6 +194,8 @@ CORPUS = [
      ["text file"], BOTH),
     ("JSON file", write_bytes('{"vocab_size": 50257, "n_layer": 12}'), NotACheckpointError,
      ["JSON file"], BOTH),
+    ("deeply nested JSON text", write_bytes("[" * 100_000 + "]" * 100_000), NotACheckpointError,
+     ["text file"], BOTH),
     ("checkpoint sidecar JSON", sidecar_json, NotACheckpointError, ["sidecar", "no weights"], BOTH),
     ("HTML download page", write_bytes("<!DOCTYPE html><html><body>Google Drive can't scan"),
      NotACheckpointError, ["HTML page", "download"], BOTH),

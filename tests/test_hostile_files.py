@@ -276,6 +276,15 @@ def test_wrong_type_sidecars_do_not_crash_training_at_its_first_checkpoint(tmp_p
     assert max(info.global_step for info in mine) == 2
 
 
+def test_a_deeply_nested_json_file_named_pt_is_one_invalid_entry(tmp_path):
+    paths = three_checkpoints(tmp_path)
+    (tmp_path / "nested.pt").write_text("[" * 100_000 + "]" * 100_000)
+    infos = list_checkpoints(tmp_path, include_invalid=True)
+    assert [info.path for info in infos if info.valid] == paths[::-1]
+    [odd] = [info for info in infos if not info.valid]
+    assert odd.filename == "nested.pt" and "text file" in odd.error
+
+
 def test_a_nan_val_loss_is_never_the_best(tmp_path):
     paths = three_checkpoints(tmp_path)  # val_loss 3.0, 2.0, 1.0
     worst = save_checkpoint(make_state(4, float("nan"), run_id=RUN), tmp_path)

@@ -297,7 +297,7 @@ def _describe_foreign_file(path: Path, head: bytes, size: int) -> str:
     if stripped[:1] in "{[" and size < 10_000_000:
         try:
             data = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             data = None
         if data is not None:
             if isinstance(data, dict) and {"epoch", "val_loss"} & set(data):

@@ -200,8 +200,8 @@ def _checkpoint_info(path: Path) -> tuple[CheckpointInfo, dict[str, Any] | None]
     try:
         checkpoint = load_checkpoint_file(path, mmap=True)
         return _info_from_metadata(path, checkpoint, size), None
-    except (CheckpointError, OSError) as error:
-        return _invalid(path, str(error), size), None
+    except (CheckpointError, OSError, RecursionError) as error:
+        return _invalid(path, str(error) or type(error).__name__, size), None
     except ValueError as error:
         return _invalid(path, f"its metadata is unusable: {error}", size), None
 
