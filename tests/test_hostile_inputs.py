@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +37,7 @@ from utils.training.engine.recovery import list_checkpoints
 from utils.training.engine.writer import CheckpointWriter
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+TF_FIXTURE = Path(__file__).parent / "fixtures" / "openai_tf_tiny"
 HF_TINY = ModelConfig(vocab_size=64, context_length=16, embedding_dimension=16,
                       number_of_heads=2, number_of_layers=1, dropout_rate=0.0,
                       use_attention_bias=True)
@@ -173,6 +176,51 @@ def test_a_shard_index_that_is_a_fifo_does_not_hang_convert(tmp_path):
     os.mkfifo(folder / "model.safetensors.index.json")
     assert_one_error_line(run_cli("convert", folder, "-o", tmp_path / "out.pt"),
                           "not a usable shard index")
+
+
+def tf_release(root: Path) -> Path:
+    return Path(shutil.copytree(TF_FIXTURE, root / "tf"))
+
+
+def limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+
+TF_CASES = {
+    "hparams.json is a FIFO": (lambda d: fifo(d / "hparams.json"), "not a regular file"),
+    "the index links to /dev/zero": (lambda d: dev_zero(d / "model.ckpt.index"),
+                                     "not a regular file"),
+    "the checkpoint file is a FIFO": (lambda d: fifo(d / "checkpoint"), "not a regular file"),
+    "n_layer is text": (lambda d: hparams(d, n_layer="2"), "not a whole number"),
+    "n_layer is 10^6": (lambda d: hparams(d, n_layer=10**6), "n_layer=1000000 but"),
+}
+
+
+def fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def dev_zero(path: Path) -> None:
+    path.unlink()
+    path.symlink_to("/dev/zero")
+
+
+def hparams(folder: Path, **changes) -> None:
+    values = json.loads((folder / "hparams.json").read_text())
+    (folder / "hparams.json").write_text(json.dumps(values | changes))
+
+
+@pytest.mark.parametrize("case", sorted(TF_CASES))
+def test_convert_of_a_hostile_openai_tf_folder_is_one_clear_error(tmp_path, case):
+    make, words = TF_CASES[case]
+    folder = tf_release(tmp_path)
+    make(folder)
+    result = subprocess.run([sys.executable, "-m", "utils", "convert", str(folder), "-o",
+                             str(tmp_path / "out.pt")], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=300, preexec_fn=limit_memory)
+    assert_one_error_line(result, words)
+    assert not (tmp_path / "out.pt").exists()
 
 
 # --------------------------------------------------------------------------------------
