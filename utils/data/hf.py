@@ -135,9 +135,6 @@ def _rows(dataset: Any, column: str) -> Iterator[tuple[str, list[bytes]]]:
             yield f"row {start + offset}", [(text or "").encode("utf-8")]
 
 
-def text_stream(dataset: Any, column: str) -> Any:
-    """The rows' text as a `TextStream` (no newline translation: rows are already text)."""
-    from utils.data.prepare import TextStream
-
-    return TextStream(_rows(dataset.select_columns([column]), column),
-                      translate_newlines=False, skip_blank=True)
+def text_rows(dataset: Any, column: str) -> Iterator[tuple[str, list[bytes]]]:
+    """(name, [utf-8 bytes]) per row of `column`, for `prepare.TextStream`."""
+    return _rows(dataset.select_columns([column]), column)

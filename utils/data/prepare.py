@@ -443,7 +443,10 @@ def _plan(source: str | Path | None, text_column: str | None) -> _Plan:
 
     if hf.is_hf_source(source):
         dataset, column, label, identity = hf.open_text_dataset(source, text_column)
-        return _Plan(label, lambda: hf.text_stream(dataset, column), lambda: identity)
+        # no newline translation: rows are already text
+        return _Plan(label, lambda: TextStream(hf.text_rows(dataset, column),
+                                               translate_newlines=False, skip_blank=True),
+                     lambda: identity)
     path = Path(source).expanduser()
     files = sources.text_files(path)
     stats = sources.file_stats(files)

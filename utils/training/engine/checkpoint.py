@@ -305,30 +305,46 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, create_parents: boo
     anything else is a folder, even with a dot in its name (`runs/v1.2`). An existing file
     is replaced only when it is a checkpoint (or an empty/truncated one); someone's other
     file (`corpus.txt`, a text file named `.pt`) is refused, never overwritten.
-    In a folder the checkpoint gets DESIGN.md's name and never replaces an existing file.
-    `create_parents=False` creates at most the folder itself: when a mounted drive goes
-    away, its path must fail, not be recreated on the local disk under the mount point.
+    In a folder the checkpoint gets DESIGN.md's name (`save_checkpoint_in`).
     Raises `CheckpointWriteError` when the disk is full or the folder is not writable (its
     `__cause__` is the OSError); the temporary file is removed, no earlier file is touched.
     """
     path = Path(path)
-    in_folder = _is_folder_target(path)
-    folder = path if in_folder else path.parent
+    if _is_folder_target(path):
+        return save_checkpoint_in(state, path, create_parents)
+    return _save(state, path.parent, create_parents, path,
+                 lambda: write_atomically(path, lambda handle: _torch_save(state, handle))
+                 and path)
+
+
+def save_checkpoint_in(state: dict[str, Any], folder: str | Path, create_parents: bool = True
+                       ) -> Path:
+    """Write `state` into `folder` under DESIGN.md's name, never replacing an existing file
+    (the run's suffix or a counter is added on a collision). `create_parents=False` creates
+    at most the folder itself: when a mounted drive goes away, its path must fail, not be
+    recreated on the local disk under the mount point."""
+    folder = Path(folder)
+
+    def publish() -> Path:
+        for name in _candidate_names(state):
+            if write_atomically(folder / name, lambda handle: _torch_save(state, handle),
+                                replace=False):
+                return folder / name
+        raise FileExistsError(f"every candidate name for step {state['global_step']} is "
+                              f"taken in {folder}")
+
+    return _save(state, folder, create_parents, folder / next(_candidate_names(state)), publish)
+
+
+def _save(state: dict[str, Any], folder: Path, create_parents: bool, target: Path,
+          publish) -> Path:
+    """Create the folder, `publish()` the checkpoint (returns its path), write the sidecar;
+    failures become `CheckpointWriteError` naming `target`, the file being written."""
     try:
         folder.mkdir(parents=create_parents, exist_ok=True)
-        if in_folder:
-            for name in _candidate_names(state):
-                path = folder / name
-                if write_atomically(path, lambda handle: _torch_save(state, handle),
-                                    replace=False):
-                    break
-            else:
-                raise FileExistsError(f"every candidate name for step {state['global_step']} "
-                                      f"is taken in {folder}")
-        else:
-            write_atomically(path, lambda handle: _torch_save(state, handle))
+        path = publish()
     except (OSError, RuntimeError) as error:  # torch reports short writes as RuntimeError
-        raise _write_failure(path, error) from error
+        raise _write_failure(target, error) from error
     try:
         write_sidecar(path, sidecar_metadata(state, path.name, path.stat().st_size))
     except (OSError, RuntimeError) as error:

@@ -268,7 +268,8 @@ def list_checkpoints(checkpoint_dir: str | Path = "checkpoints",
     `CheckpointWarning` naming them, or returned with `valid=False` and the reason in
     `error` when `include_invalid=True`. `best_model.pt` is listed only when the checkpoint
     it copies is no longer there. `run`: None (every run), "latest" (the newest run) or a
-    run id ("legacy" for checkpoints written before runs existed).
+    run id ("legacy" for checkpoints written before runs existed); invalid files, whose run
+    cannot be read, are listed with every run.
     """
     infos: list[CheckpointInfo] = []
     for folder, local_only in checkpoint_folders(checkpoint_dir):
@@ -279,9 +280,9 @@ def list_checkpoints(checkpoint_dir: str | Path = "checkpoints",
                           f"{info.error}", CheckpointWarning, stacklevel=2)
     if not include_invalid:
         infos = [info for info in infos if info.valid]
-    if run is not None:
-        wanted = _resolve_run(run, infos)
-        infos = [info for info in infos if info.run == wanted]
+    if run is not None:  # an invalid file's run is unknown: it stays in every run's list
+        wanted = _resolve_run(run, [info for info in infos if info.valid])
+        infos = [info for info in infos if info.run == wanted or not info.valid]
     return sorted(infos, key=_sort_key)
 
 

@@ -36,7 +36,7 @@ from utils.training.engine.checkpoint import (
     fallback_dir_for,
     fsync_directory,
     read_sidecar,
-    save_checkpoint,
+    save_checkpoint_in,
     sidecar_path,
     temp_path,
     write_sidecar,
@@ -395,8 +395,8 @@ class CheckpointWriter:
 
     def _write(self, state: dict[str, Any], is_best: bool) -> None:
         try:
-            path = save_checkpoint(state, self.checkpoint_dir,
-                                   create_parents=not self.written)
+            path = save_checkpoint_in(state, self.checkpoint_dir,
+                                      create_parents=not self.written)
         except CheckpointWriteError as error:
             path = self._write_locally(state, error)
         else:
@@ -414,7 +414,7 @@ class CheckpointWriter:
         """The checkpoint folder failed: write to the fallback folder, keep training."""
         cause = error.__cause__ or error
         try:
-            path = save_checkpoint(state, self.fallback_dir)
+            path = save_checkpoint_in(state, self.fallback_dir)
         except CheckpointWriteError as local_error:
             raise CheckpointWriteError(
                 f"could not write checkpoint step {state.get('global_step')} to "
