@@ -40,7 +40,7 @@ def training_state(preset: str) -> dict:
     from tests._ckpt_helpers import make_state
     from utils.config import ModelConfig, TrainingConfig
     from utils.model import GPTModel
-    from utils.training.engine.trainer import build_optimizer
+    from utils.training.engine.optim import build_optimizer
 
     config = ModelConfig.from_preset(preset)
     torch.manual_seed(0)
@@ -104,7 +104,7 @@ def durable_save(state: dict, folder: Path) -> float:
 
 def unprepared_first_blocked(state: dict, folder: Path) -> float:
     """Blocked time of a first checkpoint whose buffers were not preallocated."""
-    from utils.training.engine.checkpoint import CheckpointWriter
+    from utils.training.engine.writer import CheckpointWriter
 
     writer = CheckpointWriter(folder, keep_last=1, keep_best=0, background=True)
     writer.submit(state)
@@ -117,7 +117,7 @@ def unprepared_first_blocked(state: dict, folder: Path) -> float:
 def blocked_times(state: dict, folder: Path, repeats: int) -> tuple[float, list[float], float]:
     """(first submit, later submits, mean write time) with background writing on, buffers
     preallocated by `prepare` as the Trainer does after its first step."""
-    from utils.training.engine.checkpoint import CheckpointWriter
+    from utils.training.engine.writer import CheckpointWriter
 
     writer = CheckpointWriter(folder, keep_last=1, keep_best=0, background=True)
     writer.prepare(state)

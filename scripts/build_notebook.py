@@ -359,7 +359,7 @@ for temperature in (0.0, 0.8):  # greedy, then sampled (reproducible with SEED)
 code(39, "Validation Perplexity", '''
 import math
 
-from utils.training.engine.trainer import evaluate
+from utils.training.engine.evaluation import evaluate
 
 val_loss = evaluate(model, val_loader, batches=EVAL_BATCHES, device=device)
 print(f"validation loss {val_loss:.4f} | perplexity {math.exp(val_loss):.2f}")

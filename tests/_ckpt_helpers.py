@@ -17,7 +17,8 @@ TINY = ModelConfig(vocab_size=64, context_length=16, embedding_dimension=16,
 _BASE_TIME = datetime(2025, 11, 22, 6, 0, 0)
 
 
-def make_state(step: int, val_loss: float | None, seed: int = 0) -> dict:
+def make_state(step: int, val_loss: float | None, seed: int = 0, run_id: str | None = None,
+               run_fingerprint: str | None = None) -> dict:
     """A DESIGN.md-shaped checkpoint dict for a one-layer model after `step` AdamW steps."""
     torch.manual_seed(seed)
     model = GPTModel(TINY)
@@ -48,4 +49,6 @@ def make_state(step: int, val_loss: float | None, seed: int = 0) -> dict:
         "data_state": {"seed": 0, "step": step, "batch_size": 2, "context_length": 16,
                        "world_size": 1},
         "tokenizer": "byte",
+        "run_id": run_id,  # None: a checkpoint of the legacy run (written before runs)
+        "run_fingerprint": run_fingerprint,
     }

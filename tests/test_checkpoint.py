@@ -19,12 +19,11 @@ from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
     CHECKPOINT_KEYS,
     CHECKPOINT_NAME_RE,
-    CheckpointWriter,
     save_checkpoint,
     sidecar_path,
-    snapshot,
 )
 from utils.training.engine.recovery import list_checkpoints
+from utils.training.engine.writer import CheckpointWriter, snapshot
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -106,7 +105,7 @@ _FAILING_WRITE = textwrap.dedent("""
     import json, os, resource, signal, sys
     sys.path.insert(0, {repo!r})
     from tests._ckpt_helpers import make_state
-    from utils.training.engine.checkpoint import CheckpointWriter
+    from utils.training.engine.writer import CheckpointWriter
     from utils.training.engine.errors import CheckpointWriteError
 
     folder = sys.argv[1]

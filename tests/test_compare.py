@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.config import ModelConfig
+from utils.config import ModelConfig, TrainingConfig
+from utils.data import BatchLoader
 from utils.generation import generate_text
 from utils.model import GPTModel
 from utils.tokenizer import get_tokenizer
@@ -18,9 +19,9 @@ from utils.training.engine.compare import (
     compare_checkpoints,
     compare_predictions,
     plot_weight_changes,
-    validation_loss,
 )
 from utils.training.engine.errors import ArchitectureMismatchError
+from utils.training.engine.evaluation import validation_loss
 
 matplotlib.use("Agg")
 
@@ -96,14 +97,16 @@ def test_compare_predictions_side_by_side(tmp_path):
     assert list(table["checkpoint"]) == ["step1.pt", "step2.pt"]
     assert list(table["global_step"]) == [1, 2]
     for row, model in zip(table.itertuples(), models, strict=True):
-        ids = torch.as_tensor(val_tokens.astype(np.int64))
-        windows = [ids[i * 16:(i + 1) * 16 + 1] for i in range(6)]  # 2 batches of 3
+        # The one validation loss: batches 0 and 1 of the Trainer's validation loader.
+        loader = BatchLoader(val_tokens, 3, 16, seed=TrainingConfig().seed + 1)
+        batches = [loader.get_batch(i) for i in range(2)]
         with torch.no_grad():
-            losses = [F.cross_entropy(model(w[None, :-1])[0], w[1:]) for w in windows]
+            losses = [F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+                      for x, y in batches]
         assert row.val_loss == pytest.approx(torch.stack(losses).mean().item(), abs=1e-5)
         assert row.perplexity == pytest.approx(math.exp(row.val_loss))
         prompt = tokenizer.encode("the quick")
         expected = generate_text(model, prompt, 6, temperature=0)[len(prompt):]
         assert row.sample == tokenizer.decode(expected)
-    with pytest.raises(ValueError, match="validation tokens"):
+    with pytest.raises(ValueError, match="validation data has 10 tokens"):
         validation_loss(models[0], val_tokens[:10])

@@ -90,7 +90,7 @@ def test_no_gradient_work_without_autograd(monkeypatch):
 def test_trainer_loss_keeps_the_logits_path_under_autocast(monkeypatch):
     """bf16/fp16 training must not route the head through the fp32 fused kernel."""
     from utils.model import loss as loss_module
-    from utils.training.engine.trainer import language_model_loss
+    from utils.training.engine.evaluation import language_model_loss
 
     calls = []
     real = loss_module.linear_cross_entropy

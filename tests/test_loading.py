@@ -292,9 +292,9 @@ def test_mode_none_keeps_the_mode_and_dtype_is_the_models(tmp_path):
     assert torch.equal(model.final_norm.scale, make_model().final_norm.scale.bfloat16())
 
 
-def test_model_none_says_run_cell_13(tmp_path):
+def test_model_none_says_what_to_create(tmp_path):
     path = write_checkpoint(tmp_path / "c.pt", make_model())
-    with pytest.raises(ModelNotInitializedError, match="Cell 13"):
+    with pytest.raises(ModelNotInitializedError, match=r"GPTModel\(config\)"):
         load_model_weights(None, path)
 
 
@@ -420,7 +420,7 @@ def test_select_checkpoint_priorities(tmp_path):
     first, best, last = save_series(tmp_path, make_model())
     assert select_checkpoint(checkpoint_dir=tmp_path) == (best, "auto-selected best val_loss")
     results = {"checkpoint_path": str(last)}
-    assert select_checkpoint(results, tmp_path) == (last, "from Cell 33 (Checkpoint Recovery)")
+    assert select_checkpoint(results, tmp_path) == (last, "from the recovered results (best of the run)")
     # the override wins over both: a path, a file name in the folder, or a listing index
     assert select_checkpoint(results, tmp_path, override=str(first)) == (first, "manual override")
     assert select_checkpoint(results, tmp_path, override=first.name)[0] == first
@@ -434,7 +434,7 @@ def test_select_checkpoint_priorities(tmp_path):
 
 
 def test_select_checkpoint_errors(tmp_path):
-    with pytest.raises(NoCheckpointsError, match="Cell 32"):
+    with pytest.raises(NoCheckpointsError, match="python -m utils train"):
         select_checkpoint(checkpoint_dir=tmp_path)
     with pytest.raises(NoCheckpointsError):
         select_checkpoint(checkpoint_dir=tmp_path / "absent")

@@ -12,7 +12,6 @@ import torch
 from tests._ckpt_helpers import make_state
 from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
-    CheckpointWriter,
     save_checkpoint,
     sidecar_path,
 )
@@ -22,6 +21,7 @@ from utils.training.engine.recovery import (
     list_checkpoints,
     recover_training_results,
 )
+from utils.training.engine.writer import CheckpointWriter
 
 
 @pytest.fixture()

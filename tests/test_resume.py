@@ -45,14 +45,14 @@ def _kill_after_step(process: subprocess.Popen, step: int) -> None:
 
 def _kill_during_write(process: subprocess.Popen, checkpoint_dir: Path) -> Path:
     deadline = time.monotonic() + 120
-    while not list(checkpoint_dir.glob(".checkpoint_*.pt.tmp")):
+    while not list(checkpoint_dir.glob(".checkpoint_*.pt.*tmp")):
         assert process.poll() is None, "worker exited before writing a checkpoint"
         assert time.monotonic() < deadline, "no checkpoint write started"
         time.sleep(0.02)
     time.sleep(0.3)  # temporary file written and fsynced; the writer sleeps before replace
     process.send_signal(signal.SIGKILL)
     process.wait()
-    [temporary] = checkpoint_dir.glob(".checkpoint_*.pt.tmp")
+    [temporary] = checkpoint_dir.glob(".checkpoint_*.pt.*tmp")
     return temporary
 
 

@@ -14,8 +14,10 @@ from utils.model import GPTModel
 from utils.training.engine.checkpoint import CHECKPOINT_KEYS
 from utils.training.engine.distributed import unwrap_model
 from utils.training.engine.errors import ArchitectureMismatchError, NoCheckpointsError
+from utils.training.engine.evaluation import evaluate
+from utils.training.engine.optim import build_optimizer, lr_at
 from utils.training.engine.recovery import list_checkpoints
-from utils.training.engine.trainer import Trainer, build_optimizer, evaluate, lr_at
+from utils.training.engine.trainer import Trainer
 
 TINY = ModelConfig(vocab_size=64, context_length=16, embedding_dimension=32, number_of_heads=2,
                    number_of_layers=2, dropout_rate=0.0)

@@ -288,8 +288,7 @@ def load_weights_cell(namespace: Mapping[str, Any], checkpoint_dir: str | Path,
     (or, where widgets cannot render, the table) and loads when Load is clicked.
     """
     from utils.training.engine.errors import ModelNotInitializedError
-    from utils.training.engine.loading import select_checkpoint
-    from utils.training.engine.recovery import list_checkpoints
+    from utils.training.engine.recovery import list_checkpoints, select_checkpoint
 
     model = namespace.get("model")
     if model is None:

@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from utils.config import ModelConfig
     from utils.reports import full_load_report
-    from utils.training.engine.loading import load_pretrained_model, select_checkpoint
+    from utils.training.engine.loading import load_pretrained_model
+    from utils.training.engine.recovery import select_checkpoint
 
     infos = None
     if args.checkpoint_dir:

@@ -86,7 +86,8 @@ def _resume_source(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None
     """(checkpoint path, its contents) for --resume, else (None, None)."""
     if args.resume is None:
         return None, None
-    from utils.training.engine.recovery import load_checkpoint_file, resume_path
+    from utils.training.engine.checkpoint import load_checkpoint_file
+    from utils.training.engine.recovery import resume_path
 
     path = resume_path(args.resume, args.checkpoint_dir or "checkpoints")
     return path, load_checkpoint_file(path, mmap=True)

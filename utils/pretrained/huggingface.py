@@ -28,6 +28,8 @@ import torch
 
 from utils.config import GPT2_CONFIGS, PRESET_ALIASES, ModelConfig
 from utils.model import GPTModel, meta_skeleton
+from utils.pretrained.foreign import hf_config_to_model_config
+from utils.pretrained.foreign import infer_config as infer_foreign_config
 from utils.pretrained.mapping import (
     WeightMappingError,
     convert_custom_to_hf,
@@ -46,6 +48,7 @@ from utils.training.engine.errors import (
     CorruptCheckpointError,
     UnsafeCheckpointError,
 )
+from utils.training.engine.reading import read_json_file
 
 HUB_REPOS = {"small": "openai-community/gpt2", "medium": "openai-community/gpt2-medium",
              "large": "openai-community/gpt2-large", "xl": "openai-community/gpt2-xl"}
@@ -287,32 +290,19 @@ def hf_tensor_shapes(files: Iterable[Path]) -> dict[str, tuple[int, ...]]:
 
 def read_hf_config(folder: Path) -> ModelConfig | None:
     """ModelConfig from a HF `config.json` in `folder`, or None if there is none."""
-    path = folder / "config.json"
-    if not path.exists():
-        return None
-    hf = json.loads(path.read_text())
-    return ModelConfig(vocab_size=hf["vocab_size"],
-                       context_length=hf.get("n_positions", hf.get("n_ctx", 1024)),
-                       embedding_dimension=hf["n_embd"], number_of_heads=hf["n_head"],
-                       number_of_layers=hf["n_layer"],
-                       dropout_rate=hf.get("resid_pdrop", 0.1), use_attention_bias=True)
+    hf = read_json_file(folder / "config.json")
+    return ModelConfig.from_dict(hf_config_to_model_config(hf)) if isinstance(hf, dict) else None
 
 
 def infer_config(shapes: dict[str, tuple[int, ...]]) -> ModelConfig:
-    """ModelConfig from tensor shapes alone; the head count comes from the GPT-2 preset of
-    the same width and depth (it cannot be read from shapes)."""
-    shapes = {normalize_hf_key(k): v for k, v in shapes.items()}
-    vocab, width = shapes["transformer.wte.weight"]
-    context = shapes["transformer.wpe.weight"][0]
-    layers = sum(1 for k in shapes if k.endswith(".ln_1.weight"))
-    for preset in GPT2_CONFIGS.values():
-        if (preset.embedding_dimension, preset.number_of_layers) == (width, layers):
-            return ModelConfig(vocab, context, width, preset.number_of_heads, layers,
-                               preset.dropout_rate, True)
-    raise ArchitectureMismatchError(
-        f"weights of width {width} and {layers} layers match no GPT-2 size, so the number of "
-        "heads is unknown; put the model's config.json next to the weights"
-    )
+    """ModelConfig from HF tensor shapes alone (`foreign.infer_config`'s rule)."""
+    config, _ = infer_foreign_config(shapes, naming="huggingface")
+    if config is None:
+        raise ArchitectureMismatchError(
+            "these weights match no GPT-2 size (width and depth), so the number of heads is "
+            "unknown; put the model's config.json next to the weights"
+        )
+    return ModelConfig.from_dict(config)
 
 
 def expected_hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:

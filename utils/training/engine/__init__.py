@@ -11,7 +11,7 @@ from typing import Any
 
 _EXPORTS = {
     "Trainer": "trainer",
-    "CheckpointWriter": "checkpoint",
+    "CheckpointWriter": "writer",
     "save_checkpoint": "checkpoint",
     "checkpoint_filename": "checkpoint",
     "CheckpointInfo": "recovery",
@@ -19,9 +19,10 @@ _EXPORTS = {
     "list_checkpoints": "recovery",
     "latest_checkpoint": "recovery",
     "recover_training_results": "recovery",
+    "list_runs": "recovery",
+    "select_checkpoint": "recovery",
     "load_pretrained_model": "loading",
     "load_model_weights": "loading",
-    "select_checkpoint": "loading",
     "CheckpointError": "errors",
     "CheckpointWriteError": "errors",
     "CorruptCheckpointError": "errors",
@@ -29,6 +30,8 @@ _EXPORTS = {
     "UnsafeCheckpointError": "errors",
     "ArchitectureMismatchError": "errors",
     "ModelNotInitializedError": "errors",
+    "TrainingDivergedError": "errors",
+    "validation_loss": "evaluation",
 }
 
 __all__ = sorted(_EXPORTS)

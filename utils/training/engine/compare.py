@@ -20,7 +20,11 @@ import torch
 from torch import nn
 
 from utils.training.engine.errors import ArchitectureMismatchError
+from utils.training.engine.evaluation import validation_loss, validation_settings
 from utils.training.engine.loading import inspect_checkpoint, load_pretrained_model
+
+# The Trainer's validation windows with the default training seed (evaluation.py).
+VALIDATION_SEED = validation_settings()["seed"]
 
 
 def _state_dict(source: Any, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
@@ -88,40 +92,12 @@ def plot_weight_changes(table, top: int | None = None, title: str = "Relative we
     return figure
 
 
-@torch.no_grad()
-def validation_loss(model: nn.Module, tokens: Any, context_length: int | None = None,
-                    batch_size: int = 8, max_batches: int | None = 10) -> float:
-    """Mean next-token cross-entropy over consecutive, non-overlapping windows of `tokens`
-    (the same windows for every model, so losses compare fairly)."""
-    context = min(context_length or model.config.context_length, model.config.context_length)
-    ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
-    windows = (len(ids) - 1) // context
-    if windows < 1:
-        raise ValueError(f"need more than {context} validation tokens, got {len(ids)}")
-    if max_batches is not None:
-        windows = min(windows, max_batches * batch_size)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        for start in range(0, windows, batch_size):
-            rows = range(start, min(start + batch_size, windows))
-            x = torch.stack([ids[r * context:(r + 1) * context] for r in rows]).to(device)
-            y = torch.stack([ids[r * context + 1:(r + 1) * context + 1] for r in rows]).to(device)
-            _, loss = model(x, y, return_logits=False)  # fused head + loss: no logits
-            total += loss.item() * len(rows)
-            count += len(rows)
-    finally:
-        model.train(was_training)
-    return total / count
-
-
 def compare_predictions(paths: Sequence[str | Path], val_tokens: Any, tokenizer: Any,
                         prompt: str, max_new_tokens: int = 20, context_length: int | None = None,
-                        batch_size: int = 8, max_batches: int | None = 10,
+                        batch_size: int = 8, max_batches: int = 20,
                         device: str | torch.device | None = None, temperature: float = 0.0,
-                        seed: int | None = 0, trust_checkpoint: bool = False):
+                        seed: int | None = 0, trust_checkpoint: bool = False,
+                        validation_seed: int = VALIDATION_SEED):
     """One row per checkpoint: step, val_loss, perplexity and a continuation of `prompt`.
 
     Models are loaded one at a time (memory: one model). `temperature=0` (greedy) makes the
@@ -136,7 +112,8 @@ def compare_predictions(paths: Sequence[str | Path], val_tokens: Any, tokenizer:
     for path in paths:
         model, checkpoint = load_pretrained_model(path, device=device,
                                                   trust_checkpoint=trust_checkpoint)
-        loss = validation_loss(model, val_tokens, context_length, batch_size, max_batches)
+        loss = validation_loss(model, val_tokens, batches=max_batches, batch_size=batch_size,
+                               seed=validation_seed, context_length=context_length)
         output = generate_text(model, prompt_ids, maximum_new_tokens=max_new_tokens,
                                temperature=temperature, seed=seed)
         rows.append({"checkpoint": Path(path).name, "global_step": checkpoint.get("global_step"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -57,6 +58,14 @@ class DistributedContext:
         tensor = torch.tensor([int(flag)], device=self._comm_device())
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return bool(tensor.item())
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's `value` on every rank (a new run's id must be the same everywhere)."""
+        if not self.enabled:
+            return value
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """DistributedDataParallel around `model` (which is returned as is without DDP)."""

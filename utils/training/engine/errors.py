@@ -64,3 +64,11 @@ class CheckpointConfigError(CorruptCheckpointError):
 
 class InvalidWeightsError(CorruptCheckpointError):
     """The weights hold NaN/Inf or are not floating point."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or Inf; no checkpoint was written from that state."""
+
+
+class RunInUseError(CheckpointError):
+    """Another process is training the same run in the same folder right now."""

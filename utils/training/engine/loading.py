@@ -23,10 +23,6 @@ atomically, which is safe); `load_model_weights` always copies.
 from __future__ import annotations
 
 import contextlib
-import json
-import pickle
-import re
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,20 +34,20 @@ from torch import nn
 
 from utils.config import ConfigError, ModelConfig
 from utils.model import GPTModel, meta_skeleton
+from utils.pretrained.foreign import RecognizedCheckpoint, recognize
 from utils.training.engine.distributed import default_device
 from utils.training.engine.errors import (
     ArchitectureMismatchError,
     CheckpointConfigError,
     CheckpointError,
-    CheckpointNotFoundError,
     CorruptCheckpointError,
     InvalidWeightsError,
     ModelNotInitializedError,
     NoCheckpointsError,
-    TruncatedCheckpointError,
     UnsafeCheckpointError,
 )
-from utils.training.engine.formats import RecognizedCheckpoint, recognize, sniff_file
+from utils.training.engine.reading import read_checkpoint, read_hf_config_beside
+from utils.training.engine.recovery import select_checkpoint  # noqa: F401  (public here too)
 
 __all__ = [
     "ArchitectureMismatchError", "CheckpointError", "CorruptCheckpointError", "LoadReport",
@@ -59,6 +55,7 @@ __all__ = [
     "inspect_checkpoint", "load_model_weights", "load_pretrained_model", "read_checkpoint",
     "resolve_device", "select_checkpoint",
 ]
+
 
 MODES = ("eval", "train")
 # Config fields that change tensor shapes or which tensors exist (dropout does not).
@@ -87,131 +84,13 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return device
 
 
-# ---------------------------------------------------------------------------------------
-# Reading: bytes -> Python objects, without running code
-# ---------------------------------------------------------------------------------------
-
-def read_checkpoint(path: str | Path, trust_checkpoint: bool = False,
-                    mmap: bool = True) -> Any:
-    """The object a checkpoint file holds, read safely onto the CPU.
-
-    The file's kind comes from its first bytes (`sniff_file`); torch zip archives are
-    memory-mapped (unless `mmap=False`), so tensors that are never used are never read
-    from disk.
-    """
-    path = Path(path)
-    kind = sniff_file(path)
-    if kind == "safetensors":
-        return _read_safetensors(path)
-    if trust_checkpoint:
-        warnings.warn(
-            f"trust_checkpoint=True: loading {path} with weights_only=False, which runs any "
-            "code its pickle contains. Only do this for files you made or fully trust.",
-            stacklevel=3)
-    if kind == "pickle":
-        if not trust_checkpoint:
-            raise UnsafeCheckpointError(
-                f"{path} is a plain Python pickle (written by pickle.dump, not torch.save); "
-                "a pickle can run arbitrary code when loaded, so it was not opened. Fix: if "
-                "you made this file or trust its source, pass trust_checkpoint=True "
-                "(--trust-checkpoint on the command line), then re-save it with torch.save.")
-        with open(path, "rb") as handle:
-            return _translate_errors(path, lambda: pickle.load(handle))
-    def load(readable: Path, mmap: bool) -> Any:
-        return torch.load(readable, map_location="cpu", weights_only=not trust_checkpoint,
-                          mmap=mmap)
-
-    with _name_torch_will_not_redirect(path) as readable:
-        mmap = mmap and kind == "zip"  # torch's legacy format cannot be memory-mapped
-        try:
-            return _translate_errors(path, lambda: load(readable, mmap))
-        except CorruptCheckpointError:
-            if not mmap:
-                raise
-            # Some network file systems (FUSE mounts) cannot mmap: read once more normally;
-            # a really damaged file fails again, with the error of the plain read.
-            return _translate_errors(path, lambda: load(readable, False))
-
-
-@contextlib.contextmanager
-def _name_torch_will_not_redirect(path: Path) -> Iterator[Path]:
-    """`torch.load` hands any `*.safetensors` path to safetensors, by name. A torch file
-    misnamed so is read through a temporary `.pt` symlink (the memory map outlives it)."""
-    if not path.name.endswith(".safetensors"):
-        yield path
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        link = Path(folder) / "checkpoint.pt"
-        link.symlink_to(path.resolve())
-        yield link
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CorruptCheckpointError(
-            f"{path} looks like a safetensors file but cannot be read ({error}). Fix: copy "
-            "or download it again.") from error
-
-
-_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
-
-
-def _translate_errors(path: Path, load: Any) -> Any:
-    """Run `load()`, turning torch's and pickle's exceptions into our errors."""
-    try:
-        return load()
-    except pickle.UnpicklingError as error:
-        text = str(error)
-        found = _UNSAFE_GLOBAL.search(text)
-        if found or "Weights only load failed" in text:
-            what = f"a Python object of type {found.group(1)}" if found else "pickle instructions"
-            raise UnsafeCheckpointError(
-                f"{path} contains {what} that could run code when loaded, so it was refused "
-                "(weights_only=True) and nothing in it ran. Fix: if you made this file or "
-                "trust its source, pass trust_checkpoint=True (--trust-checkpoint), then "
-                "re-save it with plain dicts and tensors (ModelConfig.to_dict(), not the "
-                "dataclass), which loads safely.") from None
-        raise CorruptCheckpointError(
-            f"{path} is damaged: its pickle cannot be read ({text[:200]}). Fix: use another "
-            "checkpoint or copy this one again.") from error
-    except (EOFError, RuntimeError, ValueError, OSError) as error:
-        text = str(error)
-        if isinstance(error, EOFError) or "central directory" in text or "truncated" in text:
-            raise TruncatedCheckpointError(
-                f"{path} ends early: it was cut off while being written, copied or "
-                f"downloaded ({text[:160] or type(error).__name__}). Fix: copy it again or "
-                "choose another checkpoint.") from error
-        raise CorruptCheckpointError(
-            f"{path} could not be read ({type(error).__name__}: {text[:200]}). Fix: use "
-            "another checkpoint or copy this one again.") from error
-    except Exception as error:  # a damaged pickle can raise nearly anything
-        raise CorruptCheckpointError(
-            f"{path} is damaged ({type(error).__name__}: {str(error)[:200]}). Fix: use "
-            "another checkpoint or copy this one again.") from error
-
-
-def _hf_config_beside(path: Path) -> dict | None:
-    """A Hugging Face config.json in the same folder (save_pretrained writes one)."""
-    candidate = path.parent / "config.json"
-    try:
-        data = json.loads(candidate.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("model_type") == "gpt2" else None
-
-
 def inspect_checkpoint(path: str | Path, trust_checkpoint: bool = False,
                        config: ModelConfig | dict | None = None) -> RecognizedCheckpoint:
     """Read a checkpoint and recognise its format; the state dict uses GPTModel's names."""
     path = Path(path)
     payload = read_checkpoint(path, trust_checkpoint)
     fallback = config.to_dict() if isinstance(config, ModelConfig) else config
-    return recognize(payload, hf_config=_hf_config_beside(path), fallback_config=fallback)
+    return recognize(payload, hf_config=read_hf_config_beside(path), fallback_config=fallback)
 
 
 # ---------------------------------------------------------------------------------------
@@ -326,30 +205,64 @@ def _raise_mismatch(report: LoadReport) -> None:
     raise ArchitectureMismatchError(
         f"Model architecture mismatch: {report.path} does not fit this model. "
         + ". ".join(parts) + ". Fix: build the model from the checkpoint's own config "
-        "(load_pretrained_model(path) does this), or make Cell 13's config match the "
+        "(load_pretrained_model(path) does this), or make the model's config match the "
         "training config, or load a checkpoint of this architecture; for transfer learning "
         "pass strict=False to load only the tensors that fit (a report lists the rest).")
 
 
+# Weights must be one of these; float64 is accepted and cast to the model's dtype.
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
 def check_weights(tensors: dict[str, torch.Tensor], path: str) -> None:
-    """Refuse integer weights and NaN/Inf: a diverged run's checkpoint must not load quietly."""
+    """Refuse what would load quietly and be wrong: weights that are not float16/32/64 or
+    bfloat16 (a bool tensor would load as all 1.0; fp8 crashes the first forward), tensors
+    whose storage is smaller than their shape (stride-0 views: a small file posing as a
+    huge model), and NaN/Inf (a diverged run's checkpoint)."""
     unique: dict[int, tuple[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         unique.setdefault(id(tensor), (key, tensor))  # a tied pair is checked once
     for key, tensor in unique.values():
-        if not (tensor.is_floating_point() or tensor.dtype == torch.bool):
+        if tensor.dtype not in WEIGHT_DTYPES:
             raise InvalidWeightsError(
-                f"{path}: tensor {key} has dtype {tensor.dtype}; weights must be floating "
-                "point. Fix: the file was not written from a trained model's state_dict(); "
-                "use another checkpoint.")
+                f"{path}: tensor {key} has dtype {tensor.dtype}; weights must be float32, "
+                "float16, bfloat16 or float64. Fix: the file was not written from a trained "
+                "model's state_dict(); use another checkpoint.")
+        if _storage_too_small(tensor):
+            raise InvalidWeightsError(
+                f"{path}: tensor {key} claims shape {list(tensor.shape)} but stores only "
+                f"{tensor.untyped_storage().nbytes():,} bytes (a broadcast / stride-0 view, "
+                "not real weights). Fix: save real tensors (model.state_dict()); use "
+                "another checkpoint.")
     with _one_thread():
-        bad = [key for key, tensor in unique.values()
-               if tensor.is_floating_point() and not _all_finite(tensor)]
+        bad = [key for key, tensor in unique.values() if not _all_finite(tensor)]
     if bad:
         raise InvalidWeightsError(
             f"{path}: {len(bad)} tensor(s) hold NaN or Inf values ({_listed(bad)}); training "
             "had diverged when this checkpoint was saved. Fix: load an earlier checkpoint "
             "(list_checkpoints shows them), and lower the learning rate for the next run.")
+
+
+def _storage_too_small(tensor: torch.Tensor) -> bool:
+    if tensor.numel() <= 1:
+        return False
+    if any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape,
+                                                             strict=True)):
+        return True
+    return tensor.untyped_storage().nbytes() < tensor.numel() * tensor.element_size()
+
+
+def check_layer_count(config: ModelConfig, state_dict: dict[str, torch.Tensor],
+                      path: str) -> None:
+    """Compare the config's depth with the blocks in the file before any module is built:
+    building costs time per layer, so a config asking for 10^5 layers next to a one-layer
+    state dict must fail here, not after minutes. (Other shapes are checked key by key.)"""
+    blocks = {key.split(".")[1] for key in state_dict if key.startswith("transformer_blocks.")}
+    if config.number_of_layers != len(blocks):
+        raise ArchitectureMismatchError(
+            f"Model architecture mismatch: {path}'s config has number_of_layers="
+            f"{config.number_of_layers} but its weights hold {len(blocks)} blocks. Fix: use "
+            "another checkpoint, or pass config=ModelConfig(...) matching the weights.")
 
 
 @contextlib.contextmanager
@@ -435,11 +348,16 @@ def load_pretrained_model(checkpoint_path: str | Path, device: str | torch.devic
     path = Path(checkpoint_path)
     recognized = inspect_checkpoint(path, trust_checkpoint, config)
     model_config = _model_config(recognized, config, str(path))
+    check_layer_count(model_config, recognized.state_dict, str(path))
     model = meta_skeleton(model_config)  # shapes only: no memory, no init
     state_dict, report = match_state_dict(recognized, model, str(path))
     if not report.complete:
         _raise_mismatch(report)
     check_weights(state_dict, str(path))
+    if any(tensor.dtype == torch.float64 for tensor in state_dict.values()):
+        state_dict = {key: tensor.float() if tensor.dtype == torch.float64 else tensor
+                      for key, tensor in state_dict.items()}
+        recognized.notes.append("float64 weights were cast to float32")
     model.load_state_dict(state_dict, strict=True, assign=True)
     model.tie_weights()  # assign=True gave the head its own Parameter object
     leftover = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
@@ -472,9 +390,9 @@ def load_model_weights(model: nn.Module | None, checkpoint_path: str | Path,
     if model is None:
         raise ModelNotInitializedError(
             "Model instance not found: there is no model to load weights into. Fix: "
-            "1. run Cell 13 (Initialize Model) to create the 'model' variable, "
-            "2. re-run this cell. (Or use load_pretrained_model(path), which builds the "
-            "model from the checkpoint's config.)")
+            "create the model first (GPTModel(config)) and load into it, or use "
+            "load_pretrained_model(path), which builds the model from the checkpoint's "
+            "config.")
     _check_mode(mode)
     target = resolve_device(device)
     path = Path(checkpoint_path)
@@ -546,64 +464,3 @@ def _swap_in(model: nn.Module, staged: list) -> None:
                 parameter.grad = new_grad
         else:
             module._buffers[name] = new
-
-
-# ---------------------------------------------------------------------------------------
-# Choosing which checkpoint to load
-# ---------------------------------------------------------------------------------------
-
-METHOD_OVERRIDE = "manual override"
-METHOD_RECOVERY = "from Cell 33 (Checkpoint Recovery)"
-METHOD_BEST = "auto-selected best val_loss"
-
-
-def select_checkpoint(results: dict | None = None, checkpoint_dir: str | Path = "checkpoints",
-                      override: str | Path | int | None = None,
-                      infos: list | None = None) -> tuple[Path, str]:
-    """`(path, method)`: a manual override wins, then `results["checkpoint_path"]`
-    (Cell 33's choice), then the best of `list_checkpoints(checkpoint_dir)` by val_loss.
-
-    `override` may be a path, a file name inside `checkpoint_dir`, or an index into the
-    listing (as printed by `available_checkpoints_report`). `infos`: that listing, when
-    the caller has it already (the folder is then not listed again).
-    """
-    from utils.training.engine.recovery import list_checkpoints
-
-    folder = Path(checkpoint_dir)
-
-    def listing() -> list:
-        return infos if infos is not None else (
-            list_checkpoints(folder) if folder.is_dir() else [])
-
-    if override is not None and override != "":
-        return _resolve_override(override, folder, listing()), METHOD_OVERRIDE
-    recovered = (results or {}).get("checkpoint_path")
-    if recovered and Path(recovered).is_file():
-        return Path(recovered), METHOD_RECOVERY
-    infos = listing()
-    if not infos:
-        raise NoCheckpointsError(
-            f"No checkpoints found in {folder}/. Fix: 1. run Cell 32 (Run Training) to "
-            "create checkpoints, 2. or run Cell 33 (Checkpoint Recovery) / set CHECKPOINT_DIR "
-            "to the folder that holds them.")
-    method = METHOD_BEST
-    if recovered:
-        method += f" (Cell 33's {Path(recovered).name} no longer exists)"
-    return Path(infos[0].path), method
-
-
-def _resolve_override(override: str | Path | int, folder: Path, infos: list) -> Path:
-    text = str(override).strip()
-    if isinstance(override, int) or text.isdigit():
-        index = int(text)
-        if 0 <= index < len(infos):
-            return Path(infos[index].path)
-    else:
-        for candidate in (Path(text).expanduser(), folder / text):
-            if candidate.is_file():
-                return candidate
-    choices = [f"[{i}] {info.filename}" for i, info in enumerate(infos)]
-    raise CheckpointNotFoundError(
-        f"Checkpoint override {override!r} matches no file (not a path, not a file name in "
-        f"{folder}/, not an index 0..{len(infos) - 1}). Fix: set the override to one of: "
-        f"{', '.join(choices) if choices else '(no checkpoints in ' + str(folder) + ')'}.")

@@ -7,6 +7,10 @@ per-interval training-loss average restarts at each checkpoint (nothing half-acc
 lost on resume). A resumed run restores model, optimizer, scheduler, scaler, every RNG,
 the data position and the history, and continues bit for bit like an uninterrupted one.
 
+Runs (see `runs.py`): `fit()` resumes by default. If the checkpoint folder's newest run
+with the same fingerprint is unfinished it continues exactly; if it finished, nothing is
+trained; otherwise a new run starts, and other runs' files are never touched.
+
 The same code runs in one process and under `torchrun` (see `distributed.py`): each rank
 trains on its slice of every batch, gradients are averaged by DDP, rank 0 writes checkpoints.
 """
@@ -15,27 +19,24 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from utils.config import ModelConfig, TrainingConfig
+from utils.config import TrainingConfig
 from utils.data import BatchLoader
-from utils.model import GPTModel
 from utils.training.engine.checkpoint import (
     FORMAT_VERSION,
-    CheckpointWriter,
-    read_best_val_loss,
-    remove_stale_temp_files,
+    fallback_dir_for,
+    load_checkpoint_file,
+    model_config_dict,
+    read_sidecar,
+    timestamp_now,
 )
 from utils.training.engine.distributed import (
     DistributedContext,
@@ -46,146 +47,36 @@ from utils.training.engine.distributed import (
 )
 from utils.training.engine.errors import (
     ArchitectureMismatchError,
+    CheckpointError,
     CheckpointWriteError,
+    NoCheckpointsError,
+    RunInUseError,
+    TrainingDivergedError,
 )
-from utils.training.engine.recovery import load_checkpoint_file, resume_path
+from utils.training.engine.evaluation import (  # noqa: F401  (names once defined here)
+    VALIDATION_SEED_OFFSET,
+    evaluate,
+    language_model_loss,
+    logits_of,
+    perplexity,
+)
+from utils.training.engine.optim import build_optimizer, lr_at
+from utils.training.engine.recovery import (
+    CheckpointWarning,
+    plan_resume,
+    resume_candidates,
+)
+from utils.training.engine.rng import rng_state, seed_everything, set_rng_state
+from utils.training.engine.runs import (
+    MetricsLog,
+    RunLock,
+    data_sha256,
+    new_run_id,
+    run_fingerprint,
+)
+from utils.training.engine.writer import CheckpointWriter, remove_stale_temp_files
 
 Callback = Callable[[dict[str, Any]], None]
-
-
-# --------------------------------------------------------------------------------------
-# Pieces that do not need a Trainer
-# --------------------------------------------------------------------------------------
-
-def logits_of(output: Any) -> torch.Tensor:
-    """Logits from a model's output: a tensor (GPTModel), `.logits` (Hugging Face), or a
-    tuple whose first element is the logits."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if hasattr(output, "logits"):
-        return output.logits
-    if isinstance(output, (tuple, list)):
-        return output[0]
-    raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}")
-
-
-def language_model_loss(model: nn.Module, inputs: torch.Tensor,
-                        targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of `model(inputs)` against `targets`.
-
-    A GPTModel (bare or DDP-wrapped) in fp32 computes it with its fused head + loss, which
-    never materialises the `[batch, context, vocab]` logits (bench/train.py). Under bf16/fp16
-    autocast the plain path is kept: the fused one does its products in fp32, which on a
-    GPU would give up the tensor cores. Other models (Hugging Face's) give logits and
-    `F.cross_entropy` takes it from there.
-    """
-    fused = not torch.is_autocast_enabled(inputs.device.type)
-    if fused and isinstance(getattr(model, "module", model), GPTModel):
-        return model(inputs, targets, return_logits=False)[1]
-    logits = logits_of(model(inputs))
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader, batches: int = 20,
-             device: str | torch.device | None = None,
-             autocast: contextlib.AbstractContextManager | None = None) -> float:
-    """Mean loss over batches 0..batches-1 of `loader` (the same batches every call).
-
-    The model is put in eval mode (no dropout) and restored to its previous mode.
-    """
-    device = torch.device(device) if device else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    try:
-        for index in range(batches):
-            inputs, targets = loader.get_batch(index)
-            with autocast or contextlib.nullcontext():
-                loss = language_model_loss(model, inputs.to(device), targets.to(device))
-            total += loss.item()
-    finally:
-        model.train(was_training)
-    return total / batches
-
-
-def lr_at(step: int, config: TrainingConfig, total_steps: int) -> float:
-    """Learning rate of optimizer step `step` (0-based): linear warm-up, then cosine decay
-    from `learning_rate` to `min_learning_rate` at `total_steps`."""
-    peak, floor = config.learning_rate, config.min_learning_rate
-    if step < config.warmup_steps:
-        return peak * (step + 1) / config.warmup_steps
-    decay_steps = max(1, total_steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / decay_steps)
-    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
-
-
-def build_optimizer(model: nn.Module, config: TrainingConfig,
-                    device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices and embeddings only (dim >= 2), not on biases
-    and LayerNorm parameters.
-
-    The fused kernel is used on CUDA and on the CPU (torch >= 2.4): on the CPU the default
-    per-tensor loop was ~14x slower and a fifth of a training step (bench/train.py).
-    """
-    params = [p for p in model.parameters() if p.requires_grad]  # the tied head counts once
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    if device.type in ("cuda", "cpu"):
-        try:
-            return torch.optim.AdamW(groups, lr=config.learning_rate, betas=config.betas,
-                                     fused=True)
-        except (RuntimeError, ValueError):
-            pass  # no fused kernel for this device or dtype in this torch
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=config.betas)
-
-
-def rng_state() -> dict[str, Any]:
-    """Every RNG the training loop may draw from, as plain types and ByteTensors."""
-    version, internal, gauss_next = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": [version, list(internal), gauss_next],
-        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def model_config_dict(model: nn.Module) -> dict[str, Any]:
-    """The checkpoint's `config`: `ModelConfig.to_dict()` for a GPTModel.
-
-    Any other model (e.g. Hugging Face's GPT2LMHeadModel) gets its own config as plain
-    JSON types plus `"architecture": <class name>`; `ModelConfig.from_dict` rejects such a
-    dict on purpose, since it does not describe a GPTModel.
-    """
-    config = getattr(model, "config", None)
-    if isinstance(config, ModelConfig):
-        return config.to_dict()
-    import json
-
-    raw = config.to_dict() if hasattr(config, "to_dict") else {}
-    plain = json.loads(json.dumps(raw, default=str))
-    plain["architecture"] = type(model).__name__
-    return plain
 
 
 def _check_fits(model: nn.Module, state: dict[str, Any], path: Path) -> None:
@@ -229,12 +120,15 @@ class Trainer:
     from which a loader is built with `config.batch_size` and the model's context length.
     `callbacks` are called on rank 0 with each evaluation's metrics dict (e.g. a
     `utils.plots.LiveLossPlot`). `tokenizer_name` is recorded in checkpoints.
+    `data_sha256`: the corpus's hash when the caller knows it (part of the run's
+    fingerprint); otherwise the token arrays are hashed once when a run needs it.
     """
 
     def __init__(self, model: nn.Module, config: TrainingConfig | None = None,
                  train_data: BatchLoader | Any = None, val_data: BatchLoader | Any = None, *,
                  callbacks: Callback | Iterable[Callback] | None = (), tokenizer_name: str | None = None,
-                 context_length: int | None = None, progress: bool = True) -> None:
+                 context_length: int | None = None, progress: bool = True,
+                 data_sha256: str | None = None) -> None:
         if train_data is None:
             raise ValueError("Trainer needs train_data: a BatchLoader or an array of token ids")
         self.config = config or TrainingConfig()
@@ -247,7 +141,8 @@ class Trainer:
         self.context_length = context_length or self._context_length(train_data)
         self.train_loader = self._as_loader(train_data, self.config.seed, "training data")
         self.val_loader = (None if val_data is None
-                           else self._as_loader(val_data, self.config.seed + 1, "validation data"))
+                           else self._as_loader(val_data, self.config.seed + VALIDATION_SEED_OFFSET,
+                                 "validation data"))
         self.global_step = 0
         self.metrics_history: list[dict[str, Any]] = []
         self.best_val_loss = math.inf
@@ -255,6 +150,12 @@ class Trainer:
         self._stop_step: int | None = None  # set by fit(): where this session ends
         self.optimizer: torch.optim.Optimizer | None = None  # built in fit(), on the device
         self.dist: DistributedContext | None = None
+        self.run_id: str | None = None  # set when a run starts or is resumed
+        self.finished = False  # fit() found the run already trained to total_steps
+        self._data_sha256 = data_sha256
+        self._fingerprint: str | None = None
+        self._lock: RunLock | None = None
+        self._log: MetricsLog | None = None
 
     # ---------------------------------------------------------------- data
     def _context_length(self, data: Any) -> int:
@@ -344,7 +245,7 @@ class Trainer:
         local = evaluate(self.model, self.val_loader, self.config.eval_batches, self.device,
                          self.autocast)
         loss = self.dist.all_reduce_mean(local)
-        return {"val_loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+        return {"val_loss": loss, "perplexity": perplexity(loss)}
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint_state(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -367,7 +268,21 @@ class Trainer:
             "rng_state": rng_state(),
             "data_state": self.train_loader.state_dict(),
             "tokenizer": self.tokenizer_name,
+            "run_id": self.run_id,
+            "run_fingerprint": self.fingerprint,
         }
+
+    @property
+    def fingerprint(self) -> str:
+        """What makes two trainings the same run (see `runs.run_fingerprint`)."""
+        if self._fingerprint is None:
+            if self._data_sha256 is None:
+                val = self.val_loader.tokens if self.val_loader is not None else None
+                self._data_sha256 = data_sha256(self.train_loader.tokens, val)
+            self._fingerprint = run_fingerprint(
+                model_config_dict(unwrap_model(self.model)), self.tokenizer_name,
+                self._data_sha256, self.config.to_dict())
+        return self._fingerprint
 
     def load_checkpoint(self, checkpoint: str | Path) -> dict[str, Any]:
         """Restore everything `checkpoint_state` saved (model, optimizer, ..., RNG, data)."""
@@ -387,25 +302,58 @@ class Trainer:
         self.metrics_history = [dict(entry) for entry in state.get("metrics_history") or []]
         if self.metrics_history:
             self._elapsed_before = float(self.metrics_history[-1].get("elapsed_s") or 0.0)
-        if self.config.checkpoint_dir:
-            best = read_best_val_loss(self.config.checkpoint_dir)
-            self.best_val_loss = best if best is not None else math.inf
+        run_id = state.get("run_id")
+        self.run_id = run_id if isinstance(run_id, str) and run_id else None
+        self.best_val_loss = self._best_val_loss_of_run(path)
         return state
 
+    def _best_val_loss_of_run(self, path: Path) -> float:
+        """The best val_loss this run recorded (best_model.pt follows the newest run)."""
+        scores = [entry.get("val_loss") for entry in self.metrics_history]
+        if self.config.checkpoint_dir:
+            best = read_sidecar(Path(self.config.checkpoint_dir) / "best_model.pt") or {}
+            if best.get("run_id") == self.run_id and self.run_id is not None:
+                scores.append(best.get("val_loss"))
+        finite = [float(s) for s in scores
+                  if isinstance(s, (int, float)) and math.isfinite(float(s))]
+        return min(finite, default=math.inf)
+
+    def _load_newest_readable(self, run: str) -> Path:
+        """Resume the run's newest checkpoint; skip (and say so) any that cannot be read."""
+        candidates = resume_candidates(self.config.checkpoint_dir, run=run)
+        for info in candidates:
+            try:
+                self.load_checkpoint(info.path)
+                return info.path
+            except (CheckpointError, OSError) as error:
+                if isinstance(error, ArchitectureMismatchError):
+                    raise
+                warnings.warn(f"skipping checkpoint {info.path}: {error}; trying the next "
+                              "newest", CheckpointWarning, stacklevel=3)
+        from utils.training.engine.recovery import no_checkpoints_error
+
+        raise no_checkpoints_error(self.config.checkpoint_dir)
+
     # ---------------------------------------------------------------- training
-    def fit(self, resume_from: str | Path | None = None,
+    def fit(self, resume_from: str | Path | None = "auto",
             stop_at_step: int | None = None) -> list[dict[str, Any]]:
         """Train until `total_steps`; returns the metrics history (one dict per evaluation).
 
-        `resume_from`: None (start fresh from the model as it is), "latest" (newest valid
-        checkpoint in `config.checkpoint_dir`) or a checkpoint path.
+        `resume_from`:
+        - "auto" (default): continue the newest run in `config.checkpoint_dir` that has this
+          training's fingerprint if it is unfinished; if it has finished, load its final
+          state and train nothing (`self.finished` is True); otherwise start a new run.
+          A Trainer that has already trained continues from where it is.
+        - None: start a new run from the model as it is.
+        - "latest": the newest run's newest readable checkpoint; or a checkpoint path.
         `stop_at_step`: end this session early at that global step (with a checkpoint
-        there), keeping the schedule of the whole run: a later `fit(resume_from="latest")`
-        continues exactly as if it had never stopped.
+        there), keeping the schedule of the whole run: a later `fit()` continues exactly as
+        if it had never stopped.
         """
         self._setup()
-        if resume_from is not None:
-            self.load_checkpoint(resume_path(resume_from, self.config.checkpoint_dir))
+        self.finished = False
+        if not self._start_or_resume(resume_from):
+            return self.metrics_history
         self._stop_step = self.total_steps if stop_at_step is None \
             else min(stop_at_step, self.total_steps)
         if self._stop_step <= self.global_step and stop_at_step is not None:
@@ -428,6 +376,49 @@ class Trainer:
             self._finish(writer, failed)
         return self.metrics_history
 
+    def _say(self, message: str) -> None:
+        if self.dist.is_main:
+            print(message)
+
+    def _start_or_resume(self, resume_from: str | Path | None) -> bool:
+        """Load what `resume_from` asks for and give the run its id; False: nothing to train."""
+        folder = self.config.checkpoint_dir
+        if resume_from == "auto" and self.run_id is None and folder:
+            plan = plan_resume(folder, self.fingerprint, self.total_steps)
+            self._say(plan.message)
+            if plan.action in ("resume", "finished"):
+                self._load_newest_readable(plan.run.run_id)
+            if plan.action == "finished":
+                self.finished = True
+                return False
+        elif resume_from == "latest":
+            if not folder:
+                raise NoCheckpointsError("resume_from='latest' needs config.checkpoint_dir")
+            path = self._load_newest_readable("latest")
+            self._say(f"resuming run {self.run_id or '(legacy)'} at step {self.global_step} "
+                      f"from {path}")
+        elif resume_from not in (None, "auto"):
+            self.load_checkpoint(resume_from)
+            self._say(f"resuming at step {self.global_step} from {resume_from}")
+        if self.run_id is None:
+            if self.global_step > 0:
+                self._say("the checkpoint carries no run id (written before runs existed): "
+                          "it continues as a new run; its older files stay as they are")
+            self.run_id = self.dist.broadcast(new_run_id())
+        self._lock_run()
+        return True
+
+    def _lock_run(self) -> None:
+        if not (self.config.checkpoint_dir and self.dist.is_main) or self._lock is not None:
+            return
+        lock = RunLock(self.config.checkpoint_dir, self.run_id)
+        if not lock.acquire():
+            raise RunInUseError(
+                f"run {self.run_id} in {self.config.checkpoint_dir} is being trained by "
+                "another process right now. Fix: wait for it to finish, stop it, or start a "
+                "separate run (resume_from=None) or use another checkpoint folder.")
+        self._lock = lock
+
     def _make_writer(self) -> CheckpointWriter | None:
         config = self.config
         if not config.checkpoint_dir or not self.dist.is_main:
@@ -436,8 +427,10 @@ class Trainer:
         if removed:
             print(f"removed {len(removed)} unfinished checkpoint write(s) from an earlier "
                   f"run: {', '.join(p.name for p in removed)}")
+        self._log = MetricsLog(config.checkpoint_dir, self.run_id)
         return CheckpointWriter(config.checkpoint_dir, config.keep_last, config.keep_best,
-                                background=config.background_checkpointing)
+                                background=config.background_checkpointing,
+                                run_id=self.run_id)
 
     def _progress_bar(self):
         from tqdm.auto import tqdm
@@ -454,6 +447,7 @@ class Trainer:
         while self.global_step < total:
             loss = self._train_step(training_model)
             self.global_step += 1
+            self._check_finite(loss)
             if writer is not None and self.global_step == session_step + 1:
                 # optimizer state exists now: allocate checkpoint buffers off the critical path
                 writer.prepare({"model_state_dict": unwrap_model(self.model).state_dict(),
@@ -464,6 +458,7 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self._lr_of_last_step():.2e}",
                             tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            self._log_step(loss, tokens_per_s)
             checkpoint_due = self._checkpoint_due()
             if checkpoint_due or self.global_step % self.config.eval_interval == 0 \
                     or self.global_step == total:
@@ -509,6 +504,23 @@ class Trainer:
         self.global_step += 1
         return loss
 
+    def _check_finite(self, loss: float) -> None:
+        """Stop before a diverged state can be evaluated, saved or replace a good checkpoint."""
+        if math.isfinite(loss):
+            return
+        where = self.config.checkpoint_dir
+        raise TrainingDivergedError(
+            f"training diverged at step {self.global_step}: the loss is {loss}. Nothing was "
+            f"saved from this state{f'; the checkpoints in {where} are intact' if where else ''}."
+            f" Fix: lower learning_rate (now {self.config.learning_rate}) or raise "
+            f"warmup_steps (now {self.config.warmup_steps}), then train again.")
+
+    def _log_step(self, loss: float, tokens_per_s: float) -> None:
+        if self._log is not None:
+            self._log.append({"kind": "train", "step": self.global_step, "epoch": self.epoch,
+                              "train_loss": loss, "learning_rate": self._lr_of_last_step(),
+                              "tokens_per_s": tokens_per_s, "timestamp": timestamp_now()})
+
     def _lr_of_last_step(self) -> float:
         return lr_at(max(0, self.global_step - 1), self.config, self.total_steps)
 
@@ -533,9 +545,11 @@ class Trainer:
             "learning_rate": self._lr_of_last_step(),
             "tokens_seen": self.global_step * self.tokens_per_step,
             "elapsed_s": self._elapsed_before + session_seconds,
-            "timestamp": datetime.now().isoformat(timespec="microseconds"),
+            "timestamp": timestamp_now(),
         }
         self.metrics_history.append(record)
+        if self._log is not None:
+            self._log.append({"kind": "eval", **record})
         if self.dist.is_main:
             for callback in self.callbacks:
                 callback(dict(record))
@@ -553,6 +567,9 @@ class Trainer:
                 error = caught
             if is_best:
                 self.best_val_loss = val_loss
+            self._tell(writer)
+            if self._log is not None:
+                self._log.flush()
         self._fail_together(error)
 
     def _fail_together(self, error: BaseException | None) -> None:
@@ -561,8 +578,16 @@ class Trainer:
                 raise error
             raise CheckpointWriteError("rank 0 could not write a checkpoint; see its error")
 
+    def _tell(self, writer: CheckpointWriter) -> None:
+        """Print what the writer thread has to say (fallback writes), above the bar."""
+        from tqdm.auto import tqdm
+
+        for notice in writer.take_notices():
+            tqdm.write(notice)
+
     def _finish(self, writer: CheckpointWriter | None, failed: bool) -> None:
-        """Wait for the last checkpoint write, then leave the process group."""
+        """Wait for the last checkpoint write, say what exists only locally, release the
+        run, then leave the process group."""
         try:
             error = None
             if writer is not None:
@@ -570,6 +595,20 @@ class Trainer:
                     writer.close()
                 except CheckpointWriteError as caught:
                     error = caught
+                self._tell(writer)
+                if writer.local_only:
+                    print(f"WARNING: {len(writer.local_only)} checkpoint(s) exist only on this "
+                          f"machine, in {fallback_dir_for(self.config.checkpoint_dir)}, "
+                          f"because {self.config.checkpoint_dir} failed: "
+                          f"{', '.join(p.name for p in writer.local_only)}. Copy them into "
+                          "the checkpoint folder before this runtime ends (the next "
+                          "checkpoint that can be written there copies them back).")
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
             if not failed:  # after a failure other ranks may not reach these collectives
                 self._fail_together(error)
                 self.dist.barrier()

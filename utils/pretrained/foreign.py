@@ -1,63 +1,28 @@
-"""What is inside a checkpoint file, and how to turn it into GPTModel's state dict.
+"""Foreign checkpoints in our terms: turn whatever a file held into GPTModel's state dict.
 
-Two questions, answered from the bytes and never from the file name:
-
-1. `sniff_file(path)`: what kind of file is this? A torch zip archive, a legacy torch
-   pickle, a safetensors file, or something else (an image, text, JSON, a truncated copy),
-   in which case it raises an error that names the kind and the fix before any unpickling.
-2. `recognize(payload)`: what does the loaded object hold? Our training checkpoint
-   (`model_state_dict` + `config`), a bare state dict (ours, Hugging Face GPT-2 or nanoGPT
-   names, with `_orig_mod.` / `module.` prefixes stripped), or nanoGPT's `ckpt.pt`. The
-   answer is a `RecognizedCheckpoint` whose state dict uses our names.
+`recognize(payload)` takes the object `reading.read_checkpoint` returned and says what it
+is: our training checkpoint (`model_state_dict` + `config`), a bare state dict (ours,
+Hugging Face GPT-2 or nanoGPT names, with `_orig_mod.` / `module.` prefixes stripped), or
+nanoGPT's `ckpt.pt`. The answer is a `RecognizedCheckpoint` whose state dict uses our names.
+It lives beside the other converters (`mapping.py` for Hugging Face <-> ours).
 """
 
 from __future__ import annotations
 
-import json
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from utils.config import GPT2_CONFIGS
 from utils.pretrained.mapping import get_weight_mapping, is_ignored_hf_key, normalize_hf_key
-from utils.training.engine.errors import (
-    CheckpointNotFoundError,
-    EmptyCheckpointError,
-    NotACheckpointError,
-    TruncatedCheckpointError,
-    UnrecognizedCheckpointError,
-)
+from utils.training.engine.errors import UnrecognizedCheckpointError
 
 # Wrappers that add a prefix to every key: torch.compile (`_orig_mod.`) and
 # DistributedDataParallel / DataParallel (`module.`); they can nest in either order.
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
-
-# torch.save's legacy (pre-1.6) format starts with this pickled magic number.
-LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
-
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-
-# Leading bytes of file kinds people pass by mistake, with the fix for each.
-FOREIGN_MAGIC: tuple[tuple[bytes, str, str], ...] = (
-    (b"\x89PNG", "a PNG image", "pass the checkpoint (.pt) file, not a picture"),
-    (b"\xff\xd8\xff", "a JPEG image", "pass the checkpoint (.pt) file, not a picture"),
-    (b"GIF8", "a GIF image", "pass the checkpoint (.pt) file, not a picture"),
-    (b"%PDF", "a PDF document", "pass the checkpoint (.pt) file"),
-    (b"\x1f\x8b", "gzip-compressed data",
-     "decompress it first (`gunzip FILE` or `tar xzf FILE`) and pass the .pt inside"),
-    (b"BZh", "bzip2-compressed data", "decompress it first (`bunzip2 FILE`)"),
-    (b"\xfd7zXZ", "xz-compressed data", "decompress it first (`unxz FILE`)"),
-    (b"7z\xbc\xaf", "a 7-Zip archive", "extract it first and pass the .pt inside"),
-    (b"\x93NUMPY", "a NumPy .npy array", "save the model with torch.save(...) instead"),
-    (b"\x89HDF", "an HDF5 file (Keras/TensorFlow?)",
-     "convert it to a PyTorch checkpoint; for OpenAI's TF release use load_tf_checkpoint"),
-    (b"\x7fELF", "a program (ELF executable)", "pass the checkpoint (.pt) file"),
-)
 
 
 @dataclass
@@ -76,129 +41,6 @@ class RecognizedCheckpoint:
     notes: list[str] = field(default_factory=list)
 
 
-# ---------------------------------------------------------------------------------------
-# 1. What kind of file is it?
-# ---------------------------------------------------------------------------------------
-
-def _nearby_checkpoints(folder: Path, limit: int = 5) -> list[str]:
-    if not folder.is_dir():
-        return []
-    names = sorted(p.name for p in folder.iterdir()
-                   if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
-    return names[:limit]
-
-
-def sniff_file(path: Path) -> str:
-    """'zip', 'legacy', 'pickle' or 'safetensors'; anything else raises a `CheckpointError`."""
-    if not path.exists():
-        nearby = _nearby_checkpoints(path.parent)
-        hint = (f"checkpoints in {path.parent}/: {nearby}" if nearby
-                else f"{path.parent}/ holds no checkpoint files")
-        raise CheckpointNotFoundError(
-            f"No checkpoint file at {path}. Fix: check the path and file name ({hint}); "
-            "run training (Cell 32) to create checkpoints.")
-    if path.is_dir():
-        inside = _nearby_checkpoints(path)
-        raise NotACheckpointError(
-            f"{path} is a folder, not a checkpoint file. Fix: pass one file inside it"
-            f"{' (for example ' + ', '.join(inside) + ')' if inside else ''}, or use "
-            "select_checkpoint(checkpoint_dir=...) to pick the best checkpoint of a folder.")
-    size = path.stat().st_size
-    if size == 0:
-        raise EmptyCheckpointError(
-            f"{path} is empty (0 bytes): the save or copy that made it never wrote any data. "
-            "Fix: delete it and use another checkpoint, or copy the file again.")
-    with open(path, "rb") as handle:
-        head = handle.read(4096)
-
-    if head.startswith(b"PK\x03\x04"):
-        return _sniff_zip(path, size)
-    if head.startswith(LEGACY_TORCH_MAGIC):
-        return "legacy"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "pickle"
-    if len(head) >= 9 and head[8:9] == b"{":
-        _check_safetensors_length(path, int.from_bytes(head[:8], "little"), size)
-        return "safetensors"
-    for magic, kind, fix in FOREIGN_MAGIC:
-        if head.startswith(magic):
-            raise NotACheckpointError(f"{path} is {kind}, not a checkpoint. Fix: {fix}.")
-    raise NotACheckpointError(_describe_foreign_file(path, head, size))
-
-
-def _check_safetensors_length(path: Path, header_length: int, size: int) -> None:
-    """The file must hold its header, and the header lists each tensor's byte range: the
-    file must reach the last one."""
-    needed = 8 + header_length
-    if needed <= size:
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(8)
-                header = json.loads(handle.read(header_length))
-            needed += max((entry["data_offsets"][1] for name, entry in header.items()
-                           if name != "__metadata__"), default=0)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            return  # a broken header: safetensors itself reports it when reading
-    if needed > size:
-        raise TruncatedCheckpointError(
-            f"{path} is a truncated safetensors file: it needs {needed:,} bytes or more, "
-            f"the file has {size:,}. Fix: copy or download it again completely.")
-
-
-def _sniff_zip(path: Path, size: int) -> str:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except zipfile.BadZipFile as error:
-        raise TruncatedCheckpointError(
-            f"{path} starts like a PyTorch checkpoint (a zip archive) but its end is "
-            f"missing ({size:,} bytes; {error}). The copy, download or save was "
-            "interrupted. Fix: copy it again, or choose another checkpoint "
-            "(list_checkpoints skips such files).") from error
-    if not any(name.endswith("data.pkl") for name in names):
-        raise NotACheckpointError(
-            f"{path} is a zip archive but not a PyTorch checkpoint (no data.pkl inside; "
-            f"it holds {names[:3]}{'...' if len(names) > 3 else ''}). Fix: if it is a "
-            "zipped folder or a NumPy .npz, extract it and pass the .pt file inside.")
-    return "zip"
-
-
-def _describe_foreign_file(path: Path, head: bytes, size: int) -> str:
-    """The message for a file that is not binary checkpoint data at all."""
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text is None or "\x00" in text:
-        return (f"{path} is not a checkpoint: its first bytes {head[:8]!r} match no format "
-                "torch.save or safetensors writes (random or damaged data). Fix: use "
-                "another checkpoint, or copy this one again.")
-    stripped = text.lstrip()
-    if stripped.startswith("version https://git-lfs"):
-        return (f"{path} is a Git LFS pointer (a small text file), not the checkpoint "
-                "itself. Fix: run `git lfs pull` to fetch the real file.")
-    if stripped[:15].lower().startswith(("<!doctype html", "<html")):
-        return (f"{path} is an HTML page (a failed download or a login/virus-scan page), "
-                "not a checkpoint. Fix: download the file again from its real link.")
-    if stripped[:1] in "{[" and size < 10_000_000:
-        try:
-            data = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError):
-            data = None
-        if data is not None:
-            if isinstance(data, dict) and {"epoch", "val_loss"} & set(data):
-                real = path.with_suffix("") if path.suffix == ".json" else None
-                return (f"{path} is a checkpoint's JSON sidecar (metadata only, no weights). "
-                        f"Fix: pass the checkpoint itself{f' ({real.name})' if real else ''}.")
-            return (f"{path} is a JSON file, not a checkpoint. Fix: pass the .pt checkpoint "
-                    "file; a Hugging Face config.json belongs next to model.safetensors.")
-    return (f"{path} is a text file ({size:,} bytes, starting {stripped[:40]!r}), not a "
-            "checkpoint. Fix: pass the .pt file written by training (Cell 32).")
-
-
-# ---------------------------------------------------------------------------------------
-# 2. What does the loaded object hold?
-# ---------------------------------------------------------------------------------------
 
 def strip_wrapper_prefixes(state_dict: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """Remove `_orig_mod.` / `module.` from every key (nested in any order); name what went."""
@@ -278,7 +120,8 @@ def recognize(payload: Any, hf_config: dict | None = None,
     raise UnrecognizedCheckpointError(
         f"the file holds {what}; expected a 'model_state_dict' entry, a bare state dict, "
         "a Hugging Face GPT-2 state dict or nanoGPT's ckpt.pt. Fix: pass a checkpoint "
-        "written by training (Cell 32), which stores model_state_dict and config.")
+        "written by training (Trainer or python -m utils train), which stores "
+        "model_state_dict and config.")
 
 
 def _from_nanogpt_checkpoint(payload: Mapping) -> RecognizedCheckpoint:
@@ -453,31 +296,35 @@ def hf_config_to_model_config(hf_config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def infer_config(state_dict: Mapping[str, torch.Tensor], naming: str = "ours"
+def infer_config(shapes: Mapping[str, Any], naming: str = "ours"
                  ) -> tuple[dict[str, Any] | None, str | None]:
-    """A config from the weight shapes, when they match a GPT-2 preset exactly.
+    """A config from weight shapes alone (tensors or shape tuples), and a note saying so.
 
-    Shapes give vocabulary, context, width and depth, but not the number of heads, so we
-    only trust a preset's head count when every other shape is that preset's.
+    Shapes give vocabulary, context, width and depth, but not the number of heads, so a
+    preset's head count is trusted only when width and depth are that preset's. `naming`:
+    "ours", or "huggingface" / "nanogpt" (GPT-2's `transformer.h.N.` names). Returns
+    `(None, None)` when the shapes match no preset.
     """
-    if naming == "nanogpt":
-        wte, wpe = "transformer.wte.weight", "transformer.wpe.weight"
-        block = re.compile(r"transformer\.h\.(\d+)\.")
-        bias_key = "transformer.h.0.attn.c_attn.bias"
-    else:
+    shapes = {key: tuple(getattr(value, "shape", value)) for key, value in shapes.items()}
+    if naming == "ours":
         wte, wpe = "token_embedding.weight", "position_embedding.weight"
         block = re.compile(r"transformer_blocks\.(\d+)\.")
         bias_key = "transformer_blocks.0.attention.W_query.bias"
-    if wte not in state_dict or wpe not in state_dict:
+    else:
+        shapes = {normalize_hf_key(key): value for key, value in shapes.items()}
+        wte, wpe = "transformer.wte.weight", "transformer.wpe.weight"
+        block = re.compile(r"transformer\.h\.(\d+)\.")
+        bias_key = "transformer.h.0.attn.c_attn.bias"
+    if wte not in shapes or wpe not in shapes:
         return None, None
-    vocab, dim = state_dict[wte].shape
-    context = state_dict[wpe].shape[0]
-    layers = 1 + max((int(m.group(1)) for k in state_dict if (m := block.match(k))), default=-1)
+    vocab, dim = shapes[wte]
+    context = shapes[wpe][0]
+    layers = 1 + max((int(m.group(1)) for k in shapes if (m := block.match(k))), default=-1)
     for name, preset in GPT2_CONFIGS.items():
-        if (preset.vocab_size, preset.context_length, preset.embedding_dimension,
-                preset.number_of_layers) == (vocab, context, dim, layers):
-            config = preset.to_dict()
-            config["use_attention_bias"] = bias_key in state_dict
-            return config, (f"no config in the file: shapes match GPT-2 preset {name!r}, so "
-                            f"number_of_heads={preset.number_of_heads} was assumed")
+        if (preset.embedding_dimension, preset.number_of_layers) == (dim, layers):
+            config = dict(preset.to_dict(), vocab_size=vocab, context_length=context,
+                          use_attention_bias=bias_key in shapes)
+            return config, (f"no config in the file: width {dim} and {layers} layers are GPT-2 "
+                            f"preset {name!r}'s, so number_of_heads={preset.number_of_heads} "
+                            "was assumed")
     return None, None

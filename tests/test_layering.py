@@ -1,0 +1,102 @@
+"""The package reads bottom-up: no import cycle between utils modules, and every module of
+the checkpoint layer imports on its own in a fresh interpreter."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "utils"
+# The checkpoint layer bottom-up (CLAUDE.md explains each), then training on top of it.
+ENGINE_ORDER = ["errors", "distributed", "reading", "checkpoint", "runs", "recovery", "writer",
+                "loading", "evaluation", "compare", "optim", "rng", "trainer"]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def all_modules() -> dict[str, Path]:
+    return {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def imported_modules(path: Path, modules: dict[str, Path]) -> set[str]:
+    """utils modules `path` imports anywhere in the file (top level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from utils.a import b` imports the module utils.a.b when there is one
+            names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules
+                     else node.module for alias in node.names]
+        else:
+            continue
+        found.update(name for name in names if name in modules)
+    found.discard(module_name(path))
+    return found
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules, or None (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                return path[path.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_cycle_between_utils_modules():
+    modules = all_modules()
+    graph = {name: imported_modules(path, modules) for name, path in modules.items()}
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_engine_modules_import_only_from_below():
+    """errors -> reading -> checkpoint format -> runs -> recovery -> writer -> loading ->
+    trainer: each module imports only modules before it in ENGINE_ORDER."""
+    modules = all_modules()
+    rank = {f"utils.training.engine.{name}": i for i, name in enumerate(ENGINE_ORDER)}
+    assert set(rank) == {name for name in modules
+                         if name.startswith("utils.training.engine.")}, "update ENGINE_ORDER"
+    for name, position in rank.items():
+        for target in imported_modules(modules[name], modules):
+            if target in rank:
+                assert rank[target] < position, f"{name} imports {target}, which is above it"
+
+
+def test_each_engine_module_imports_alone_in_a_fresh_interpreter():
+    processes = {name: subprocess.Popen(
+        [sys.executable, "-c", f"import utils.training.engine.{name}"], cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for name in ENGINE_ORDER}
+    failures = {}
+    for name, process in processes.items():
+        output, _ = process.communicate(timeout=300)
+        if process.returncode != 0:
+            failures[name] = output[-2000:]
+    assert not failures, failures

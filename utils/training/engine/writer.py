@@ -1,0 +1,440 @@
+"""Writing checkpoints while training goes on: background writes, retention, fallback.
+
+Writes are slow (a gpt2-small + AdamW checkpoint is ~1.5 GB), so `CheckpointWriter` does
+them on one background thread: the training thread only copies the state to CPU buffers
+(`snapshot`), then goes on while the writer saves, fsyncs, renames and prunes.
+
+What the writer may touch: only files its own run wrote (the run id in their sidecar, or a
+file this writer wrote, and DESIGN.md's name pattern). Any other file in the folder (an
+older run, a colleague's model, a converted file, something someone resumed from) is
+never deleted or overwritten.
+
+When the checkpoint folder fails (Google Drive disconnected, quota, read-only, gone), the
+checkpoint is written to a local fallback folder and training goes on; the checkpoint
+folder is tried again at every later checkpoint, and the local-only checkpoints are copied
+back as soon as it works. On Google Drive a deleted file goes to Drive's trash and still
+counts against the quota, so retention empties a file (truncates it) before unlinking it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils.training.engine.checkpoint import (
+    BEST_MODEL_NAME,
+    CHECKPOINT_NAME_RE,
+    TEMP_SUFFIX,
+    fallback_dir_for,
+    fsync_directory,
+    read_sidecar,
+    save_checkpoint,
+    sidecar_path,
+    temp_path,
+    write_sidecar,
+)
+from utils.training.engine.errors import CheckpointWriteError
+from utils.training.engine.recovery import CheckpointInfo, list_checkpoints
+
+# Where Google Drive is mounted in Colab; UTILS_DRIVE_ROOT adds another (tests, stand-ins).
+DRIVE_ROOTS = ("/content/drive",)
+DRIVE_ROOT_ENV = "UTILS_DRIVE_ROOT"
+
+
+# --------------------------------------------------------------------------------------
+# Snapshot: a CPU copy of the training state that the writer thread can save at leisure.
+# --------------------------------------------------------------------------------------
+
+_NUMPY_COPYABLE = {torch.float32, torch.float64, torch.float16, torch.int64, torch.int32,
+                   torch.int16, torch.int8, torch.uint8, torch.bool}
+
+
+class SnapshotBuffers:
+    """Reusable CPU buffers for `snapshot`.
+
+    Copying into buffers allocated by the previous checkpoint avoids re-faulting ~1.5 GB
+    of fresh pages every time, which is most of the cost of a plain `clone()`. The writer
+    holds at most one snapshot, and the next snapshot waits for that write to finish, so
+    the buffers are free again whenever `snapshot` runs.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, torch.Tensor] = {}
+        self.pin_memory = torch.cuda.is_available()
+
+    def buffer_for(self, tensor: torch.Tensor, key: tuple) -> torch.Tensor:
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.shape != tensor.shape or buffer.dtype != tensor.dtype:
+            buffer = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu",
+                                 pin_memory=self.pin_memory and tensor.is_cuda)
+            self._buffers[key] = buffer
+        return buffer
+
+    def allocate(self, tensor: torch.Tensor, key: tuple) -> torch.Tensor:
+        """Allocate (and touch, so the page faults happen now) the buffer for `tensor`."""
+        return self.buffer_for(tensor, key).zero_()
+
+    def copy(self, tensor: torch.Tensor, key: tuple) -> torch.Tensor:
+        tensor = tensor.detach()
+        buffer = self.buffer_for(tensor, key)
+        if tensor.is_cuda:
+            buffer.copy_(tensor, non_blocking=True)
+        elif tensor.dtype in _NUMPY_COPYABLE and tensor.is_contiguous():
+            # One plain memcpy per tensor. torch's copy_ splits large copies over its
+            # thread pool, which on a busy CPU was 2-6x slower (bench/checkpoint.py).
+            np.copyto(buffer.numpy(), tensor.numpy())
+        else:
+            buffer.copy_(tensor)
+        return buffer
+
+
+def snapshot(state: Any, buffers: SnapshotBuffers | None = None,
+             copy: bool = True) -> Any:
+    """Deep copy of `state` with every tensor copied to CPU; other values copied as-is.
+
+    Tensors that share storage (GPT-2's tied embedding and head) stay shared in the copy,
+    so the checkpoint stores them once, exactly as `torch.save` of the live state would.
+    `copy=False` only allocates the buffers (see `CheckpointWriter.prepare`).
+    """
+    buffers = buffers or SnapshotBuffers()
+    transfer = buffers.copy if copy else buffers.allocate
+    seen: dict[tuple, torch.Tensor] = {}
+
+    def visit(value: Any, path: tuple) -> Any:
+        if isinstance(value, torch.Tensor):
+            identity = (value.device, value.untyped_storage().data_ptr(), value.storage_offset(),
+                        tuple(value.shape), tuple(value.stride()), value.dtype)
+            if identity not in seen:
+                seen[identity] = transfer(value, path)
+            return seen[identity]
+        if isinstance(value, dict):
+            return type(value)((k, visit(v, (*path, k))) for k, v in value.items())
+        if isinstance(value, (list, tuple)):
+            return type(value)(visit(v, (*path, i)) for i, v in enumerate(value))
+        return value
+
+    copied = visit(state, ())
+    if copy and torch.cuda.is_available():
+        torch.cuda.synchronize()  # non_blocking copies must land before the writer reads them
+    return copied
+
+
+
+# --------------------------------------------------------------------------------------
+# Deleting: only our own files, and without filling Drive's trash
+# --------------------------------------------------------------------------------------
+
+def on_google_drive(path: Path) -> bool:
+    roots = [*DRIVE_ROOTS, *filter(None, [os.environ.get(DRIVE_ROOT_ENV)])]
+    resolved = str(Path(path).absolute())
+    return any(resolved == root or resolved.startswith(root.rstrip("/") + "/")
+               for root in roots)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint and its sidecar. On Google Drive the file is first truncated, so
+    the copy Drive keeps in its trash costs no quota, unless it is also `best_model.pt`
+    (a hard link to the same data)."""
+    best = path.with_name(BEST_MODEL_NAME)
+    if on_google_drive(path) and not _same_file(path, best):
+        try:
+            with open(path, "r+b") as handle:
+                handle.truncate(0)
+                os.fsync(handle.fileno())
+        except OSError:
+            pass  # deleting still frees the folder; only the trash keeps the bytes
+    sidecar_path(path).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+
+
+def update_best_model(checkpoint_path: Path) -> Path:
+    """Point `best_model.pt` (and its sidecar) at `checkpoint_path`, atomically.
+
+    A hard link costs nothing; on Google Drive and where links are not supported the file
+    is copied (a link would let retention's truncation empty best_model.pt too). Either way
+    the old best stays in place until the rename. The sidecar names the source and its run.
+    """
+    best = checkpoint_path.with_name(BEST_MODEL_NAME)
+    temporary = temp_path(best)
+    temporary.unlink(missing_ok=True)
+    try:
+        linked = False
+        if not on_google_drive(checkpoint_path):
+            try:
+                os.link(checkpoint_path, temporary)
+                linked = True
+            except OSError:
+                pass
+        if not linked:
+            _copy_file(checkpoint_path, temporary)
+        os.replace(temporary, best)
+        fsync_directory(best.parent)
+        meta = read_sidecar(checkpoint_path) or {}
+        meta["source"] = checkpoint_path.name
+        write_sidecar(best, meta)
+    except (OSError, RuntimeError, ValueError) as error:
+        temporary.unlink(missing_ok=True)
+        raise CheckpointWriteError(f"could not update {best}: {error}") from error
+    return best
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    with open(source, "rb") as reader, open(target, "wb") as writer:
+        shutil.copyfileobj(reader, writer, length=16 << 20)
+        writer.flush()
+        os.fsync(writer.fileno())
+
+
+def copy_checkpoint(source: Path, folder: Path) -> Path:
+    """Copy a checkpoint and its sidecar into `folder` the crash-safe way (temp + rename)."""
+    target = folder / source.name
+    temporary = temp_path(target)
+    try:
+        _copy_file(source, temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    meta = read_sidecar(source)
+    if meta is not None:
+        write_sidecar(target, meta)
+    fsync_directory(folder)
+    return target
+
+
+def apply_retention(checkpoint_dir: str | Path, keep_last: int | None,
+                    keep_best: int | None, protect: tuple[Path, ...] = (),
+                    run_id: str | None = None, written: set[Path] | None = None) -> list[Path]:
+    """Delete the writing run's checkpoints that are neither among its newest `keep_last`
+    (by step) nor its best `keep_best` (by val_loss), with their sidecars.
+
+    A checkpoint is the run's own when its name follows DESIGN.md's pattern and its run id
+    is `run_id`, or it is one of `written` (files this writer made). Everything else in the
+    folder, `best_model.pt` and the paths in `protect` are never deleted. `None` for
+    keep_last or keep_best means "keep all of that kind". Returns the deleted paths.
+    """
+    if keep_last is None or keep_best is None:
+        return []
+    written = {Path(p).absolute() for p in written or ()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        infos = [info for info in list_checkpoints(checkpoint_dir)
+                 if _owned(info, run_id, written)]
+    newest = sorted(infos, key=lambda i: (i.global_step or 0, i.sort_time()),
+                    reverse=True)[:keep_last]
+    scored = [info for info in infos if info.val_loss is not None]
+    best = sorted(scored, key=lambda info: info.val_loss)[:keep_best]
+    keep = {info.path.absolute() for info in (*newest, *best)}
+    keep |= {Path(p).absolute() for p in protect}
+    deleted = []
+    for info in infos:
+        if info.path.absolute() in keep:
+            continue
+        try:
+            remove_checkpoint(info.path)
+        except OSError as error:
+            warnings.warn(f"could not delete old checkpoint {info.path}: {error}", stacklevel=2)
+            continue
+        deleted.append(info.path)
+    for folder in {path.parent for path in deleted}:
+        fsync_directory(folder)
+    return deleted
+
+
+def _owned(info: CheckpointInfo, run_id: str | None, written: set[Path]) -> bool:
+    if not CHECKPOINT_NAME_RE.match(info.filename):
+        return False
+    if info.path.absolute() in written:
+        return True
+    return run_id is not None and info.run_id == run_id
+
+
+def _pid_of_temp_file(path: Path) -> int | None:
+    """`.NAME.PID.tmp` -> PID (None for the older `.NAME.tmp`)."""
+    parts = path.name[:-len(TEMP_SUFFIX)].rsplit(".", 1)
+    return int(parts[1]) if len(parts) == 2 and parts[1].isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temp_files(checkpoint_dir: str | Path) -> list[Path]:
+    """Delete `.*.tmp` files left by a write that was killed (they can be gigabytes);
+    a temporary file of a process still alive (another training) is left alone."""
+    removed = []
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        return removed
+    for candidate in folder.glob(f".*{TEMP_SUFFIX}"):
+        pid = _pid_of_temp_file(candidate)
+        if candidate.is_file() and not (pid is not None and _alive(pid)):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+# --------------------------------------------------------------------------------------
+# Writer: one write in flight, on a background thread (or inline when background=False)
+# --------------------------------------------------------------------------------------
+
+class CheckpointWriter:
+    """Writes checkpoints to `checkpoint_dir`, then updates `best_model.pt` and prunes.
+
+    `submit(state, is_best)` snapshots `state` to CPU on the calling thread (the only
+    time training is blocked), waits for the previous write if it is still running, and
+    hands the snapshot to a writer thread. An error in the writer is raised on the
+    training thread by the next `submit` or by `close()`; `close()` waits for the last write.
+    `notices` collects what the training thread should tell the user (fallback writes).
+    """
+
+    def __init__(self, checkpoint_dir: str | Path, keep_last: int | None = 3,
+                 keep_best: int | None = 1, background: bool = True,
+                 run_id: str | None = None, fallback_dir: str | Path | None = None) -> None:
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.fallback_dir = Path(fallback_dir) if fallback_dir else fallback_dir_for(
+            checkpoint_dir)
+        self.keep_last = keep_last
+        self.keep_best = keep_best
+        self.background = background
+        self.run_id = run_id
+        self.buffers = SnapshotBuffers()
+        self.last_path: Path | None = None
+        self.last_blocked_s = 0.0  # time the caller spent in the latest submit()
+        self.written: set[Path] = set()
+        self.local_only: list[Path] = []  # written to the fallback folder, not copied back
+        self.notices: list[str] = []
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, state: dict[str, Any], is_best: bool = False) -> None:
+        started = time.perf_counter()
+        self.wait()  # at most one write in flight; re-raises the previous write's error
+        copied = snapshot(state, self.buffers) if self.background else state
+        if self.background:
+            self._thread = threading.Thread(target=self._run, args=(copied, is_best),
+                                            name="checkpoint-writer", daemon=True)
+            self._thread.start()
+        else:
+            self._write(copied, is_best)
+        self.last_blocked_s = time.perf_counter() - started
+
+    def prepare(self, state: dict[str, Any]) -> None:
+        """Allocate the snapshot buffers for states shaped like `state`, on the writer
+        thread, so the first checkpoint does not pay ~1.5 GB of page faults (gpt2-small +
+        AdamW) while training waits. Call it once the optimizer state exists."""
+        if not self.background:
+            return
+        self.wait()
+        self._thread = threading.Thread(target=self._allocate, args=(state,),
+                                        name="checkpoint-buffers", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the write in flight is done; raise its error if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    close = wait
+
+    def take_notices(self) -> list[str]:
+        notices, self.notices = self.notices, []
+        return notices
+
+    def _allocate(self, state: dict[str, Any]) -> None:
+        try:
+            snapshot(state, self.buffers, copy=False)
+        except (MemoryError, RuntimeError) as error:  # the first snapshot allocates instead
+            warnings.warn(f"could not preallocate checkpoint buffers: {error}", stacklevel=2)
+
+    def _run(self, state: dict[str, Any], is_best: bool) -> None:
+        try:
+            self._write(state, is_best)
+        except BaseException as error:  # handed to the training thread
+            self._error = error
+
+    def _write(self, state: dict[str, Any], is_best: bool) -> None:
+        try:
+            path = save_checkpoint(state, self.checkpoint_dir)
+        except CheckpointWriteError as error:
+            path = self._write_locally(state, error)
+        else:
+            self._copy_back()
+        self.last_path = path
+        self.written.add(path.absolute())
+        if is_best:
+            try:
+                update_best_model(path)
+            except CheckpointWriteError as error:  # the checkpoint itself is safe
+                self.notices.append(f"best_model.pt not updated: {error}")
+        self._prune(protect=(path,))
+
+    def _write_locally(self, state: dict[str, Any], error: CheckpointWriteError) -> Path:
+        """The checkpoint folder failed: write to the fallback folder, keep training."""
+        cause = error.__cause__ or error
+        try:
+            path = save_checkpoint(state, self.fallback_dir)
+        except CheckpointWriteError as local_error:
+            raise CheckpointWriteError(
+                f"could not write checkpoint step {state.get('global_step')} to "
+                f"{self.checkpoint_dir} ({cause}) nor to the local fallback folder "
+                f"{self.fallback_dir} ({local_error.__cause__ or local_error}). Earlier "
+                "checkpoints are intact. Fix: free disk space or reconnect the folder, then "
+                "resume.") from error
+        self.local_only.append(path)
+        self.notices.append(
+            f"checkpoint folder {self.checkpoint_dir} failed ({cause}); step "
+            f"{state.get('global_step')} was written locally to {path} and training goes "
+            f"on. The folder is tried again at the next checkpoint.")
+        return path
+
+    def _copy_back(self) -> None:
+        """The checkpoint folder works again: move local-only checkpoints into it."""
+        for local in list(self.local_only):
+            try:
+                copied = copy_checkpoint(local, self.checkpoint_dir)
+            except OSError:
+                return  # still failing: try again at the next checkpoint
+            self.written.add(copied.absolute())
+            remove_checkpoint(local)
+            self.local_only.remove(local)
+            self.notices.append(f"copied {local.name} back into {self.checkpoint_dir}")
+
+    def _prune(self, protect: tuple[Path, ...]) -> None:
+        # Listing the checkpoint folder includes its fallback folder: one retention over
+        # both. While the checkpoint folder is gone, prune the fallback folder alone.
+        folder = self.checkpoint_dir if self.checkpoint_dir.is_dir() else self.fallback_dir
+        try:
+            apply_retention(folder, self.keep_last, self.keep_best, protect=protect,
+                            run_id=self.run_id, written=self.written)
+        except OSError as error:  # pruning is housekeeping: warn, keep training
+            warnings.warn(f"could not prune old checkpoints in {folder}: {error}",
+                          stacklevel=2)
+        self.local_only = [path for path in self.local_only if path.exists()]
