@@ -123,7 +123,7 @@ PRESET_ALIASES = {
     "1558M": "xl",
 }
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -153,8 +153,10 @@ class TrainingConfig:
     keep_last: int | None = 3
     keep_best: int | None = 1
     background_checkpointing: bool = True
-    precision: str = "fp32"
-    compile: bool = False
+    precision: str = "auto"  # auto: fp32 on CPU/MPS, bf16 on CUDA >= 8.0, fp16 + GradScaler below
+    compile: bool = False  # torch.compile for training and evaluation (warm-up time is printed)
+    activation_checkpointing: bool = False  # recompute each block in backward: less memory
+    log_interval: int = 10  # optimizer steps between reads of the loss (progress bar, log)
     seed: int = 1337
     device: str | None = None
 
@@ -164,7 +166,7 @@ class TrainingConfig:
         if self.max_steps is None and self.epochs is None:
             raise ConfigError("set max_steps or epochs (both are None)")
         for name in ("batch_size", "gradient_accumulation_steps", "eval_interval",
-                     "eval_batches"):
+                     "eval_batches", "log_interval"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("max_steps", "epochs", "checkpoint_interval", "keep_last", "keep_best"):

@@ -32,14 +32,15 @@ class LossMeter:
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
-        self._log = torch.zeros((), device=self.device, dtype=torch.float64)
-        self._record = torch.zeros((), device=self.device, dtype=torch.float64)
+        dtype = torch.float32 if self.device.type == "mps" else torch.float64  # MPS: no float64
+        self._log = torch.zeros((), device=self.device, dtype=dtype)
+        self._record = torch.zeros((), device=self.device, dtype=dtype)
         self.log_steps = 0
         self.record_steps = 0
 
     def add(self, loss: torch.Tensor) -> None:
         """Add one optimizer step's mean loss (a 0-d tensor on the device)."""
-        loss = loss.detach().to(torch.float64)
+        loss = loss.detach().to(self._log.dtype)
         self._log += loss
         self._record += loss
         self.log_steps += 1

@@ -39,7 +39,7 @@ METRICS_LOG_SUFFIX = ".jsonl"
 NOT_IN_FINGERPRINT = frozenset({
     "max_steps", "epochs", "checkpoint_dir", "checkpoint_interval", "checkpoint_every_epoch",
     "keep_last", "keep_best", "background_checkpointing", "eval_interval", "eval_batches",
-    "device", "compile", "log_interval",
+    "device", "compile", "log_interval", "activation_checkpointing",
 })
 
 

@@ -80,8 +80,11 @@ def cpu_peak_flops(dtype: torch.dtype = torch.float32, size: int = CPU_MM_SIZE,
     measured once per (dtype, thread count) per process."""
     key = (dtype, torch.get_num_threads())
     if key not in _cpu_peak_cache:
-        a = torch.randn(size, size).to(dtype)
-        b = torch.randn(size, size).to(dtype)
+        # a generator of its own: drawing from the global one would shift a training
+        # run's dropout masks and break bitwise resumes
+        generator = torch.Generator().manual_seed(0)
+        a = torch.randn(size, size, generator=generator).to(dtype)
+        b = torch.randn(size, size, generator=generator).to(dtype)
         out = torch.mm(a, b)  # warm-up; also the output buffer, so no page faults are timed
         best = float("inf")
         for _ in range(repeats):
