@@ -23,7 +23,7 @@ TRAINING_FLAGS = {
     "eval_interval": "eval_interval", "eval_batches": "eval_batches",
     "checkpoint_interval": "checkpoint_interval", "checkpoint_dir": "checkpoint_dir",
     "keep_last": "keep_last", "keep_best": "keep_best", "precision": "precision",
-    "seed": "seed", "device": "device",
+    "log_interval": "log_interval", "seed": "seed", "device": "device",
 }
 
 
@@ -63,8 +63,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_group.add_argument("--grad-clip", type=float)
     run_group.add_argument("--eval-interval", type=int, help="steps between evaluations")
     run_group.add_argument("--eval-batches", type=int, help="batches per evaluation")
-    run_group.add_argument("--precision", choices=("fp32", "bf16", "fp16"))
+    run_group.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                           help="auto (default): fp32 on CPU/MPS, bf16 on CUDA >= 8.0 "
+                                "(A100, L4, H100), fp16 + loss scaling below (T4)")
     run_group.add_argument("--compile", action="store_true", help="use torch.compile")
+    run_group.add_argument("--activation-checkpointing", action="store_true",
+                           help="recompute each block in the backward pass: much less "
+                                "activation memory for ~1/3 more compute")
+    run_group.add_argument("--log-interval", type=int,
+                           help="steps between loss reads for the progress bar (default 10)")
     run_group.add_argument("--seed", type=int)
     run_group.add_argument("--device", help="cpu | cuda | cuda:1 | mps (default: best)")
     checkpoints = parser.add_argument_group("checkpoints")
@@ -112,6 +119,8 @@ def build_training_config(args: argparse.Namespace, saved: dict[str, Any] | None
     if args.lr is not None and args.min_lr is None:
         values["min_learning_rate"] = args.lr / 10
     values["compile"] = bool(args.compile or values.get("compile", False))
+    values["activation_checkpointing"] = bool(args.activation_checkpointing
+                                              or values.get("activation_checkpointing", False))
     values["background_checkpointing"] = not args.sync_checkpoints
     if data_state and args.batch_size is None:
         # Keep the saved global batch (batch x processes) when the number of processes
