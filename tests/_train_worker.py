@@ -1,9 +1,12 @@
 """A tiny training run used by the kill-and-resume tests (run as a script or imported).
 
-    python tests/_train_worker.py CHECKPOINT_DIR OUT_FILE [--resume auto|none]
+    python tests/_train_worker.py CHECKPOINT_DIR OUT_FILE [--resume auto|none|latest]
+                                  [--lr LR] [--step-sleep SECONDS]
 
-Prints `step N` after every optimizer step (the tests kill it at chosen steps) and, when
-it reaches the end, saves the final parameters and metrics history to OUT_FILE.
+The same command run twice is what "Run all" after a crash does: `--resume auto` (the
+Trainer's default) continues the matching run. Prints `step N` after every optimizer step
+(the tests kill it at chosen steps) and, when it reaches the end, saves the final
+parameters and metrics history to OUT_FILE.
 Everything is seeded and single-threaded, so two runs compute bit for bit the same thing.
 """
 
@@ -52,28 +55,33 @@ def make_trainer(checkpoint_dir: str | Path, steps: int = STEPS, dropout: float 
                    progress=False)
 
 
-def report_step(record: dict) -> None:
-    print(f"step {record['step']}", flush=True)
-    time.sleep(0.02)  # so the test's kill lands within the next step or two, not after the end
+def step_reporter(sleep: float = 0.02):
+    def report_step(record: dict) -> None:
+        print(f"step {record['step']}", flush=True)
+        time.sleep(sleep)  # so a test's kill or fault lands within the next step or two
+    return report_step
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("checkpoint_dir")
     parser.add_argument("out")
-    parser.add_argument("--resume", choices=["auto", "none"], default="none")
+    parser.add_argument("--resume", choices=["auto", "none", "latest"], default="none")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--step-sleep", type=float, default=0.02)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from utils.training.engine.recovery import latest_checkpoint
+    from utils.training.engine.errors import CheckpointError
 
-    trainer = make_trainer(args.checkpoint_dir)
-    trainer.callbacks.append(report_step)
-    resume = None
-    if args.resume == "auto" and latest_checkpoint(args.checkpoint_dir) is not None:
-        resume = "latest"
-    print(f"resume {resume} from {trainer.global_step}", flush=True)
-    history = trainer.fit(resume_from=resume)
-    torch.save({"model": trainer.model.state_dict(), "history": history}, args.out)
+    trainer = make_trainer(args.checkpoint_dir, learning_rate=args.lr)
+    trainer.callbacks.append(step_reporter(args.step_sleep))
+    try:
+        history = trainer.fit(resume_from=None if args.resume == "none" else args.resume)
+    except CheckpointError as error:
+        print(f"error: {error}", flush=True)
+        raise SystemExit(2) from None
+    torch.save({"model": trainer.model.state_dict(), "history": history,
+                "finished_before": trainer.finished, "run_id": trainer.run_id}, args.out)
     print("done", flush=True)
 
 

@@ -24,3 +24,20 @@ def tiny_config() -> ModelConfig:
     return ModelConfig(vocab_size=257, context_length=32, embedding_dimension=32,
                        number_of_heads=4, number_of_layers=2, dropout_rate=0.0,
                        use_attention_bias=True)
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_weights(tmp_path_factory):
+    """The uninterrupted run, in this process, single-threaded like the workers."""
+    import torch
+
+    from tests import _train_worker as worker
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trainer = worker.make_trainer(tmp_path_factory.mktemp("reference"))
+        trainer.fit(resume_from=None)
+    finally:
+        torch.set_num_threads(threads)
+    return trainer.model.state_dict()

@@ -19,8 +19,38 @@ from jupyter_client import KernelManager
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_PATH = REPO_ROOT / "training.ipynb"
+COLAB_STUB = REPO_ROOT / "tests" / "colab_stub"
 TITLE = re.compile(r"^# @title Cell (\d+) · ")
 MARKER = "@@JSON@@"
+
+
+def colab_environment(tmp_path: Path) -> dict[str, str]:
+    """Environment variables that make a kernel look like Colab: the `google.colab`
+    stand-in on its path, Drive mounted at `tmp_path/content/drive`, and `MyDrive` being
+    `tmp_path/mydrive` (returned as COLAB_STUB_MYDRIVE)."""
+    path = os.pathsep.join(filter(None, [str(COLAB_STUB), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path,
+            "GPT2_DRIVE_MOUNT_POINT": str(tmp_path / "content" / "drive"),
+            "COLAB_STUB_MYDRIVE": str(tmp_path / "mydrive")}
+
+
+def executed_cells(path: Path) -> dict[int, dict[str, Any]]:
+    """{cell number: {"ran", "text", "error"}} of an executed notebook: whether the cell
+    ran, everything it showed (streams, results, error renderings) and its error's name."""
+    cells = {}
+    for cell in nbformat.read(path, as_version=4).cells:
+        match = TITLE.match(cell.source) if cell.cell_type == "code" else None
+        if not match:
+            continue
+        text, error = [], None
+        for output in cell.outputs:
+            text.append(output.get("text", "") + output.get("data", {}).get("text/plain", ""))
+            if output.output_type == "error":
+                error = output.ename
+                text.append("\n".join(output.traceback))
+        cells[int(match.group(1))] = {"ran": cell.get("execution_count") is not None,
+                                      "text": "".join(text), "error": error}
+    return cells
 
 
 def notebook_cells(path: Path = NOTEBOOK_PATH) -> dict[int, str]:
@@ -41,10 +71,11 @@ def parameters_code(parameters: dict[str, Any]) -> str:
 class NotebookKernel:
     """One ipykernel process running in the repository root."""
 
-    def __init__(self, cwd: Path = REPO_ROOT) -> None:
+    def __init__(self, cwd: Path = REPO_ROOT, env: dict[str, str] | None = None) -> None:
         self.cells = notebook_cells()
         self.manager = KernelManager(kernel_name="python3")
-        env = dict(os.environ, MPLBACKEND="agg", PYDEVD_DISABLE_FILE_VALIDATION="1")
+        env = dict(os.environ, MPLBACKEND="agg", PYDEVD_DISABLE_FILE_VALIDATION="1",
+                   **(env or {}))
         self.manager.start_kernel(cwd=str(cwd), env=env)
         self.client = self.manager.client()
         self.client.start_channels()
@@ -75,6 +106,14 @@ class NotebookKernel:
         status, text = self.run(self.cells[number], timeout=timeout)
         assert status == "ok", f"Cell {number} failed:\n{text}"
         assert "Traceback" not in text, f"Cell {number} printed a traceback:\n{text}"
+        return text
+
+    def run_cell_expecting_stop(self, number: int, timeout: float = 300) -> str:
+        """Run Cell `number`, which must stop with guidance (a user error): an error status
+        whose rendering holds no traceback. Returns what it showed."""
+        status, text = self.run(self.cells[number], timeout=timeout)
+        assert status == "error", f"Cell {number} did not stop:\n{text}"
+        assert "Traceback" not in text and "Stopped here" in text, text
         return text
 
     def run_cells(self, numbers: list[int], parameters: dict[str, Any] | None = None) -> str:

@@ -127,3 +127,18 @@ def test_tiny_config_fixture_pairs_with_byte_tokenizer(tiny_config):
     from utils.tokenizer import get_tokenizer
 
     assert tiny_config.vocab_size == get_tokenizer("byte").n_vocab
+
+
+def test_training_config_rejects_what_no_training_can_use():
+    """Non-finite or nonsensical values fail at once, naming the setting that was given
+    (a learning rate of -1 is a learning_rate problem, not a min_learning_rate one)."""
+    for settings, named in [({"learning_rate": float("inf")}, "learning_rate"),
+                            ({"learning_rate": -1.0, "min_learning_rate": -0.1},
+                             "learning_rate must"),
+                            ({"grad_clip": float("nan")}, "grad_clip"),
+                            ({"weight_decay": float("nan")}, "weight_decay"),
+                            ({"betas": (0.9, 1.5)}, "betas"),
+                            ({"warmup_steps": -1}, "warmup_steps"),
+                            ({"batch_size": 2.5}, "batch_size must be an integer")]:
+        with pytest.raises(ConfigError, match=named):
+            TrainingConfig(**settings)

@@ -3,6 +3,7 @@ scenarios of Cell 34 in a live kernel, and the helpers the cells call (utils.not
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import re
 from pathlib import Path
@@ -10,45 +11,99 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests.notebook_helpers import NOTEBOOK_PATH, REPO_ROOT, TITLE, NotebookKernel, notebook_cells
+from tests.notebook_helpers import (
+    NOTEBOOK_PATH,
+    REPO_ROOT,
+    TITLE,
+    NotebookKernel,
+    colab_environment,
+    executed_cells,
+    notebook_cells,
+)
 from utils import notebook as nb
-from utils.config import ConfigError, ModelConfig
+from utils.config import GPT2_CONFIGS, ConfigError, ModelConfig
 from utils.training.engine.errors import ModelNotInitializedError, NoCheckpointsError
 
 REQUIRED_PARAMETERS = ("QUICK_MODE", "MODEL_PRESET", "DATA_PATH", "MAX_STEPS", "BATCH_SIZE",
                        "CHECKPOINT_INTERVAL", "CHECKPOINT_DIR", "CHECKPOINT_OVERRIDE", "INIT_FROM")
 FIXED_CELLS = {13: "Initialize Model", 32: "Run Training", 33: "Checkpoint Recovery",
                34: "Load Model Weights from Checkpoint", 35: "Extract Session Variables"}
+FORM = '{ display-mode: "form" }'
+# Numbered reference designs ("seed 003", "Seed 002") mean nothing to a notebook user.
+DESIGN_NUMBERS = re.compile(r"\bseeds? \d{3}\b", re.IGNORECASE)
+
+
+def load_builder(source: str | None = None):
+    """scripts/build_notebook.py as a module (from `source` when given)."""
+    path = REPO_ROOT / "scripts" / "build_notebook.py"
+    spec = importlib.util.spec_from_file_location("build_notebook", path)
+    builder = importlib.util.module_from_spec(spec)
+    if source is None:
+        spec.loader.exec_module(builder)
+    else:
+        exec(compile(source, str(path), "exec"), builder.__dict__)
+    return builder
 
 
 # ---------------------------------------------------------------- structure
 
 
 def test_notebook_is_generated_from_its_source():
-    spec = importlib.util.spec_from_file_location("build_notebook",
-                                                  REPO_ROOT / "scripts" / "build_notebook.py")
-    builder = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builder)
+    builder = load_builder()
     assert NOTEBOOK_PATH.read_text() == builder.render(), \
         "training.ipynb is out of date: run python scripts/build_notebook.py"
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert readme == builder.render_readme(readme), "the README's Colab badge is out of date"
 
 
-def test_cells_are_numbered_colab_forms_with_seed_003_numbers():
+def test_publishing_sets_one_constant_for_cell_1_and_the_readme_badge():
+    source = (REPO_ROOT / "scripts" / "build_notebook.py").read_text()
+    assert source.count('\nREPOSITORY = ""\n') == 1
+    builder = load_builder(source.replace('\nREPOSITORY = ""\n', '\nREPOSITORY = "someone/gpt2"\n'))
+    cell_1 = next(cell.source for cell in builder.build().cells if "Cell 1 ·" in cell.source)
+    assert 'REPO_URL = "https://github.com/someone/gpt2.git"' in cell_1
+    badge = builder.render_readme((REPO_ROOT / "README.md").read_text())
+    assert "(https://colab.research.google.com/github/someone/gpt2/blob/main/training.ipynb)" in badge
+    # unpublished (as committed): no address to clone, and the badge opens Colab to upload
+    assert 'REPO_URL = ""' in notebook_cells()[1]
+
+
+def test_cells_are_numbered_colab_forms_with_the_fixed_numbers():
     notebook = nbformat.read(NOTEBOOK_PATH, as_version=4)
     code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
     numbers = []
     for cell in code_cells:
         first_line = cell.source.splitlines()[0]
         assert TITLE.match(first_line), f"untitled code cell: {first_line!r}"
-        assert first_line.endswith('{ display-mode: "form" }'), first_line
         numbers.append(int(TITLE.match(first_line).group(1)))
     assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
     assert numbers[0] == 1
     titles = {n: src.splitlines()[0] for n, src in notebook_cells().items()}
     for number, name in FIXED_CELLS.items():
-        assert titles[number] == f'# @title Cell {number} · {name} {{ display-mode: "form" }}'
+        assert titles[number].removesuffix(" " + FORM) == f"# @title Cell {number} · {name}"
     assert any(cell.cell_type == "markdown" and cell.source.startswith("## ")
                for cell in notebook.cells)
+
+
+def test_only_cells_with_form_fields_hide_their_code():
+    hidden = {}
+    for number, source in notebook_cells().items():
+        hidden[number] = source.splitlines()[0].endswith(FORM)
+        assert hidden[number] == ("# @param" in source), source.splitlines()[0]
+    assert hidden[3] and hidden[34] and not hidden[13] and not hidden[32]
+
+
+def test_no_reference_design_numbers_in_what_users_read():
+    readable = {"training.ipynb": NOTEBOOK_PATH.read_text()}
+    for name in ("01-quickstart.md", "03-crash-recovery-colab.md", "07-troubleshooting.md"):
+        readable[name] = (REPO_ROOT / "docs" / name).read_text()
+    from utils import reports
+
+    readable["error reports"] = "".join(reports.error_report(kind("x"))
+                                        for kind, *_ in reports.ERROR_GUIDANCE)
+    readable["session summary"] = nb.session_summary({})
+    for name, text in readable.items():
+        assert not DESIGN_NUMBERS.search(text), (name, DESIGN_NUMBERS.search(text))
 
 
 def test_one_parameters_cell_with_the_design_fields_as_form_fields():
@@ -66,30 +121,37 @@ def test_one_parameters_cell_with_the_design_fields_as_form_fields():
 # ---------------------------------------------------------------- the whole notebook
 
 
-def test_whole_notebook_runs_headless_in_quick_mode(tmp_path):
+def test_whole_notebook_runs_headless_in_quick_mode_as_in_colab(tmp_path, monkeypatch):
+    """The whole notebook under papermill, with the `google.colab` stand-in on the kernel's
+    path (tests/colab_stub): Cell 5 mounts the stand-in Drive and, CHECKPOINT_DIR being
+    empty, the checkpoints land in the Drive project folder, as in Colab."""
     import papermill
 
-    checkpoint_dir, output_dir = tmp_path / "checkpoints", tmp_path / "outputs"
+    for name, value in colab_environment(tmp_path).items():
+        monkeypatch.setenv(name, value)  # the kernel papermill starts inherits them
+    my_drive, output_dir = tmp_path / "mydrive", tmp_path / "outputs"
     executed = tmp_path / "executed.ipynb"
     papermill.execute_notebook(
         str(NOTEBOOK_PATH), str(executed), cwd=str(REPO_ROOT), kernel_name="python3",
         # GPT-2's BPE as in a real run; 10 steps (+5 resumed) keep the test short
-        parameters={"QUICK_MODE": True, "QUICK_MODE_STEPS": 10,
-                    "CHECKPOINT_DIR": str(checkpoint_dir), "OUTPUT_DIR": str(output_dir)},
+        parameters={"QUICK_MODE": True, "QUICK_MODE_STEPS": 10, "CHECKPOINT_DIR": "",
+                    "OUTPUT_DIR": str(output_dir)},
         progress_bar=False,
     )
-    outputs = {}
-    for cell in nbformat.read(executed, as_version=4).cells:
-        match = TITLE.match(cell.source) if cell.cell_type == "code" else None
-        if match:
-            outputs[int(match.group(1))] = "".join(
-                o.get("text", "") + o.get("data", {}).get("text/plain", "")
-                for o in cell.outputs)
-            assert not any(o.output_type == "error" for o in cell.outputs)
+    cells = executed_cells(executed)
+    outputs = {number: cell["text"] for number, cell in cells.items()}
+    assert all(cell["ran"] and not cell["error"] for cell in cells.values()), outputs
     assert all("Traceback" not in text and "❌" not in text for text in outputs.values()), outputs
+    assert not any(DESIGN_NUMBERS.search(text) for text in outputs.values())
+    # Colab's path: Drive mounted at the stand-in mount point, checkpoints on "Drive"
+    assert "Colab: yes" in outputs[1]
+    checkpoint_dir = Path(tmp_path, "content", "drive", "MyDrive", "gpt2-training", "checkpoints")
+    assert f"Checkpoint folder: {checkpoint_dir} " in outputs[5]
+    assert sorted((my_drive / "gpt2-training" / "checkpoints").glob("checkpoint_epoch*_step*.pt"))
+    assert "Quick mode replaced" in outputs[4]
     # training wrote checkpoints, recovery and loading found them, the summary is complete
-    assert sorted(checkpoint_dir.glob("checkpoint_epoch*_step*.pt"))
     assert "✅ model" in outputs[35] and "✅ results" in outputs[35]
+    assert "✅ checkpoint_path" in outputs[35] and "✅ best_checkpoint_path" in outputs[35]
     assert "LOADING MODEL WEIGHTS" in outputs[34]
     assert "resumed from step 10 to step 15" in outputs[37]
     assert "val_loss" in outputs[40] and "sample" in outputs[40]
@@ -119,13 +181,13 @@ def test_cell_34_error_scenarios_print_guidance_and_keep_the_kernel_usable(kerne
     kernel.run_cells([1, 3, 4, 5], parameters)
 
     # Scenario 1: Cell 34 before Cell 13
-    text = kernel.run_cell(34)
-    assert "Model instance not found" in text and "Cell 13" in text
+    text = kernel.run_cell_expecting_stop(34)
+    assert "Model instance not found" in text and "run Cell 13" in text
     assert kernel.value("'model' in globals()") is False
 
     # Scenario 2: a model, but an empty checkpoint folder
     kernel.run_cells([6, 7, 9, 10, 11, 13])
-    text = kernel.run_cell(34)
+    text = kernel.run_cell_expecting_stop(34)
     assert "No checkpoints found" in text and "Cell 32" in text
 
     # Scenario 3: train a little, then change the architecture in Cell 11 and rebuild
@@ -135,8 +197,8 @@ def test_cell_34_error_scenarios_print_guidance_and_keep_the_kernel_usable(kerne
     kernel.run("MODEL_PRESET = 'tiny'; CONTEXT_LENGTH = 32")
     kernel.run_cells([11, 13])
     before = kernel.value("[float(p.sum()) for p in model.parameters()]")
-    text = kernel.run_cell(34)
-    assert "architecture mismatch" in text.lower() and "Cell 13" in text
+    text = kernel.run_cell_expecting_stop(34)
+    assert "architecture mismatch" in text.lower() and "Cells 4-13" in text
     # the failed load changed nothing and the session goes on
     assert kernel.value("[float(p.sum()) for p in model.parameters()]") == before
     assert kernel.value("6 * 7") == 42
@@ -145,18 +207,47 @@ def test_cell_34_error_scenarios_print_guidance_and_keep_the_kernel_usable(kerne
 # ---------------------------------------------------------------- utils.notebook
 
 
-def test_session_summary_always_prints_every_variable():
+def assigned_names(source: str) -> set[str]:
+    """Names a cell's code assigns (assignment and for/with targets, tuples unpacked)."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        targets = []
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        elif isinstance(node, (ast.For, ast.comprehension)):
+            targets = [node.target]
+        elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+            targets = [node.optional_vars]
+        for target in targets:
+            names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+    return names
+
+
+def test_session_summary_names_the_cell_that_makes_each_variable():
+    """The cell in each "run Cell N" hint is the first cell whose code assigns the variable,
+    found by reading the notebook (not from the table the summary is printed from)."""
+    first_assigned: dict[str, int] = {}
+    for number, source in sorted(notebook_cells().items()):
+        for name in assigned_names(source):
+            first_assigned.setdefault(name, number)
     empty = nb.session_summary({})
     assert "SESSION VARIABLES" in empty
-    for name, cell in nb.SESSION_VARIABLES.items():
-        assert f"{name}" in empty and f"run Cell {cell}" in empty
+    hints = dict(re.findall(r"⚪ (\w+) +not set \(run Cell (\d+)\)", empty))
+    assert {"model", "tokenizer", "trainer", "results", "checkpoint_path"} <= set(hints)
+    for name, cell in hints.items():
+        assert int(cell) == first_assigned[name], (name, cell, first_assigned.get(name))
+    assert hints["trainer"] == "16"
+
+
+def test_session_summary_always_prints_every_variable():
     # seed 003's bug: with everything already set, the old cell printed nothing
     results = {"checkpoint_path": "a.pt", "latest_checkpoint_path": "b.pt", "metrics": [],
                "best_val_loss": 1.5, "epoch": 0, "global_step": 7}
     namespace = {"results": results, "model": None, **nb.extract_session_variables(
         {"results": results})}
     full = nb.session_summary(namespace)
-    assert "✅ checkpoint_path" in full and "a.pt" in full and "✅ global_step" in full
+    assert "✅ best_checkpoint_path" in full and "a.pt" in full and "✅ global_step" in full
+    assert "⚪ checkpoint_path" in full and "run Cell 34" in full
     assert "⚪ model" in full and "run Cell 13" in full
 
 
@@ -164,6 +255,45 @@ def test_extract_session_variables_takes_only_what_results_has():
     assert nb.extract_session_variables({}) == {}
     assert nb.extract_session_variables({"results": {"global_step": 3, "other": 1}}) == {
         "global_step": 3}
+
+
+def test_cell_35_keeps_the_checkpoint_that_cell_34_loaded(capsys):
+    """Cell 35 used to replace Cell 34's `checkpoint_path` (maybe CHECKPOINT_OVERRIDE) with
+    Cell 33's best checkpoint. Run the cell's own code on a session namespace."""
+    results = {"checkpoint_path": "best.pt", "latest_checkpoint_path": "latest.pt",
+               "metrics": [], "best_val_loss": 1.5, "epoch": 0, "global_step": 7}
+    namespace = {"results": results, "checkpoint_path": Path("override.pt")}
+    exec(notebook_cells()[35], namespace)
+    assert namespace["checkpoint_path"] == Path("override.pt")
+    assert namespace["best_checkpoint_path"] == "best.pt"
+    assert namespace["latest_checkpoint_path"] == "latest.pt" and namespace["global_step"] == 7
+    out = capsys.readouterr().out
+    assert "✅ checkpoint_path" in out and "override.pt" in out
+    # before Cell 33: every extracted variable is None, and the summary says what to run
+    namespace = {}
+    exec(notebook_cells()[35], namespace)
+    assert namespace["best_checkpoint_path"] is None
+    assert "run Cell 33 (Checkpoint Recovery)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("init_from, name, preset", [
+    ("gpt2-medium", "gpt2-medium", "medium"), ("Scratch", "tiny", "tiny")])
+def test_cell_12_checks_the_memory_of_the_model_cell_13_builds(init_from, name, preset, capsys):
+    """MODEL_PRESET is tiny but INIT_FROM loads GPT-2 medium: Cell 12 must check medium."""
+    import torch
+
+    from utils.pretrained.memory import SAFETY_FACTOR, estimate_memory_bytes
+
+    namespace = {"MODEL_PRESET": "tiny", "INIT_FROM": init_from, "device": "cpu",
+                 "model_config": GPT2_CONFIGS["tiny"]}
+    try:
+        exec(notebook_cells()[12], namespace)
+        text = capsys.readouterr().out
+    except nb.StopRun as stop:  # too big for this machine: the guidance names it too
+        text = stop.guidance
+    needed = estimate_memory_bytes(GPT2_CONFIGS[preset], torch.float32, True) * SAFETY_FACTOR
+    assert f"{name} needs about" in text, text
+    assert (f"{needed / 2**30:.2f} GiB" in text) or (f"{needed / 2**30:.1f} GiB" in text), text
 
 
 def test_checkpoint_dir_is_local_outside_colab(tmp_path, monkeypatch):
@@ -181,16 +311,89 @@ def test_checkpoint_dir_is_local_outside_colab(tmp_path, monkeypatch):
     ConfigError("bad preset"),
     FileNotFoundError("missing.txt"),
 ])
-def test_friendly_errors_print_guidance_instead_of_raising(error, capsys):
-    with nb.friendly_errors():
+def test_friendly_errors_stop_the_cell_with_the_guidance_alone(error, capsys):
+    with pytest.raises(nb.StopRun) as stopped, nb.friendly_errors():
         raise error
-    out = capsys.readouterr().out
-    assert str(error).split(":")[0] in out and "Traceback" not in out
+    rendered = "\n".join(stopped.value._render_traceback_())  # what IPython shows
+    assert str(error).split(":")[0] in rendered and "Traceback" not in rendered
+    assert "Stopped here" in rendered and rendered.count("❌") == 1
+    assert capsys.readouterr().out == ""  # shown once: as the error, not printed as well
+
+
+@pytest.mark.parametrize("error, fields, hint", [
+    (ModelNotInitializedError("no model to load into"), (), "run Cell 13"),
+    (NoCheckpointsError("no checkpoints in x"), (), "Cell 32"),
+    (ConfigError("min_learning_rate (-0.1) exceeds learning_rate (-1)"), (), "LEARNING_RATE"),
+    (ValueError("batch_size must be >= 1, got 0"), (), "BATCH_SIZE"),
+    (FileNotFoundError("corpus.txt does not exist"), ("DATA_PATH",), "DATA_PATH"),
+    (nb.FormValueError("SEED", -1, "it must be a whole number >= 0"), (), "change SEED"),
+])
+def test_one_mapping_adds_the_notebook_cell_or_field_to_library_errors(error, fields, hint):
+    text = nb.format_error(error, fields)
+    assert str(error).split(" (")[0] in text
+    assert "▶ In this notebook:" in text and hint in text.split("▶ In this notebook:")[1]
+    assert nb.notebook_hint(KeyError("a bug")) is None  # nothing to add for other errors
+
+
+def test_check_form_names_the_field_and_what_it_must_hold():
+    good = {"LEARNING_RATE": 6e-4, "BATCH_SIZE": 8, "MODEL_PRESET": "gpt2", "TOKENIZER": "byte"}
+    nb.check_form(good, *good)
+    for name, value, words in [("LEARNING_RATE", -1, "positive number"),
+                               ("LEARNING_RATE", float("nan"), "positive number"),
+                               ("BATCH_SIZE", 2.5, "whole number"),
+                               ("BATCH_SIZE", True, "whole number"),
+                               ("MODEL_PRESET", "huge", "tiny"),
+                               ("TOKENIZER", "gpt3", "byte")]:
+        with pytest.raises(nb.FormValueError, match=words) as raised:
+            nb.check_form({**good, name: value}, name)
+        assert raised.value.field == name and str(raised.value).startswith(f"{name} = ")
+    with pytest.raises(nb.FormValueError, match="not set"):
+        nb.check_form({}, "SEED")
+
+
+def test_every_settings_field_has_a_rule_and_a_cell_that_checks_it():
+    """Each form field of Cell 3 is validated (check_form) by some cell, by the rule in
+    FORM_FIELDS: a new field without either fails here."""
+    cells = notebook_cells()
+    fields = re.findall(r"^(\w+) = .+# @param", cells[3], re.MULTILINE)
+    assert set(fields) == set(nb.FORM_FIELDS)
+    checked = set()
+    for source in cells.values():
+        for call in ast.walk(ast.parse(source)):
+            if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "check_form":
+                checked |= {arg.value for arg in call.args if isinstance(arg, ast.Constant)}
+    assert checked == set(fields), set(fields) ^ checked
+
+
+def test_init_source_reads_scratch_sizes_paths_and_refuses_stray_words(tmp_path):
+    assert nb.init_source("Scratch") == nb.init_source(" ") == "scratch"
+    assert nb.init_source("gpt2") == "small" and nb.init_source("GPT2-XL") == "xl"
+    assert nb.init_source(str(tmp_path)) == str(tmp_path)
+    assert nb.init_source("openai-community/gpt2") == "openai-community/gpt2"
+    for stray in ("scrach", "gpt7", "./missing-folder"):
+        with pytest.raises(nb.FormValueError, match="INIT_FROM"):
+            nb.init_source(stray)
+
+
+def test_quick_mode_says_which_settings_it_replaced():
+    namespace = {"QUICK_MODE_STEPS": 12, "MODEL_PRESET": "small", "BATCH_SIZE": 4,
+                 "CONTEXT_LENGTH": 64}
+    text = nb.apply_quick_mode(namespace)
+    assert "MODEL_PRESET 'small' → 'tiny'" in text and "MAX_STEPS None → 12" in text
+    assert "BATCH_SIZE" not in text  # already 4: not replaced
+    assert namespace["MODEL_PRESET"] == "tiny" and namespace["MAX_STEPS"] == 12
 
 
 def test_friendly_errors_let_programming_errors_raise():
     with pytest.raises(TypeError), nb.friendly_errors():
         raise TypeError("a bug, not a user error")
+
+
+def test_checkpoint_dir_that_is_a_file_names_the_field(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for requested in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(nb.FormValueError, match="CHECKPOINT_DIR .* is a file"):
+            nb.choose_checkpoint_dir(requested)
 
 
 def test_environment_report_names_torch_and_device():
@@ -288,3 +491,28 @@ def test_cell_13_initialises_from_a_local_gpt2_folder(kernel, tmp_path):
     logits = kernel.value(f"model(torch.tensor({ids})).tolist()")
     assert torch.allclose(torch.tensor(logits), expected, atol=1e-5, rtol=0)
     assert kernel.value("model_config.embedding_dimension") == 32  # the folder's, not Cell 11's
+
+
+def test_the_widget_picker_shows_a_load_error_with_the_notebook_hint(two_checkpoints, capsys,
+                                                                    tiny_config, monkeypatch):
+    """The picker's Load button shows errors through the same mapping as the cells: Cell 34
+    (load_weights_cell) gives the picker `format_error`."""
+    from utils import widgets
+    from utils.model import GPTModel
+
+    made = []
+    monkeypatch.setattr(widgets, "checkpoint_picker",
+                        lambda *args, **kwargs: made.append(kwargs) or None)
+    nb.load_weights_cell({"model": GPTModel(tiny_config)}, two_checkpoints, use_widget=True)
+    assert made[0]["describe_error"] is nb.format_error
+    monkeypatch.undo()
+
+    def fail(path):
+        raise NoCheckpointsError(f"nothing to load at {path}")
+
+    picker = widgets.checkpoint_picker(two_checkpoints, on_load=fail, force_widgets=True,
+                                       describe_error=made[0]["describe_error"])
+    picker.button.click()
+    shown = capsys.readouterr().out  # outside a kernel, the Output widget lets prints through
+    assert isinstance(picker.error, NoCheckpointsError)
+    assert "nothing to load at" in shown and "▶ In this notebook: train first (Cell 32)" in shown

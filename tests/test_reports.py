@@ -123,11 +123,11 @@ def test_full_report_has_every_section_in_order(tmp_path):
 
 @pytest.mark.parametrize("error, title, fix", [
     (errors.ModelNotInitializedError("no model"), "Model instance not found!",
-     "1. Run Cell 13 (Initialize Model)"),
+     "1. Build the model first"),
     (errors.NoCheckpointsError("No checkpoints found in ckpt/"), "No checkpoints found!",
-     "1. Run Cell 32 (Run Training)"),
+     "1. Train first"),
     (errors.ArchitectureMismatchError("embedding_dimension: checkpoint 32, model 16"),
-     "Model architecture mismatch!", "1. Verify config in Cell 13 matches training config"),
+     "Model architecture mismatch!", "1. Build the model with the checkpoint's config"),
     (errors.UnsafeCheckpointError("posix.system"), "Refused an unsafe checkpoint",
      "2. Only if you made the file or trust its source: pass trust_checkpoint=True"),
     (errors.TruncatedCheckpointError("ends early"), "truncated", "1. Copy or download"),

@@ -1,4 +1,8 @@
-"""Command line: `python -m utils {train,recover,load,generate,convert,export} --help`."""
+"""Command line: `python -m utils {train,recover,load,generate,convert,export} --help`.
+
+A user error (see `utils.errors`) prints one line `error: ...` and exits with code 2,
+naming the flags the user typed; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,10 @@ import importlib
 import sys
 
 from utils.cli import COMMANDS
+from utils.cli.common import error_line
+from utils.errors import UserError, user_error_types
 
-
-class UserError(Exception):
-    """Bad input from the command line; printed as one line, exit code 2."""
-
-
-# Errors a user can cause: reported as one line instead of a traceback.
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    from utils.config import ConfigError
-    from utils.training.engine.errors import CheckpointError
-
-    return (UserError, ConfigError, CheckpointError, FileNotFoundError, NotADirectoryError,
-            IsADirectoryError, PermissionError, ValueError)
+__all__ = ["UserError", "build_parser", "main"]  # UserError's home is utils.errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setting_flags(command: str | None) -> dict[str, str]:
+    """The command's `SETTING_FLAGS` (library setting name -> its flag), if it has one."""
+    module = sys.modules.get(f"utils.cli.{command}")
+    return dict(getattr(module, "SETTING_FLAGS", {}))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -40,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except _user_error_types() as error:
-        print(f"error: {error}", file=sys.stderr)
+    except user_error_types() as error:
+        print(error_line(error, _setting_flags(getattr(args, "command", None))),
+              file=sys.stderr)
         return 2
 
 

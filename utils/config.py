@@ -8,7 +8,8 @@ one way in from such a dict; it migrates legacy keys and rejects anything it can
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 # Keys that older checkpoints used, mapped to today's names.
@@ -126,59 +127,61 @@ PRESET_ALIASES = {
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+def _setting(default: Any, meaning: str) -> Any:
+    """A `TrainingConfig` field with its one-line meaning (read by `setting_help`)."""
+    return field(default=default, metadata={"help": meaning})
+
+
 @dataclass
 class TrainingConfig:
     """Optimisation, evaluation and checkpointing settings for `Trainer`.
 
-    Either `max_steps` or `epochs` bounds the run (`max_steps` wins when both are set);
-    an epoch is `len(train tokens) // (batch_size * context_length)` optimizer steps of
-    micro-batches times `gradient_accumulation_steps`.
+    Each field is defined here once, with its default and its meaning (`setting_help`); the
+    command line (`python -m utils train --help`) and the notebook's settings cell are
+    derived from it. An epoch is `len(train tokens) // (batch_size * context_length)`
+    micro-batches, divided by `gradient_accumulation_steps`.
     """
 
-    learning_rate: float = 6e-4
-    min_learning_rate: float = 6e-5
-    warmup_steps: int = 100
-    max_steps: int | None = 1000
-    epochs: int | None = None
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float | None = 1.0
-    eval_interval: int = 100
-    eval_batches: int = 20
-    checkpoint_interval: int | None = 100
-    checkpoint_every_epoch: bool = False
-    checkpoint_dir: str = "checkpoints"
-    keep_last: int | None = 3
-    keep_best: int | None = 1
-    background_checkpointing: bool = True
-    precision: str = "auto"  # auto: fp32 on CPU/MPS, bf16 on CUDA >= 8.0, fp16 + GradScaler below
-    compile: bool = False  # torch.compile for training and evaluation (warm-up time is printed)
-    activation_checkpointing: bool = False  # recompute each block in backward: less memory
-    log_interval: int = 10  # optimizer steps between reads of the loss (progress bar, log)
-    seed: int = 1337
-    device: str | None = None
+    learning_rate: float = _setting(
+        6e-4, "peak learning rate, reached after the warmup, then cosine-decayed")
+    min_learning_rate: float = _setting(
+        6e-5, "learning rate at the end of the decay (at most learning_rate)")
+    warmup_steps: int = _setting(100, "steps of linear warmup from 0 to the peak learning rate")
+    max_steps: int | None = _setting(
+        1000, "optimizer steps to train for (wins over epochs when both are set)")
+    epochs: int | None = _setting(
+        None, "passes over the training tokens (used when max_steps is None)")
+    batch_size: int = _setting(8, "sequences per micro-batch, per process")
+    gradient_accumulation_steps: int = _setting(1, "micro-batches per optimizer step")
+    weight_decay: float = _setting(
+        0.1, "AdamW weight decay of matrices and embeddings, not biases or norms (0: none)")
+    betas: tuple[float, float] = _setting((0.9, 0.95), "AdamW's (beta1, beta2)")
+    grad_clip: float | None = _setting(
+        1.0, "clip the gradient norm to this value (0 or None: no clipping)")
+    eval_interval: int = _setting(100, "optimizer steps between validation-loss evaluations")
+    eval_batches: int = _setting(20, "validation batches averaged per evaluation")
+    checkpoint_interval: int | None = _setting(
+        100, "optimizer steps between checkpoints (the last step is always saved)")
+    checkpoint_every_epoch: bool = _setting(False, "also save a checkpoint after every epoch")
+    checkpoint_dir: str = _setting(
+        "checkpoints", "folder for the checkpoints (empty: write none)")
+    keep_last: int | None = _setting(3, "newest checkpoints to keep (None: keep all)")
+    keep_best: int | None = _setting(1, "best checkpoints by val_loss to keep as well")
+    background_checkpointing: bool = _setting(
+        True, "write checkpoints on a background thread while training goes on")
+    precision: str = _setting(
+        "auto", "auto | fp32 | bf16 | fp16; auto: fp32 on CPU, bf16 on CUDA >= 8.0, fp16 below")
+    compile: bool = _setting(
+        False, "torch.compile for training and evaluation (the warm-up time is printed)")
+    activation_checkpointing: bool = _setting(
+        False, "recompute each block in the backward pass: far less memory, ~1/3 more compute")
+    log_interval: int = _setting(
+        10, "optimizer steps between reads of the loss (progress bar, metrics log)")
+    seed: int = _setting(1337, "random seed of batch order and dropout (CLI: initial weights too)")
+    device: str | None = _setting(None, "cpu | cuda | cuda:1 | mps; unset: the best available")
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.max_steps is None and self.epochs is None:
-            raise ConfigError("set max_steps or epochs (both are None)")
-        for name in ("batch_size", "gradient_accumulation_steps", "eval_interval",
-                     "eval_batches", "log_interval"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("max_steps", "epochs", "checkpoint_interval", "keep_last", "keep_best"):
-            value = getattr(self, name)
-            if value is not None and value < (0 if name.startswith("keep") else 1):
-                raise ConfigError(f"{name} must be positive or None, got {value!r}")
-        if self.min_learning_rate > self.learning_rate:
-            raise ConfigError(
-                f"min_learning_rate ({self.min_learning_rate}) exceeds learning_rate "
-                f"({self.learning_rate})"
-            )
-        self.betas = tuple(float(b) for b in self.betas)
+        self.betas = _check_training_values(self)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -194,3 +197,78 @@ class TrainingConfig:
                 f"unknown training config key(s) {unknown}; expected some of {sorted(known)}"
             )
         return cls(**data)  # __post_init__ turns a JSON list of betas back into a tuple
+
+
+def setting_help(name: str) -> str:
+    """The one-line meaning of the `TrainingConfig` field `name` (for help texts, comments)."""
+    return _training_field(name).metadata["help"]
+
+
+def setting_default(name: str) -> Any:
+    """The default of the `TrainingConfig` field `name`."""
+    return _training_field(name).default
+
+
+def _training_field(name: str) -> dataclasses.Field:
+    for item in fields(TrainingConfig):
+        if item.name == name:
+            return item
+    raise ConfigError(f"TrainingConfig has no setting {name!r}")
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _require(ok: bool, name: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{name} must be {rule}, got {value!r}")
+
+
+def _check_training_values(config: TrainingConfig) -> tuple[float, float]:
+    """Raise `ConfigError` naming the first setting, in field order, that cannot be used;
+    return the betas as a tuple of floats. Non-finite numbers are refused: a NaN learning
+    rate would train for hours and save NaN checkpoints."""
+    c = config
+    _require(_is_number(c.learning_rate) and c.learning_rate > 0, "learning_rate",
+             "a positive finite number", c.learning_rate)
+    _require(_is_number(c.min_learning_rate) and c.min_learning_rate >= 0,
+             "min_learning_rate", "a finite number >= 0", c.min_learning_rate)
+    if c.min_learning_rate > c.learning_rate:
+        raise ConfigError(f"min_learning_rate ({c.min_learning_rate}) exceeds learning_rate "
+                          f"({c.learning_rate}); lower min_learning_rate")
+    for name, minimum in (("warmup_steps", 0), ("max_steps", 1), ("epochs", 1),
+                          ("batch_size", 1), ("gradient_accumulation_steps", 1)):
+        _check_count(c, name, minimum)
+    if c.max_steps is None and c.epochs is None:
+        raise ConfigError("set max_steps or epochs (both are None)")
+    _require(_is_number(c.weight_decay) and c.weight_decay >= 0, "weight_decay",
+             "a finite number >= 0", c.weight_decay)
+    betas = tuple(c.betas) if isinstance(c.betas, (list, tuple)) else ()
+    _require(len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas), "betas",
+             "two numbers in [0, 1)", c.betas)
+    _require(c.grad_clip is None or (_is_number(c.grad_clip) and c.grad_clip >= 0),
+             "grad_clip", "a finite number >= 0 or None", c.grad_clip)
+    for name, minimum in (("eval_interval", 1), ("eval_batches", 1), ("log_interval", 1),
+                          ("checkpoint_interval", 1), ("keep_last", 0), ("keep_best", 0)):
+        _check_count(c, name, minimum)
+    _require(c.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", c.precision)
+    _require(_is_integer(c.seed), "seed", "an integer", c.seed)
+    return tuple(float(b) for b in betas)
+
+
+_OPTIONAL_COUNTS = ("max_steps", "epochs", "checkpoint_interval", "keep_last", "keep_best")
+
+
+def _check_count(config: TrainingConfig, name: str, minimum: int) -> None:
+    value = getattr(config, name)
+    if value is None and name in _OPTIONAL_COUNTS:
+        return
+    or_none = " or None" if name in _OPTIONAL_COUNTS else ""
+    _require(_is_integer(value), name, "an integer" + or_none, value)
+    _require(value >= minimum, name, f">= {minimum}{or_none}", value)

@@ -1,7 +1,10 @@
 """Small helpers that the cells of `training.ipynb` call, so each cell stays a few lines.
 
-Environment report, Colab detection and Google Drive, the checkpoint folder, friendly
-error printing (the guidance, never a traceback), and Cell 35's session summary.
+Environment report, Colab detection and Google Drive (mount point from
+$GPT2_DRIVE_MOUNT_POINT, so tests mount a stand-in), the checkpoint folder, the form values
+of Cell 3 (`check_form`, quick mode), user errors (`friendly_errors` stops the cell with the
+guidance alone, never a traceback, and `notebook_hint` is the one mapping from a library
+error to the cell to run or the field to change), and Cell 35's session summary.
 Heavy libraries are imported inside the functions.
 """
 
@@ -11,14 +14,19 @@ import contextlib
 import importlib.util
 import os
 import platform
+import re
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-DRIVE_MOUNT_POINT = "/content/drive"
-DRIVE_PROJECT_DIR = "/content/drive/MyDrive/gpt2-training"
+from utils.errors import user_error_types
+
+DRIVE_MOUNT_POINT = "/content/drive"  # Colab's; GPT2_DRIVE_MOUNT_POINT overrides it
+DRIVE_MOUNT_ENV = "GPT2_DRIVE_MOUNT_POINT"
+DRIVE_PROJECT_NAME = "gpt2-training"  # the project folder inside MyDrive
+DRIVE_PROJECT_DIR = f"{DRIVE_MOUNT_POINT}/MyDrive/{DRIVE_PROJECT_NAME}"  # Colab's default
 RULE = "=" * 71
 
 # Import names of what requirements.txt installs; when all are importable, nothing is installed.
@@ -99,14 +107,26 @@ def _total_ram_gb() -> float | None:
         return None
 
 
-def mount_drive(mount_point: str = DRIVE_MOUNT_POINT) -> bool:
+def drive_mount_point() -> Path:
+    """Where Google Drive is mounted: /content/drive in Colab, or $GPT2_DRIVE_MOUNT_POINT
+    (tests mount a stand-in Drive elsewhere; Cell 1 reads the same variable)."""
+    return Path(os.environ.get(DRIVE_MOUNT_ENV) or DRIVE_MOUNT_POINT)
+
+
+def drive_project_dir() -> Path:
+    """The project's folder on Drive: `<mount>/MyDrive/gpt2-training`."""
+    return drive_mount_point() / "MyDrive" / DRIVE_PROJECT_NAME
+
+
+def mount_drive(mount_point: str | Path | None = None) -> bool:
     """Mount Google Drive in Colab (asks for permission once); False outside Colab."""
     if not in_colab():
         return False
-    if not Path(mount_point, "MyDrive").is_dir():
+    mount_point = Path(mount_point or drive_mount_point())
+    if not (mount_point / "MyDrive").is_dir():
         from google.colab import drive
 
-        drive.mount(mount_point)
+        drive.mount(str(mount_point))
     return True
 
 
@@ -118,46 +138,290 @@ def choose_checkpoint_dir(requested: str | Path | None = None, use_drive: bool |
     """
     use_drive = in_colab() if use_drive is None else use_drive
     if use_drive and mount_drive():
-        base = Path(DRIVE_PROJECT_DIR)
+        base = drive_project_dir()
         path = Path(requested) if requested else base / "checkpoints"
         if not path.is_absolute():
             path = base / path
     else:
         path = Path(requested or "checkpoints")
     path = path.expanduser()
+    blocking = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise FormValueError("CHECKPOINT_DIR", str(requested or path),
+                             f"{blocking} is a file, not a folder; give a folder (it is "
+                             "created if missing), or leave it empty for the default")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def format_error(error: BaseException) -> str:
-    """The guidance for an error a user can cause (seed 003's scenarios), as text."""
-    try:
-        from utils.reports import error_report
-    except ImportError:  # reports not available: the message itself says cause and fix
-        return f"❌ {type(error).__name__}: {error}\n{RULE}"
-    return error_report(error)
+# --------------------------------------------------------------------------------------
+# Form values and errors: a user error stops "Run all" at the cell where it happens and
+# shows its guidance (never a traceback), so no later cell runs on missing variables.
+# --------------------------------------------------------------------------------------
+
+SETTINGS_CELL = "Cell 3 (Settings)"
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Errors a user can cause from a cell; printed as guidance instead of a traceback."""
+class FormValueError(ValueError):
+    """A form field of Cell 3 holds a value the notebook cannot use."""
+
+    def __init__(self, field: str, value: Any, expected: str) -> None:
+        self.field, self.value, self.expected = field, value, expected
+        super().__init__(f"{field} = {value!r} cannot be used: {expected}.")
+
+
+class StopRun(Exception):
+    """Stops the cell (and "Run all") with `guidance` as its whole output.
+
+    IPython renders an exception through `_render_traceback_` when it has one, so the
+    notebook shows the guidance alone, once, and Jupyter/Colab/papermill stop running the
+    cells below, as after any error.
+    """
+
+    def __init__(self, guidance: str) -> None:
+        super().__init__(guidance)
+        self.guidance = guidance
+
+    def _render_traceback_(self) -> list[str]:
+        return self.guidance.splitlines()
+
+
+def _whole(minimum: int) -> Any:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            return f"it must be a whole number >= {minimum}"
+        return None
+    return check
+
+
+def _positive_number(value: Any) -> str | None:
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        return "it must be a positive number, such as 6e-4"
+    return None
+
+
+def _choice(choices: Any) -> Any:
+    def check(value: Any) -> str | None:
+        options = choices() if callable(choices) else choices
+        return None if value in options else f"choose one of {sorted(options)}"
+    return check
+
+
+def _text(value: Any) -> str | None:
+    return None if isinstance(value, str) else "it must be text (a string)"
+
+
+def _flag(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "it must be True or False"
+
+
+def _presets() -> set[str]:
+    from utils.config import GPT2_CONFIGS, PRESET_ALIASES
+
+    return set(GPT2_CONFIGS) | set(PRESET_ALIASES)
+
+
+def _tokenizers() -> set[str]:
+    import tiktoken
+
+    from utils.tokenizer import BYTE_TOKENIZER_NAMES, TIKTOKEN_ALIASES
+
+    return {*BYTE_TOKENIZER_NAMES, *TIKTOKEN_ALIASES, *tiktoken.list_encoding_names()}
+
+
+# Each form field of Cell 3 and what it must hold (None: a valid value).
+FORM_FIELDS: dict[str, Any] = {
+    "QUICK_MODE": _flag, "QUICK_MODE_STEPS": _whole(1), "MODEL_PRESET": _choice(_presets),
+    "INIT_FROM": _text, "DATA_PATH": _text, "TOKENIZER": _choice(_tokenizers),
+    "CONTEXT_LENGTH": _whole(2), "MAX_STEPS": _whole(1), "BATCH_SIZE": _whole(1),
+    "LEARNING_RATE": _positive_number, "WARMUP_STEPS": _whole(0), "EVAL_INTERVAL": _whole(1),
+    "EVAL_BATCHES": _whole(1), "CHECKPOINT_INTERVAL": _whole(1), "CHECKPOINT_DIR": _text,
+    "CHECKPOINT_OVERRIDE": _text, "RESUME_EXTRA_STEPS": _whole(1), "PROMPT": _text,
+    "OUTPUT_DIR": _text, "SEED": _whole(0),
+}
+
+
+def check_form(namespace: Mapping[str, Any], *names: str) -> None:
+    """Raise `FormValueError` for the first of `names` whose value in `namespace` is unusable.
+
+    Each cell checks the fields it uses first, so a wrong value stops the notebook at the
+    cell that would have failed on it, naming the field instead of a library argument.
+    """
+    for name in names:
+        if name not in namespace:
+            raise FormValueError(name, None, f"it is not set: run {SETTINGS_CELL} first")
+        problem = FORM_FIELDS[name](namespace[name])
+        if problem:
+            raise FormValueError(name, namespace[name], problem)
+
+
+def init_source(init_from: str) -> str:
+    """What INIT_FROM asks for: "scratch", a GPT-2 size ("small", "medium", ...), or a path.
+
+    "Scratch" in any case is scratch; a GPT-2 name is one of `gpt2`, `gpt2-medium`, ...
+    (or the preset names); anything else must be an existing folder or file, or a
+    hub id `owner/name`: a stray word is refused here instead of being looked up online.
+    """
+    from utils.config import PRESET_ALIASES
+    from utils.pretrained.huggingface import HUB_REPOS
+
+    value = init_from.strip()
+    if value.lower() in ("", "scratch"):
+        return "scratch"
+    preset = PRESET_ALIASES.get(value.lower(), value.lower())
+    if preset in HUB_REPOS and not Path(value).exists():
+        return preset
+    if Path(value).expanduser().exists():
+        return str(Path(value).expanduser())
+    if value.count("/") == 1 and not value.startswith((".", "/", "~")):
+        return value  # a Hugging Face hub id, e.g. openai-community/gpt2
+    names = sorted({"scratch", *(n for n in PRESET_ALIASES if n.startswith("gpt2"))})
+    raise FormValueError("INIT_FROM", init_from,
+                         f"it is neither one of {names}, nor an existing folder or file, nor a "
+                         "Hugging Face id like owner/name")
+
+
+def init_model_config(init_from: str, model_config: Any, preset: str) -> tuple[Any, str]:
+    """(config, name) of the model that Cell 13 will build for INIT_FROM (Cell 12 checks
+    its memory): `model_config` (named `preset`) from scratch, else the pretrained model's
+    own shape, which may be another GPT-2 size than MODEL_PRESET."""
+    from utils.config import GPT2_CONFIGS
+    from utils.pretrained.huggingface import (
+        hf_tensor_shapes,
+        infer_config,
+        read_hf_config,
+        resolve_weight_files,
+    )
+
+    source = init_source(init_from)
+    if source == "scratch":
+        return model_config, preset
+    if source in GPT2_CONFIGS:
+        return GPT2_CONFIGS[source], "gpt2" if source == "small" else f"gpt2-{source}"
+    if not Path(source).exists():  # a hub id: its size is known (and checked) when it loads
+        return model_config, f"{preset} ({source} is checked when Cell 13 loads it)"
+    files = resolve_weight_files(source)
+    return read_hf_config(files[0].parent) or infer_config(hf_tensor_shapes(files)), source
+
+
+def quick_mode_settings(steps: int) -> dict[str, Any]:
+    """What QUICK_MODE sets: a tiny model and `steps` steps, so everything runs in minutes."""
+    return {"MODEL_PRESET": "tiny", "CONTEXT_LENGTH": 64, "MAX_STEPS": steps, "BATCH_SIZE": 4,
+            "WARMUP_STEPS": 5, "EVAL_INTERVAL": 10, "EVAL_BATCHES": 2,
+            "CHECKPOINT_INTERVAL": 10, "RESUME_EXTRA_STEPS": 5}
+
+
+def apply_quick_mode(namespace: dict[str, Any]) -> str:
+    """Put `quick_mode_settings` into `namespace` (the notebook's globals) and say which
+    form values it replaced, so a changed setting is never replaced silently."""
+    check_form(namespace, "QUICK_MODE_STEPS")
+    settings = quick_mode_settings(namespace["QUICK_MODE_STEPS"])
+    replaced = [f"{name} {namespace.get(name)!r} → {value!r}" for name, value in settings.items()
+                if namespace.get(name) != value]
+    namespace.update(settings)
+    if not replaced:
+        return "⚡ Quick mode: every setting already had its quick value."
+    return ("⚡ Quick mode replaced these settings of Cell 3 (set QUICK_MODE off to use "
+            "yours):\n   " + "\n   ".join(replaced))
+
+
+def _notebook_hints() -> list[tuple[type[BaseException], str]]:
+    """The one mapping from a library error to what to do in this notebook, by error type
+    (most specific first). Library messages say what to call or which setting to change;
+    these add the cell to run."""
     from utils.config import ConfigError
+    from utils.pretrained.memory import InsufficientMemoryError
+    from utils.tokenizer import TokenizerUnavailableError
+    from utils.training.engine import errors
+
+    return [
+        (errors.ModelNotInitializedError, "run Cell 13 (Initialize Model), then this cell again"),
+        (errors.NoCheckpointsError, "train first (Cell 32), or set CHECKPOINT_DIR in "
+                                    f"{SETTINGS_CELL} to the folder that holds them"),
+        (errors.ArchitectureMismatchError, "make MODEL_PRESET, CONTEXT_LENGTH and TOKENIZER in "
+                                           f"{SETTINGS_CELL} match the checkpoint and run Cells "
+                                           "4-13 again, or choose another CHECKPOINT_OVERRIDE"),
+        (errors.CheckpointNotFoundError, f"check CHECKPOINT_OVERRIDE in {SETTINGS_CELL} (empty "
+                                         "picks the best checkpoint; Cell 33 lists them)"),
+        (errors.CheckpointWriteError, f"set CHECKPOINT_DIR in {SETTINGS_CELL} to a writable "
+                                      "folder with free space, then run Cells 5 and 32 again"),
+        (errors.CheckpointError, "choose another checkpoint with CHECKPOINT_OVERRIDE in "
+                                 f"{SETTINGS_CELL} (Cell 33 lists them), then run Cell 34 again"),
+        (InsufficientMemoryError, f"choose a smaller MODEL_PRESET or INIT_FROM in {SETTINGS_CELL}"
+                                  ", or a runtime with more memory, then Run all again"),
+        (TokenizerUnavailableError, f"set TOKENIZER = \"byte\" in {SETTINGS_CELL} (works "
+                                    "offline), or connect to the internet once"),
+        (ConfigError, f"change the setting it names in {SETTINGS_CELL}, then Run all again"),
+    ]
+
+
+# A library setting named in an error message -> the form field that sets it.
+SETTING_FIELDS = {
+    "min_learning_rate": "LEARNING_RATE", "learning_rate": "LEARNING_RATE",
+    "warmup_steps": "WARMUP_STEPS", "max_steps": "MAX_STEPS", "batch_size": "BATCH_SIZE",
+    "context_length": "CONTEXT_LENGTH", "eval_interval": "EVAL_INTERVAL",
+    "eval_batches": "EVAL_BATCHES", "checkpoint_interval": "CHECKPOINT_INTERVAL",
+    "checkpoint_dir": "CHECKPOINT_DIR", "preset": "MODEL_PRESET", "tokenizer": "TOKENIZER",
+}
+
+
+def notebook_hint(error: BaseException, fields: tuple[str, ...] = ()) -> str | None:
+    """What to do in this notebook about `error`: the cell to run or the form field to
+    change. `fields`: the form fields the failing cell passed to the library."""
+    if isinstance(error, FormValueError):
+        return (f"change {error.field} in {SETTINGS_CELL}, then run the notebook again "
+                "(Runtime → Run all)")
+    text = str(error)
+    named = [field for setting, field in SETTING_FIELDS.items()
+             if re.search(rf"\b{setting}\b", text)]
+    named = list(dict.fromkeys([*named, *fields]))
+    for kind, hint in _notebook_hints():
+        if isinstance(error, kind):
+            if named and kind.__name__ == "ConfigError":
+                break
+            return hint
+    if named:
+        return (f"check {' / '.join(named)} in {SETTINGS_CELL}, then run the notebook again "
+                "(Runtime → Run all)")
+    return None
+
+
+def format_error(error: BaseException, fields: tuple[str, ...] = ()) -> str:
+    """The guidance for an error a user can cause: the library's message (a checkpoint
+    error as its full report: causes and numbered fixes), then what to do in this notebook
+    (`notebook_hint`)."""
     from utils.training.engine.errors import CheckpointError
 
-    return (CheckpointError, ConfigError, FileNotFoundError, NotADirectoryError,
-            PermissionError, ValueError)
+    if isinstance(error, CheckpointError):
+        from utils.reports import error_report
+
+        text = error_report(error).rstrip().removesuffix(RULE).rstrip()
+    else:
+        text = f"❌ {error}"
+    hint = notebook_hint(error, fields)
+    if hint:
+        text += f"\n\n▶ In this notebook: {hint}."
+    return f"{text}\n{RULE}\n"
 
 
 @contextlib.contextmanager
-def friendly_errors() -> Iterator[None]:
-    """Run a cell's body; print the guidance for a user error instead of a traceback.
+def friendly_errors(*fields: str) -> Iterator[None]:
+    """Run a cell's body; a user error stops the cell with its guidance alone (`StopRun`).
 
-    The kernel stays usable: the error is reported and swallowed. Programming errors
-    (anything not in `user_error_types()`) still raise with their traceback.
+    `fields`: the form fields the body uses, named in the guidance when the library's
+    message does not name a setting. Programming errors (anything not in
+    `user_error_types()`) keep their traceback.
     """
     try:
         yield
+    except StopRun:
+        raise
     except user_error_types() as error:
-        print(format_error(error))
+        raise StopRun(format_error(error, fields) + "⏹ Stopped here: the cells below were not "
+                      "run.") from None
 
 
 def _describe(value: Any) -> str:
@@ -187,32 +451,37 @@ def _describe(value: Any) -> str:
     return "..." + text[-77:] if isinstance(value, (str, Path)) else text[:77] + "..."
 
 
-# What Cell 35 takes out of `results` (Cell 33) into plain variables.
+# What Cell 35 takes out of Cell 33's `results`, in this order: {variable: results key}.
+# The best checkpoint is `best_checkpoint_path`: `checkpoint_path` stays the file that
+# Cell 34 loaded (maybe CHECKPOINT_OVERRIDE), which Cell 35 must not replace.
 RESULT_VARIABLES = {
-    "checkpoint_path": "checkpoint_path",
+    "best_checkpoint_path": "checkpoint_path",
     "latest_checkpoint_path": "latest_checkpoint_path",
     "metrics": "metrics",
     "best_val_loss": "best_val_loss",
-    "epoch": "epoch",
     "global_step": "global_step",
 }
 
 # Variables a session builds, with the cell that creates each (for the "missing" hint).
 SESSION_VARIABLES = {
-    "model": 13,
     "tokenizer": 6,
-    "trainer": 32,
+    "model": 13,
+    "trainer": 16,
     "results": 33,
-    "checkpoint_path": 33,
-    "latest_checkpoint_path": 33,
-    "metrics": 33,
-    "best_val_loss": 33,
-    "global_step": 33,
+    "checkpoint_path": 34,
+    **{name: 35 for name in RESULT_VARIABLES},
 }
 
 
+def session_variables(results: Mapping[str, Any] | None) -> tuple[Any, ...]:
+    """Cell 35's variables (`RESULT_VARIABLES`' order) from Cell 33's `results`; None for
+    what results lacks, and all None before Cell 33 ran."""
+    results = results if isinstance(results, Mapping) else {}
+    return tuple(results.get(key) for key in RESULT_VARIABLES.values())
+
+
 def extract_session_variables(namespace: Mapping[str, Any]) -> dict[str, Any]:
-    """Variables to define from Cell 33's `results` (only those results has)."""
+    """{variable: value} from the namespace's `results` (only what results has)."""
     results = namespace.get("results")
     if not isinstance(results, Mapping):
         return {}
@@ -222,8 +491,9 @@ def extract_session_variables(namespace: Mapping[str, Any]) -> dict[str, Any]:
 def session_summary(namespace: Mapping[str, Any]) -> str:
     """A table of the session's variables, set or not; never empty.
 
-    Seed 003's Cell 35 printed only inside `if` branches, so a session where everything
-    already existed printed nothing. This always prints every variable and its state.
+    The reference design's Cell 35 printed only inside `if` branches, so a session where
+    everything already existed printed nothing. This always prints every variable and its
+    state.
     """
     lines = [RULE, "SESSION VARIABLES", RULE, ""]
     for name, cell in SESSION_VARIABLES.items():
@@ -233,7 +503,8 @@ def session_summary(namespace: Mapping[str, Any]) -> str:
             lines.append(f"⚪ {name:<23} not set (run Cell {cell})")
     results = namespace.get("results")
     if not isinstance(results, Mapping):
-        lines += ["", "💡 No recovered results: run Cell 33 (Checkpoint Recovery) first."]
+        lines += ["", "💡 No recovered results: run Cell 33 (Checkpoint Recovery), then "
+                  "Cell 35 again."]
     lines.append(RULE)
     return "\n".join(lines)
 
@@ -262,8 +533,13 @@ def corpus_statistics(corpus: Any, tokenizer: Any, top: int = 5) -> Any:
     return pd.DataFrame({"value": rows})
 
 
+# The notebook's side of the load report's NEXT STEPS (the report names no cells).
+NEXT_CELLS = ("▶ In this notebook: Cell 38 generates text, Cell 39 measures validation "
+              "perplexity, Cell 37 resumes training from the latest checkpoint.")
+
+
 def _load_into_model(model: Any, path: Path, method: str, infos: list[Any] | None) -> dict:
-    """Load `path` into `model` (strict, all or nothing), print seed 003's reports."""
+    """Load `path` into `model` (strict, all or nothing), print the load reports."""
     from utils.reports import full_load_report
     from utils.training.engine.checkpoint import SIDECAR_KEYS
     from utils.training.engine.loading import load_model_weights
@@ -273,6 +549,7 @@ def _load_into_model(model: Any, path: Path, method: str, infos: list[Any] | Non
     # no optimizer state kept alive in the notebook's `checkpoint`.
     checkpoint = {key: load_report.metadata.get(key) for key in SIDECAR_KEYS}
     print(full_load_report(path, method, model, checkpoint, infos, load_report))
+    print(NEXT_CELLS)
     return checkpoint
 
 
@@ -283,7 +560,7 @@ def load_weights_cell(namespace: Mapping[str, Any], checkpoint_dir: str | Path,
 
     Order of choice (`select_checkpoint`): `override`, then Cell 33's
     `results["checkpoint_path"]`, then the best by val_loss. Raises the `CheckpointError`
-    of seed 003's scenarios (no model, no checkpoints, architecture mismatch, ...), which
+    of the documented scenarios (no model, no checkpoints, architecture mismatch, ...), which
     `friendly_errors` prints as guidance. With `use_widget`, shows the ipywidgets picker
     (or, where widgets cannot render, the table) and loads when Load is clicked.
     """
@@ -303,7 +580,8 @@ def load_weights_cell(namespace: Mapping[str, Any], checkpoint_dir: str | Path,
 
         picker = checkpoint_picker(checkpoint_dir, selected=path, infos=infos,
                                    on_load=lambda chosen: _load_into_model(
-                                       model, Path(chosen), "widget picker", infos))
+                                       model, Path(chosen), "widget picker", infos),
+                                   describe_error=format_error)
         if picker is not None:
             from IPython.display import display
 

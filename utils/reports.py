@@ -1,6 +1,8 @@
-"""The printed reports of the load-weights cell (seed 003's output), one function per section.
+"""The printed reports of loading a checkpoint (the original design's output), one function
+per section.
 
-Each function returns text; the notebook and `python -m utils load` print it. Parameter
+Each function returns text; the notebook and `python -m utils load` print it, so the text
+names functions and settings, never notebook cells (`utils.notebook` adds those). Parameter
 counts are of unique tensors (GPT-2's tied head counted once, as Hugging Face counts), and
 sizes use each tensor's actual dtype.
 """
@@ -182,24 +184,24 @@ def next_steps_report(model: Any = None) -> str:
     training = bool(model is not None and model.training)
     if training:
         body = ("💡 Model is in training mode, ready for:\n"
-                "   → Resuming training (Cell 37)\n"
+                "   → Resuming training (Trainer.fit(resume_from=\"latest\"))\n"
                 "   → Fine-tuning (utils.finetune.freeze + a lower learning rate)\n\n"
                 "🔍 For inference:\n"
                 "   model.eval()  # Switch to evaluation mode")
     else:
         body = ("💡 Model is ready for:\n"
-                "   → Inference on test data (Cell 38: Generate Text)\n"
-                "   → Evaluation/benchmarking (Cell 39: Validation Perplexity)\n"
+                "   → Inference on test data (generate_text, python -m utils generate)\n"
+                "   → Evaluation/benchmarking (validation loss and perplexity)\n"
                 "   → Feature extraction\n\n"
                 "🔄 To resume training:\n"
                 "   model.train()  # Switch to training mode\n"
-                "   # Then run the training loop (Cell 37 resumes from the latest checkpoint)")
+                "   # Then train: Trainer.fit(resume_from=\"latest\") continues the latest checkpoint")
     return section("NEXT STEPS", body)
 
 
 def full_load_report(path: str | Path, method: str, model: Any, checkpoint: dict[str, Any],
                      infos: Sequence[Any] | None = None, load_report: Any = None) -> str:
-    """Every section in seed 003's order, as one text."""
+    """Every section in the original design's order, as one text."""
     parts = []
     if infos is not None:
         parts.append(available_checkpoints_report(infos, path) + "\n"
@@ -217,63 +219,66 @@ def full_load_report(path: str | Path, method: str, model: Any, checkpoint: dict
 
 
 # ---------------------------------------------------------------------------------------
-# Error scenarios (seed 003): what went wrong, then numbered steps to fix it
+# Error scenarios: what went wrong, then numbered steps to fix it (what to call or which
+# setting to change; the notebook adds the cell to run: utils.notebook.notebook_hint)
 # ---------------------------------------------------------------------------------------
 
 # (title, possible causes, fix steps), most specific class first.
 ERROR_GUIDANCE: list[tuple[type[BaseException], str, list[str], list[str]]] = [
     (ModelNotInitializedError, "Model instance not found!", [],
-     ["Run Cell 13 (Initialize Model) to create 'model' variable", "Re-run this cell"]),
+     ["Build the model first: GPTModel(config), or load_pretrained_model(path), which "
+      "builds it from the checkpoint", "Then load the weights again"]),
     (NoCheckpointsError, "No checkpoints found!", [],
-     ["Run Cell 32 (Run Training) to create checkpoints",
-      "Or run Cell 33 (Checkpoint Recovery) to specify different directory"]),
+     ["Train first: checkpoints are written every checkpoint_interval steps",
+      "Or point the checkpoint folder (checkpoint_dir) at the folder that holds them"]),
     (ArchitectureMismatchError, "ERROR: Model architecture mismatch!",
-     ["Model config in Cell 13 differs from training config",
+     ["The model's config differs from the config the checkpoint was trained with",
       "Checkpoint is from a different model architecture",
       "Model definition was modified after training"],
-     ["Verify config in Cell 13 matches training config",
+     ["Build the model with the checkpoint's config (its 'config' entry)",
       "Check model definition hasn't changed",
       "Try loading a different checkpoint",
       "Or build the model from the checkpoint: load_pretrained_model(path)"]),
     (CheckpointNotFoundError, "Checkpoint file not found!", [],
-     ["Check the path or CHECKPOINT_OVERRIDE (Cell 3)",
+     ["Check the path (a file, or a name or index from the checkpoint list)",
       "Leave the override empty to auto-select the best checkpoint"]),
     (UnsafeCheckpointError, "Refused an unsafe checkpoint (it could run code)!",
      ["The file was saved with Python objects other than tensors and plain values",
       "Or someone crafted it to run code on your machine"],
-     ["Use a checkpoint written by this project's training (Cell 32)",
+     ["Use a checkpoint written by this project's training",
       "Only if you made the file or trust its source: pass trust_checkpoint=True",
       "Then re-save it with plain dicts and tensors so it loads safely"]),
     (TruncatedCheckpointError, "Checkpoint file is truncated!",
      ["A copy, download or save was interrupted"],
-     ["Copy or download the file again", "Or choose another checkpoint (Cell 33 lists them)"]),
+     ["Copy or download the file again",
+      "Or choose another checkpoint (list_checkpoints lists them)"]),
     (EmptyCheckpointError, "Checkpoint file is empty!", ["The save or copy never wrote data"],
-     ["Delete the empty file", "Choose another checkpoint (Cell 33 lists them)"]),
+     ["Delete the empty file", "Choose another checkpoint (list_checkpoints lists them)"]),
     (NotACheckpointError, "This file is not a checkpoint!",
      ["The path points at another kind of file"],
-     ["Pass the .pt file written by training (Cell 32)",
+     ["Pass the .pt file written by training",
       "Or leave the override empty to auto-select the best checkpoint"]),
     (InvalidWeightsError, "The checkpoint's weights are unusable!",
      ["Training had diverged (NaN/Inf) when it was saved"],
      ["Load an earlier checkpoint", "Lower the learning rate for the next run"]),
     (CheckpointConfigError, "The checkpoint's model config is missing or invalid!", [],
      ["Pass config=ModelConfig(...) with the architecture it was trained with",
-      "Or load a checkpoint written by this project's training (Cell 32)"]),
+      "Or load a checkpoint written by this project's training"]),
     (UnrecognizedCheckpointError, "Unrecognised checkpoint contents!", [],
-     ["Pass a checkpoint with model_state_dict and config (Cell 32 writes these)",
+     ["Pass a checkpoint with model_state_dict and config (training writes these)",
       "Hugging Face GPT-2 and nanoGPT files also load; other models do not"]),
     (CorruptCheckpointError, "Checkpoint file is damaged!", [],
-     ["Choose another checkpoint (Cell 33 lists them)", "Or copy this one again"]),
+     ["Choose another checkpoint (list_checkpoints lists them)", "Or copy this one again"]),
     (CheckpointWriteError, "Checkpoint could not be written!",
      ["The disk is full or the folder is not writable"],
-     ["Free disk space or choose another CHECKPOINT_DIR",
+     ["Free disk space or choose another checkpoint folder (checkpoint_dir)",
       "Earlier checkpoints are intact; re-run training to continue"]),
     (CheckpointError, "Checkpoint problem!", [], ["Read the details below and retry"]),
 ]
 
 
 def error_report(error: BaseException) -> str:
-    """Seed 003's error scenario text for `error`: what happened, causes, numbered fixes."""
+    """The error scenario text for `error`: what happened, causes, numbered fixes."""
     title, causes, fixes = next(
         ((title, causes, fixes) for kind, title, causes, fixes in ERROR_GUIDANCE
          if isinstance(error, kind)),

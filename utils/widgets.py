@@ -35,15 +35,18 @@ class CheckpointPicker:
 
     `on_load(path)` runs when Load is clicked; by default it builds the model with
     `load_pretrained_model` and prints the full report. Its return value is kept in
-    `result`; an error is shown as seed 003's error text in `output` and kept in `error`.
+    `result`; an error is shown in `output` as `describe_error(error)` (the notebook passes
+    its `format_error`, which adds the cell to run) and kept in `error`.
     """
 
     def __init__(self, infos: Sequence[Any], on_load: Callable[[Path], Any] | None = None,
-                 selected: str | Path | None = None) -> None:
+                 selected: str | Path | None = None,
+                 describe_error: Callable[[BaseException], str] = error_report) -> None:
         import ipywidgets as widgets
 
         self.infos = list(infos)
         self.on_load = on_load or self._load_and_report
+        self.describe_error = describe_error
         self.result: Any = None
         self.error: BaseException | None = None
         options = [(option_label(i, info), str(info.path)) for i, info in enumerate(self.infos)]
@@ -66,7 +69,7 @@ class CheckpointPicker:
                 self.result, self.error = self.on_load(self.selected_path), None
             except Exception as error:  # a widget callback must not raise: show it instead
                 self.error = error
-                print(error_report(error))
+                print(self.describe_error(error))
 
     def _load_and_report(self, path: Path) -> tuple[Any, dict]:
         from utils.training.engine.loading import load_pretrained_model
@@ -84,7 +87,9 @@ class CheckpointPicker:
 def checkpoint_picker(checkpoint_dir: str | Path = "checkpoints",
                       on_load: Callable[[Path], Any] | None = None,
                       selected: str | Path | None = None, force_widgets: bool = False,
-                      infos: Sequence[Any] | None = None) -> CheckpointPicker | None:
+                      infos: Sequence[Any] | None = None,
+                      describe_error: Callable[[BaseException], str] = error_report
+                      ) -> CheckpointPicker | None:
     """A `CheckpointPicker` for the checkpoints in `checkpoint_dir` (best val_loss first).
 
     Without a widget frontend it prints the checkpoint table and returns None (unless
@@ -99,11 +104,12 @@ def checkpoint_picker(checkpoint_dir: str | Path = "checkpoints",
         infos = list_checkpoints(folder) if folder.is_dir() else []
     if not infos:
         raise NoCheckpointsError(
-            f"No checkpoints found in {folder}/. Fix: 1. run Cell 32 (Run Training) to create "
-            "checkpoints, 2. or point CHECKPOINT_DIR at the folder that holds them.")
+            f"No checkpoints found in {folder}/. Fix: 1. train first (checkpoints are written "
+            "every checkpoint_interval steps), 2. or point checkpoint_dir at the folder that "
+            "holds them.")
     if not (force_widgets or widgets_can_render()):
         print(available_checkpoints_report(infos, selected or infos[0].path))
         print("(interactive picker unavailable here: set CHECKPOINT_OVERRIDE to a file name "
               "or an index from this table)")
         return None
-    return CheckpointPicker(infos, on_load, selected)
+    return CheckpointPicker(infos, on_load, selected, describe_error)

@@ -15,6 +15,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from utils.errors import UserError
+
 
 def add_source_arguments(parser: argparse.ArgumentParser, with_device: bool = True) -> None:
     group = parser.add_mutually_exclusive_group(required=True)
@@ -92,20 +94,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                        "file, or OpenAI TensorFlow folder")
     parser.add_argument("--output", "-o", required=True, metavar="FILE.pt",
                         help="checkpoint file to write (refuses to overwrite one)")
-    parser.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    parser.add_argument("--force", "--overwrite", dest="force", action="store_true",
+                        help="overwrite --output if it exists")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from utils.__main__ import UserError
-    from utils.config import GPT2_VOCAB_SIZE
-    from utils.training.engine.checkpoint import save_checkpoint
-
     output = Path(args.output)
     if output.suffix != ".pt":
         raise UserError(f"--output {output} should be a .pt file name")
     if output.exists() and not args.force:
         raise UserError(f"{output} exists; choose another --output or pass --force")
+    from utils.config import GPT2_VOCAB_SIZE
+    from utils.training.engine.checkpoint import save_checkpoint
+
     source = argparse.Namespace(checkpoint=None, pretrained=args.source, device="cpu",
                                 tokenizer=None)
     model, _ = load_source(source)

@@ -1,7 +1,7 @@
 """`python -m utils export --format hf|binary|llmc`: weights out for other tools.
 
 hf:     a folder `GPT2LMHeadModel.from_pretrained` loads (config.json + model.safetensors)
-binary: seed 002's C/C++ format (gpt2_weights.bin, gpt2_config.txt, gpt2_weight_mapping.txt)
+binary: a plain C/C++ format (gpt2_weights.bin, gpt2_config.txt, gpt2_weight_mapping.txt)
 llmc:   llm.c's float32 model file (e.g. gpt2_124M.bin)
 """
 
@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from utils.cli.convert import add_source_arguments, load_source
+from utils.errors import UserError
 
 FORMATS = ("hf", "binary", "llmc")
 
@@ -23,18 +24,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_source_arguments(parser, with_device=False)
     parser.add_argument("--format", choices=FORMATS, required=True)
     parser.add_argument("--output", "-o", required=True,
-                        help="folder (hf, binary) or file (llmc) to write")
+                        help="folder (hf, binary) or file (llmc) to write; refuses to "
+                             "replace a file or a non-empty folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into --output even if it holds files (they may be replaced)")
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from utils.__main__ import UserError
+def check_output(output: Path, kind: str, overwrite: bool) -> None:
+    """Refuse, before loading anything, an --output of the wrong kind or one holding files."""
+    if kind == "llmc":
+        if output.is_dir():
+            raise UserError(f"--output {output} is a folder; llmc needs a file name like "
+                            f"gpt2_124M.bin")
+        if output.exists() and not overwrite:
+            raise UserError(f"--output {output} exists; choose another name or pass --overwrite")
+        return
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output} is a file; {kind} needs a folder")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise UserError(f"--output {output} is a folder that holds files; choose an empty or "
+                        f"new folder, or pass --overwrite to write into it")
 
+
+def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
-    if args.format == "llmc" and output.is_dir():
-        raise UserError(f"--output {output} is a folder; llmc needs a file name like gpt2_124M.bin")
-    if args.format != "llmc" and output.is_file():
-        raise UserError(f"--output {output} is a file; {args.format} needs a folder")
+    check_output(output, args.format, args.overwrite)
     args.device = "cpu"  # exporting only copies tensors: no accelerator needed
     model, _ = load_source(args)
     if args.format == "hf":

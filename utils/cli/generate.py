@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from utils.cli.common import check_device
 from utils.cli.convert import add_source_arguments, load_source
+from utils.errors import UserError
+
+# generate_text's argument -> the flag that sets it (for its error messages)
+SETTING_FLAGS = {"maximum_new_tokens": "--length", "temperature": "--temperature",
+                 "top_k_tokens": "--top-k", "top_p": "--top-p"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,11 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from utils.__main__ import UserError
-    from utils.generation import generate_from_prompt
-
     if args.length < 1:
         raise UserError(f"--length must be at least 1, got {args.length}")
+    check_device(args.device)
+    from utils.generation import generate_from_prompt
+
     model, tokenizer = load_source(args)
     text = generate_from_prompt(model, tokenizer, args.prompt, maximum_new_tokens=args.length,
                                 temperature=args.temperature, top_k_tokens=args.top_k,

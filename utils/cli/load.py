@@ -1,8 +1,12 @@
-"""`python -m utils load`: load a checkpoint (strict, safe) and print seed 003's full report."""
+"""`python -m utils load`: load a checkpoint (strict, safe) and print the full report."""
 
 from __future__ import annotations
 
 import argparse
+
+from utils.cli.common import check_device
+
+SETTING_FLAGS = {"checkpoint_dir": "--checkpoint-dir"}  # for library messages
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_device(args.device)
     from utils.config import ModelConfig
     from utils.reports import full_load_report
     from utils.training.engine.loading import load_pretrained_model

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+from utils.errors import UserError
+
+SETTING_FLAGS = {"checkpoint_dir": "--checkpoint-dir"}  # for library messages
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +46,21 @@ def format_checkpoint_table(infos: Sequence[Any]) -> str:
     return "\n".join(lines)
 
 
+def check_csv_target(path: str | None) -> None:
+    """Refuse, before any work, a --metrics-csv whose folder does not exist or is a file."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"--metrics-csv {path} is a folder; give a file name such as "
+                        f"{target / 'metrics.csv'}")
+    if not target.parent.is_dir():
+        raise UserError(f"--metrics-csv {path}: the folder {target.parent} does not exist; "
+                        f"create it first or choose another path")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_csv_target(args.metrics_csv)
     from utils.training.engine.recovery import list_checkpoints, recover_training_results
 
     results = recover_training_results(args.checkpoint_dir)

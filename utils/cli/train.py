@@ -12,19 +12,64 @@ run; a flag that is given wins.
 from __future__ import annotations
 
 import argparse
+import typing
+from pathlib import Path
 from typing import Any
 
-# Command-line flag -> TrainingConfig field (None on the command line = not given).
+from utils.cli.common import check_device
+from utils.config import PRECISIONS, TrainingConfig, setting_default, setting_help
+from utils.errors import UserError
+
+# TrainingConfig field -> its flag. Help texts and defaults come from TrainingConfig
+# (`setting_help`, `setting_default`): a setting is defined there once.
 TRAINING_FLAGS = {
-    "max_steps": "max_steps", "epochs": "epochs", "batch_size": "batch_size",
-    "grad_accum": "gradient_accumulation_steps", "lr": "learning_rate",
-    "min_lr": "min_learning_rate", "warmup_steps": "warmup_steps",
-    "weight_decay": "weight_decay", "grad_clip": "grad_clip",
-    "eval_interval": "eval_interval", "eval_batches": "eval_batches",
-    "checkpoint_interval": "checkpoint_interval", "checkpoint_dir": "checkpoint_dir",
-    "keep_last": "keep_last", "keep_best": "keep_best", "precision": "precision",
-    "log_interval": "log_interval", "seed": "seed", "device": "device",
+    "max_steps": "--max-steps", "epochs": "--epochs", "batch_size": "--batch-size",
+    "gradient_accumulation_steps": "--grad-accum", "learning_rate": "--lr",
+    "min_learning_rate": "--min-lr", "warmup_steps": "--warmup-steps",
+    "weight_decay": "--weight-decay", "grad_clip": "--grad-clip",
+    "eval_interval": "--eval-interval", "eval_batches": "--eval-batches",
+    "precision": "--precision", "compile": "--compile",
+    "activation_checkpointing": "--activation-checkpointing", "log_interval": "--log-interval",
+    "seed": "--seed", "device": "--device",
+    "checkpoint_interval": "--checkpoint-interval", "checkpoint_dir": "--checkpoint-dir",
+    "keep_last": "--keep-last", "keep_best": "--keep-best",
 }
+# Set otherwise: background_checkpointing by --sync-checkpoints (its opposite); the others
+# keep TrainingConfig's default (or the checkpoint's, with --resume).
+FIELDS_WITHOUT_FLAG = ("background_checkpointing", "betas", "checkpoint_every_epoch")
+MODEL_FLAGS = {"number_of_layers": "--layers", "number_of_heads": "--heads",
+               "embedding_dimension": "--dim", "context_length": "--context",
+               "dropout_rate": "--dropout"}
+# Library messages name settings by field; a command-line user sees the flag (__main__).
+SETTING_FLAGS = {**TRAINING_FLAGS, **MODEL_FLAGS}
+
+
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
+def add_setting(group: argparse._ActionsContainer, field: str, note: str = "") -> None:
+    """`--flag` for the TrainingConfig `field`: its meaning, type and default from there.
+
+    The parsed default is None (False for a switch): "not given", so that `--resume` can
+    take the checkpoint's value instead.
+    """
+    flag, default = TRAINING_FLAGS[field], setting_default(field)
+    shown = "" if default is None or isinstance(default, bool) else f"default: {default}"
+    suffix = "; ".join(part for part in (shown, note) if part)
+    help_text = setting_help(field) + (f" ({suffix})" if suffix else "")
+    if isinstance(default, bool):
+        group.add_argument(flag, action="store_true", help=help_text)
+    elif field == "precision":
+        group.add_argument(flag, choices=PRECISIONS, help=help_text)
+    else:
+        group.add_argument(flag, type=_setting_type(field), help=help_text)
+
+
+def _setting_type(field: str) -> type:
+    """int, float or str: the TrainingConfig annotation without its `| None`."""
+    hint = typing.get_type_hints(TrainingConfig)[field]
+    return next(arg for arg in typing.get_args(hint) or (hint,) if arg is not type(None))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train a model (checkpoints, resume, torchrun)",
         description="Train a GPT-2 style model on a text file or folder (default: the "
                     "built-in corpus), writing timestamped crash-safe checkpoints. Works "
-                    "under `torchrun --nproc_per_node=N -m utils train ...` (DDP).",
+                    "under `torchrun --nproc_per_node=N -m utils train ...` (DDP). With "
+                    "--resume, a setting not given comes from the checkpoint.",
     )
     model = parser.add_argument_group("model")
     model.add_argument("--preset", default=None,
@@ -52,33 +98,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--val-fraction", type=float, default=0.1)
     run_group = parser.add_argument_group("training")
     length = run_group.add_mutually_exclusive_group()
-    length.add_argument("--max-steps", type=int, help="optimizer steps (default 200)")
-    length.add_argument("--epochs", type=int, help="passes over the training tokens")
-    run_group.add_argument("--batch-size", type=int, help="sequences per step per process")
-    run_group.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
-    run_group.add_argument("--lr", type=float, help="peak learning rate")
-    run_group.add_argument("--min-lr", type=float, help="final learning rate (default lr/10)")
-    run_group.add_argument("--warmup-steps", type=int)
-    run_group.add_argument("--weight-decay", type=float)
-    run_group.add_argument("--grad-clip", type=float)
-    run_group.add_argument("--eval-interval", type=int, help="steps between evaluations")
-    run_group.add_argument("--eval-batches", type=int, help="batches per evaluation")
-    run_group.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
-                           help="auto (default): fp32 on CPU/MPS, bf16 on CUDA >= 8.0 "
-                                "(A100, L4, H100), fp16 + loss scaling below (T4)")
-    run_group.add_argument("--compile", action="store_true", help="use torch.compile")
-    run_group.add_argument("--activation-checkpointing", action="store_true",
-                           help="recompute each block in the backward pass: much less "
-                                "activation memory for ~1/3 more compute")
-    run_group.add_argument("--log-interval", type=int,
-                           help="steps between loss reads for the progress bar (default 10)")
-    run_group.add_argument("--seed", type=int)
-    run_group.add_argument("--device", help="cpu | cuda | cuda:1 | mps (default: best)")
+    add_setting(length, "max_steps")
+    add_setting(length, "epochs")
+    for field in ("batch_size", "gradient_accumulation_steps", "learning_rate"):
+        add_setting(run_group, field)
+    add_setting(run_group, "min_learning_rate", note="with --lr: lr/10")
+    for field in ("warmup_steps", "weight_decay", "grad_clip", "eval_interval",
+                  "eval_batches", "precision", "compile", "activation_checkpointing",
+                  "log_interval", "seed", "device"):
+        add_setting(run_group, field)
     checkpoints = parser.add_argument_group("checkpoints")
-    checkpoints.add_argument("--checkpoint-interval", type=int, help="steps between checkpoints")
-    checkpoints.add_argument("--checkpoint-dir", help="folder (default: checkpoints)")
-    checkpoints.add_argument("--keep-last", type=int, help="newest checkpoints to keep")
-    checkpoints.add_argument("--keep-best", type=int, help="best checkpoints to keep")
+    for field in ("checkpoint_interval", "checkpoint_dir", "keep_last", "keep_best"):
+        add_setting(checkpoints, field)
     checkpoints.add_argument("--sync-checkpoints", action="store_true",
                              help="write checkpoints on the training thread (default: "
                                   "in the background)")
@@ -97,7 +128,28 @@ def _resume_source(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None
     from utils.training.engine.recovery import resume_path
 
     path = resume_path(args.resume, args.checkpoint_dir or "checkpoints")
-    return path, load_checkpoint_file(path, mmap=True)
+    checkpoint = load_checkpoint_file(path, mmap=True)
+    _check_resumable(path, checkpoint)
+    return path, checkpoint
+
+
+# What `Trainer.load_checkpoint` restores; weights alone (a `convert` output) lack them.
+TRAINING_STATE = ("optimizer_state_dict", "scheduler_state_dict", "data_state", "rng_state",
+                  "training_config", "config")
+
+
+def _check_resumable(path: Any, checkpoint: dict[str, Any]) -> None:
+    """Refuse, with the fix, a checkpoint that holds weights but no training state."""
+    missing = [key for key in TRAINING_STATE if checkpoint.get(key) is None]
+    if not missing:
+        return
+    source = checkpoint.get("source")
+    start = (f"--init-from {source}" if isinstance(source, str)
+             else "--init-from and the weights' Hugging Face folder or file")
+    raise UserError(
+        f"{path} holds model weights but no training state ({', '.join(missing)} missing), "
+        f"so --resume cannot continue it; resume from a checkpoint written by "
+        f"`python -m utils train`, or start a new run from these weights with {start}")
 
 
 def build_training_config(args: argparse.Namespace, saved: dict[str, Any] | None,
@@ -106,21 +158,15 @@ def build_training_config(args: argparse.Namespace, saved: dict[str, Any] | None
 
     A resumed run keeps writing next to the checkpoint it resumed unless told otherwise.
     """
-    from utils.config import TrainingConfig
-
-    values: dict[str, Any] = dict(saved or {"max_steps": 200, "warmup_steps": 20,
-                                            "eval_interval": 50, "checkpoint_interval": 50})
-    for flag, field in TRAINING_FLAGS.items():
-        given = getattr(args, flag)
-        if given is not None:
+    values: dict[str, Any] = dict(saved or {})
+    for field, flag in TRAINING_FLAGS.items():
+        given = getattr(args, _dest(flag))
+        if given is not None and given is not False:
             values[field] = given
     if args.epochs is not None:
         values["max_steps"] = None  # --epochs bounds the run (max_steps would win)
     if args.lr is not None and args.min_lr is None:
         values["min_learning_rate"] = args.lr / 10
-    values["compile"] = bool(args.compile or values.get("compile", False))
-    values["activation_checkpointing"] = bool(args.activation_checkpointing
-                                              or values.get("activation_checkpointing", False))
     values["background_checkpointing"] = not args.sync_checkpoints
     if data_state and args.batch_size is None:
         # Keep the saved global batch (batch x processes) when the number of processes
@@ -137,30 +183,85 @@ def build_training_config(args: argparse.Namespace, saved: dict[str, Any] | None
     return TrainingConfig.from_dict(values)
 
 
-def build_model(args: argparse.Namespace, saved: dict[str, Any] | None, vocab_size: int):
-    """GPTModel from --init-from, the checkpoint's config, a preset, or explicit sizes.
+def check_checkpoint_dir(folder: str | None) -> None:
+    """Refuse a --checkpoint-dir that is an existing file: checkpoints would replace it."""
+    if folder and Path(folder).exists() and not Path(folder).is_dir():
+        raise UserError(f"--checkpoint-dir {folder} is a file, not a folder; name a folder "
+                        f"for the checkpoints (it is created if missing)")
+
+
+def model_config(args: argparse.Namespace, saved: dict[str, Any] | None, vocab_size: int):
+    """The new model's ModelConfig: the checkpoint's, a preset, or explicit sizes.
 
     A new model gets the tokenizer's vocabulary (257 for `byte`, 50257 for `gpt2`).
     """
     from utils.config import ModelConfig
+
+    sizes = {"number_of_layers": args.layers, "number_of_heads": args.heads,
+             "embedding_dimension": args.dim, "context_length": args.context,
+             "dropout_rate": args.dropout}
+    sizes = {key: value for key, value in sizes.items() if value is not None}
+    if saved is not None and args.preset is None:
+        return ModelConfig.from_dict({**saved["config"], **sizes})
+    return ModelConfig.from_preset(args.preset or "tiny", vocab_size=vocab_size, **sizes)
+
+
+# Activations kept for the backward pass, per token, layer and unit of width: at least
+# 34 bytes (Korthikanti et al. 2022, half precision, attention scores not stored).
+ACTIVATION_BYTES = 34
+
+
+def check_training_fits(config: Any, batch_size: int, device: Any) -> None:
+    """Refuse, before anything is allocated, a model or batch that cannot fit in memory.
+
+    Counts weights, gradients and AdamW's two moments, plus a lower bound on the
+    activations of one micro-batch: what it refuses would certainly not fit.
+    """
+    from utils.pretrained.memory import (
+        GIB,
+        SAFETY_FACTOR,
+        InsufficientMemoryError,
+        available_device_bytes,
+        estimate_memory_bytes,
+        parameter_count,
+    )
+
+    state = int(estimate_memory_bytes(config, training=True) * SAFETY_FACTOR)
+    activations = (ACTIVATION_BYTES * batch_size * config.context_length
+                   * config.embedding_dimension * config.number_of_layers)
+    free = available_device_bytes(device)
+    if state + activations <= free:
+        return
+    place = "GPU memory" if getattr(device, "type", str(device)).startswith("cuda") else "RAM"
+    raise InsufficientMemoryError(
+        f"training a model of {parameter_count(config):,} parameters "
+        f"(--layers {config.number_of_layers}, --dim {config.embedding_dimension}, "
+        f"--context {config.context_length}) with --batch-size {batch_size} needs at least "
+        f"{(state + activations) / GIB:.1f} GiB ({state / GIB:.1f} GiB weights, gradients "
+        f"and AdamW state; {activations / GIB:.1f} GiB activations) but only "
+        f"{free / GIB:.1f} GiB of {place} is free; choose a smaller --preset, --layers or "
+        f"--dim, or a smaller --batch-size (--grad-accum keeps the tokens per step)")
+
+
+def build_model(args: argparse.Namespace, config: Any):
+    """(GPTModel, ModelConfig): GPT-2 weights for --init-from, else a new model of `config`."""
     from utils.model import GPTModel
     from utils.pretrained.huggingface import load_openai_gpt2
 
     if args.init_from:
         model, config = load_openai_gpt2(args.init_from, device="cpu", training=True)
         return model.train(), config
-    sizes = {"number_of_layers": args.layers, "number_of_heads": args.heads,
-             "embedding_dimension": args.dim, "context_length": args.context,
-             "dropout_rate": args.dropout}
-    sizes = {key: value for key, value in sizes.items() if value is not None}
-    if saved is not None and args.preset is None:
-        config = ModelConfig.from_dict({**saved["config"], **sizes})
-    else:
-        config = ModelConfig.from_preset(args.preset or "tiny", vocab_size=vocab_size, **sizes)
     return GPTModel(config), config
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check the flags (cheap, before torch is imported), then build, train and report."""
+    check_device(args.device)
+    resume_path, checkpoint = _resume_source(args)
+    training_config = build_training_config(
+        args, checkpoint.get("training_config") if checkpoint else None, resume_path,
+        checkpoint.get("data_state") if checkpoint else None)
+    check_checkpoint_dir(training_config.checkpoint_dir)
     import torch
 
     from utils.cli.recover import format_checkpoint_table
@@ -171,12 +272,12 @@ def run(args: argparse.Namespace) -> int:
     from utils.training.engine.recovery import list_checkpoints
     from utils.training.engine.trainer import Trainer
 
-    resume_path, checkpoint = _resume_source(args)
-    training_config = build_training_config(
-        args, checkpoint.get("training_config") if checkpoint else None, resume_path,
-        checkpoint.get("data_state") if checkpoint else None)
     tokenizer_name = args.tokenizer or (checkpoint or {}).get("tokenizer") or "gpt2"
+    vocab_size = get_tokenizer(tokenizer_name).n_vocab
     dist = setup_distributed(training_config.device)  # so only rank 0 tokenises
+    new_config = None if args.init_from else model_config(args, checkpoint, vocab_size)
+    if new_config is not None:  # before any data is read or memory allocated
+        check_training_fits(new_config, training_config.batch_size, dist.device)
     if not dist.is_main:
         dist.barrier()
     corpus = tokenize_corpus(args.data, tokenizer_name=tokenizer_name)
@@ -184,18 +285,19 @@ def run(args: argparse.Namespace) -> int:
         dist.barrier()
     train_tokens, val_tokens = train_val_split(corpus.tokens, args.val_fraction)
     torch.manual_seed(training_config.seed)  # the same initial weights on every rank
-    vocab_size = get_tokenizer(tokenizer_name).n_vocab
-    model, model_config = build_model(args, checkpoint, vocab_size)
-    if vocab_size > model_config.vocab_size:
+    model, config = build_model(args, new_config)
+    if vocab_size > config.vocab_size:
         raise ValueError(f"tokenizer {tokenizer_name!r} has {vocab_size} ids but the model's "
-                         f"vocabulary is {model_config.vocab_size}; use --tokenizer gpt2")
+                         f"vocabulary is {config.vocab_size}; use --tokenizer gpt2")
     del checkpoint  # the Trainer reads it again, fully, to restore the state
     if dist.is_main:
         print(f"model: {count_parameters(model):,} parameters "
-              f"({model_config.number_of_layers} layers, {model_config.number_of_heads} heads, "
-              f"{model_config.embedding_dimension} wide, context {model_config.context_length}); "
+              f"({config.number_of_layers} layers, {config.number_of_heads} heads, "
+              f"{config.embedding_dimension} wide, context {config.context_length}); "
               f"data: {len(train_tokens):,} training / {len(val_tokens):,} validation tokens "
               f"({tokenizer_name}); {dist.world_size} process(es) on {dist.device}")
+    if training_config.checkpoint_dir:  # a folder, even if its name has a dot ("runs/v1.2")
+        Path(training_config.checkpoint_dir).mkdir(parents=True, exist_ok=True)
     trainer = Trainer(model, training_config, train_tokens, val_tokens,
                       tokenizer_name=tokenizer_name, progress=not args.no_progress)
     history = trainer.fit(resume_from=resume_path)

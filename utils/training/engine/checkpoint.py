@@ -294,10 +294,13 @@ def _candidate_names(state: dict[str, Any]):
         yield checkpoint_filename(epoch, step, when, str(counter))
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+def save_checkpoint(state: dict[str, Any], path: str | Path, create_parents: bool = True
+                    ) -> Path:
     """Durably write `state` to `path` (a file name, or a folder to name it in) + its sidecar.
 
     In a folder the checkpoint gets DESIGN.md's name and never replaces an existing file.
+    `create_parents=False` creates at most the folder itself: when a mounted drive goes
+    away, its path must fail, not be recreated on the local disk under the mount point.
     Raises `CheckpointWriteError` when the disk is full or the folder is not writable (its
     `__cause__` is the OSError); the temporary file is removed, no earlier file is touched.
     """
@@ -305,7 +308,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     in_folder = path.is_dir() or not path.suffix
     folder = path if in_folder else path.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=create_parents, exist_ok=True)
         if in_folder:
             for name in _candidate_names(state):
                 path = folder / name

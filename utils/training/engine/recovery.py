@@ -199,13 +199,14 @@ def _checkpoint_info(path: Path) -> tuple[CheckpointInfo, dict[str, Any] | None]
 # Listing
 # --------------------------------------------------------------------------------------
 
-def checkpoint_folders(checkpoint_dir: str | Path) -> list[Path]:
-    """The checkpoint folder, and its local fallback folder when that exists."""
-    folders = [Path(checkpoint_dir)]
-    fallback = fallback_dir_for(checkpoint_dir)
-    if fallback.is_dir() and fallback.resolve() != folders[0].resolve():
-        folders.append(fallback)
-    return folders
+def checkpoint_folders(checkpoint_dir: str | Path) -> list[tuple[Path, bool]]:
+    """(folder, local_only) for the checkpoint folder and its local fallback folder, each
+    when it exists (the checkpoint folder may be gone: Drive disconnected)."""
+    folder, fallback = Path(checkpoint_dir), fallback_dir_for(checkpoint_dir)
+    found = [(folder, False)] if folder.is_dir() else []
+    if fallback.is_dir() and fallback.absolute() != folder.absolute():
+        found.append((fallback, True))
+    return found
 
 
 def _sort_key(info: CheckpointInfo) -> tuple:
@@ -258,12 +259,9 @@ def list_checkpoints(checkpoint_dir: str | Path = "checkpoints",
     it copies is no longer there. `run`: None (every run), "latest" (the newest run) or a
     run id ("legacy" for checkpoints written before runs existed).
     """
-    folder = Path(checkpoint_dir)
-    if not folder.is_dir():
-        return []
     infos: list[CheckpointInfo] = []
-    for index, each in enumerate(checkpoint_folders(folder)):
-        infos += _folder_infos(each, local_only=index > 0)
+    for folder, local_only in checkpoint_folders(checkpoint_dir):
+        infos += _folder_infos(folder, local_only)
     for info in infos:
         if not info.valid and not include_invalid:
             warnings.warn(f"skipping checkpoint {printable_name(str(info.path))}: "
@@ -422,6 +420,9 @@ def resume_candidates(checkpoint_dir: str | Path, run: str = "latest") -> list[C
 def no_checkpoints_error(checkpoint_dir: str | Path) -> NoCheckpointsError:
     folder = Path(checkpoint_dir).absolute()
     where = "does not exist" if not folder.is_dir() else "holds no valid checkpoint_*.pt file"
+    fallback = fallback_dir_for(folder)
+    if fallback.is_dir():
+        where += f" (nor does its local fallback folder {fallback})"
     return NoCheckpointsError(
         f"no checkpoints found: {folder} {where}. Fix: train first (Trainer.fit, or "
         f"python -m utils train --checkpoint-dir {checkpoint_dir}), or point checkpoint_dir "

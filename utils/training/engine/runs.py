@@ -14,6 +14,7 @@ so the curve survives up to the moment of a crash, not only up to the last check
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -89,49 +90,63 @@ def _json_safe(value: Any) -> Any:
 
 
 class MetricsLog:
-    """Appends one JSON line per record to the run's log; flushes every `flush_seconds`.
+    """Appends one JSON line per record to the run's log.
 
-    A failing folder (Drive disconnected) never stops training: lines wait in memory and
-    are written at the next flush that works; `close()` says if some never were.
+    Each line is handed to the operating system at once (a killed process loses nothing)
+    and fsynced every `flush_seconds` (a machine that dies loses at most that much). A
+    failing folder (Drive disconnected) never stops training: lines wait in memory and
+    are written by the next append or flush that works; `close()` says if some never were.
     """
 
     def __init__(self, folder: str | Path, run_id: str, flush_seconds: float = 5.0) -> None:
         self.path = metrics_log_path(folder, run_id)
         self.flush_seconds = flush_seconds
         self._pending: list[str] = []
-        self._last_flush = time.monotonic()
+        self._handle = None
+        self._last_sync = time.monotonic()
         self._warned = False
 
     def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps({k: _json_safe(v) for k, v in record.items()}, default=str)
-        self._pending.append(line)
-        if time.monotonic() - self._last_flush >= self.flush_seconds:
-            self.flush()
+        self._pending.append(json.dumps({k: _json_safe(v) for k, v in record.items()},
+                                        default=str))
+        self._write(sync=time.monotonic() - self._last_sync >= self.flush_seconds)
 
     def flush(self) -> bool:
-        """Write the waiting lines (and fsync); False when the folder refused them."""
-        self._last_flush = time.monotonic()
-        if not self._pending:
-            return True
+        """Write the waiting lines and fsync; False when the folder refused them."""
+        return self._write(sync=True)
+
+    def _write(self, sync: bool) -> bool:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write("\n".join(self._pending) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+            if self._handle is None:
+                self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            if self._pending:
+                self._handle.write("\n".join(self._pending) + "\n")
+                self._handle.flush()
+                self._pending.clear()
+            if sync:
+                os.fsync(self._handle.fileno())
+                self._last_sync = time.monotonic()
         except OSError as error:
+            self._drop_handle()
             if not self._warned:
                 warnings.warn(f"could not append to the metrics log {self.path}: {error}; "
-                              "training goes on and retries at the next flush", stacklevel=2)
+                              "training goes on and retries with the next line",
+                              stacklevel=3)
                 self._warned = True
             return False
-        self._pending.clear()
         return True
+
+    def _drop_handle(self) -> None:
+        if self._handle is not None:
+            with contextlib.suppress(OSError):  # the lines it held are still pending
+                self._handle.close()
+            self._handle = None
 
     def close(self) -> None:
         if not self.flush():
             warnings.warn(f"{len(self._pending)} metrics line(s) could not be written to "
                           f"{self.path}", stacklevel=2)
+        self._drop_handle()
 
 
 def read_metrics_log(path: str | Path, limit_bytes: int = 256 << 20) -> list[dict[str, Any]]:

@@ -481,6 +481,7 @@ class Trainer:
         if removed:
             print(f"removed {len(removed)} unfinished checkpoint write(s) from an earlier "
                   f"run: {', '.join(p.name for p in removed)}")
+        Path(config.checkpoint_dir).mkdir(parents=True, exist_ok=True)
         self._log = MetricsLog(config.checkpoint_dir, self.run_id)
         return CheckpointWriter(config.checkpoint_dir, config.keep_last, config.keep_best,
                                 background=config.background_checkpointing,

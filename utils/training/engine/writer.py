@@ -382,7 +382,8 @@ class CheckpointWriter:
 
     def _write(self, state: dict[str, Any], is_best: bool) -> None:
         try:
-            path = save_checkpoint(state, self.checkpoint_dir)
+            path = save_checkpoint(state, self.checkpoint_dir,
+                                   create_parents=not self.written)
         except CheckpointWriteError as error:
             path = self._write_locally(state, error)
         else:

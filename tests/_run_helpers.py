@@ -1,0 +1,59 @@
+"""Run the training worker (tests/_train_worker.py) as a real process, as a user would run
+the same command again: start, kill at a step, finish, compare with the uninterrupted run."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests import _train_worker as worker
+
+WORKER = Path(worker.__file__)
+
+
+def start(checkpoint_dir: Path, out: Path, *args: str, tz: str | None = None,
+          env: dict | None = None) -> subprocess.Popen:
+    extra = dict(env or {})
+    if tz:
+        extra["TZ"] = tz
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(checkpoint_dir), str(out), "--resume", "auto", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dict(os.environ, **extra))
+
+
+def kill_after_step(process: subprocess.Popen, step: int) -> str:
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.strip() == f"step {step}":
+            break
+    else:
+        pytest.fail(f"worker ended before step {step}: {''.join(seen)[-2000:]}")
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the worker finished before the kill landed"
+    return "".join(seen)
+
+
+def finish(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in folder.iterdir() if path.is_file()}
+
+
+def assert_same_weights(state: dict, reference_state: dict) -> None:
+    assert state.keys() == reference_state.keys()
+    for name, tensor in reference_state.items():
+        assert torch.equal(state[name], tensor), f"{name} differs from the uninterrupted run"

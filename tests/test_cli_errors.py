@@ -1,0 +1,189 @@
+"""Bad input to `python -m utils`, run as a real process: one line `error: ...`, exit code 2.
+
+In-process `main()` calls cannot see what a user sees: under `python -m utils` the package's
+`__main__` runs as a second module, so an exception class defined there existed twice and
+user errors escaped as tracebacks. Every case here starts `sys.executable -m utils ...`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from utils.cli.convert import pretrained_checkpoint
+from utils.config import ModelConfig
+from utils.model import GPTModel
+from utils.training.engine.checkpoint import save_checkpoint
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TF_FIXTURE = Path(__file__).parent / "fixtures" / "openai_tf_tiny"
+TINY = ModelConfig(vocab_size=257, context_length=16, embedding_dimension=16,
+                   number_of_heads=2, number_of_layers=1, dropout_rate=0.0)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """The inputs the cases refer to as {name}: a corpus, weights without training state
+    (what `convert` writes), a bare state dict, a non-empty folder, a plain file."""
+    root = tmp_path_factory.mktemp("cli_errors")
+    torch.manual_seed(0)
+    model = GPTModel(TINY)
+    (root / "corpus.txt").write_text("the quick brown fox jumps over the lazy dog. " * 50)
+    save_checkpoint(pretrained_checkpoint(model, "gpt2", "byte"), root / "converted.pt")
+    torch.save(model.state_dict(), root / "state_dict.pt")
+    (root / "full").mkdir()
+    (root / "full" / "keep.txt").write_text("someone's file")
+    (root / "model.bin").write_bytes(b"an earlier export")
+    (root / "empty").mkdir()
+    found = {path.name.split(".")[0]: path for path in root.iterdir()}
+    return found | {"root": root, "keep": root / "full" / "keep.txt"}
+
+
+# How the command line can start: `python -m utils`, or what a console-script shim (or any
+# program) does, import `main` from `utils.__main__` and exit with its return value.
+LAUNCHERS = {"python -m utils": ["-m", "utils"],
+             "console script": ["-c", "import sys; from utils.__main__ import main; "
+                                      "sys.exit(main())"]}
+
+
+def run_cli(args: list[str], launcher: str = "python -m utils") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *LAUNCHERS[launcher], *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, *expected: str) -> str:
+    """Exit code 2, stderr exactly one line `error: ...` holding `expected`; returns it."""
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for text in expected:
+        assert text.lower() in lines[0].lower(), lines[0]
+    return lines[0]
+
+
+TRAIN = ["train", "--data", "{corpus}", "--tokenizer", "byte", "--layers", "1", "--heads", "2",
+         "--dim", "16", "--context", "16", "--max-steps", "1", "--no-progress",
+         "--checkpoint-dir", "{root}/ck"]
+
+# (argv with {name} placeholders for `files`, texts the error line must hold)
+CASES = {
+    "generate-length-0": (["generate", "--checkpoint", "{converted}", "--length", "0"],
+                          ["--length must be at least 1, got 0"]),
+    "generate-device": (["generate", "--checkpoint", "{converted}", "--device", "foo"],
+                        ["--device 'foo' is not a device"]),
+    "generate-top-p": (["generate", "--checkpoint", "{converted}", "--top-p", "5"],
+                       ["--top-p must be"]),
+    "generate-temperature-nan": (["generate", "--checkpoint", "{converted}", "--temperature",
+                                  "nan"], ["--temperature must be a finite number"]),
+    "generate-missing-checkpoint": (["generate", "--checkpoint", "{root}/nothing.pt"],
+                                    ["nothing.pt"]),
+    "convert-no-overwrite": (["convert", str(TF_FIXTURE), "-o", "{converted}"],
+                             ["exists", "--force"]),
+    "convert-not-pt": (["convert", str(TF_FIXTURE), "-o", "{root}/out.bin"], [".pt"]),
+    "convert-missing-source": (["convert", "{root}/no_such_folder", "-o", "{root}/new.pt"],
+                               ["no_such_folder"]),
+    "export-hf-non-empty": (["export", "--checkpoint", "{converted}", "--format", "hf",
+                             "-o", "{full}"], ["holds files", "--overwrite"]),
+    "export-binary-into-file": (["export", "--checkpoint", "{converted}", "--format",
+                                 "binary", "-o", "{model}"], ["is a file"]),
+    "export-llmc-into-folder": (["export", "--checkpoint", "{converted}", "--format", "llmc",
+                                 "-o", "{full}"], ["is a folder"]),
+    "export-llmc-existing-file": (["export", "--checkpoint", "{converted}", "--format",
+                                   "llmc", "-o", "{model}"], ["exists", "--overwrite"]),
+    "export-missing-checkpoint": (["export", "--checkpoint", "{root}/nothing.pt", "--format",
+                                   "hf", "-o", "{root}/hf_new"], ["nothing.pt"]),
+    "load-missing": (["load", "--checkpoint", "{root}/nothing.pt"], ["nothing.pt"]),
+    "load-not-a-checkpoint": (["load", "--checkpoint", "{keep}"], ["keep.txt"]),
+    "load-device": (["load", "--checkpoint", "{converted}", "--device", "foo"],
+                    ["--device 'foo'"]),
+    "load-empty-folder": (["load", "--checkpoint-dir", "{empty}"], ["no checkpoints"]),
+    "recover-missing-folder": (["recover", "--checkpoint-dir", "{root}/none"],
+                               ["no checkpoints"]),
+    "recover-csv-missing-folder": (["recover", "--checkpoint-dir", "{root}",
+                                    "--metrics-csv", "{root}/no/such/dir/m.csv"],
+                                   ["--metrics-csv", "does not exist"]),
+    "train-lr-negative": ([*TRAIN, "--lr", "-1"], ["--lr must be", "got -1"]),
+    "train-lr-inf": ([*TRAIN, "--lr", "inf"], ["--lr must be", "got inf"]),
+    "train-grad-clip-nan": ([*TRAIN, "--grad-clip", "nan"], ["--grad-clip must be", "nan"]),
+    "train-weight-decay-nan": ([*TRAIN, "--weight-decay", "nan"], ["--weight-decay must be"]),
+    "train-batch-size-0": ([*TRAIN, "--batch-size", "0"], ["--batch-size must be >= 1"]),
+    "train-device": ([*TRAIN, "--device", "foo"], ["--device 'foo' is not a device"]),
+    "train-device-index": ([*TRAIN, "--device", "cuda:99"], ["--device cuda:99"]),
+    "train-heads-divide-dim": ([*TRAIN, "--dim", "30", "--heads", "4"],
+                               ["--dim (30) must be divisible by --heads (4)"]),
+    "train-huge-model": ([*TRAIN, "--dim", "65536", "--layers", "1000"],
+                         ["--layers 1000", "--dim 65536", "GiB"]),
+    "train-huge-batch": ([*TRAIN, "--batch-size", "1000000000"],
+                         ["--batch-size 1000000000", "activations"]),
+    "train-checkpoint-dir-is-a-file": ([*TRAIN, "--checkpoint-dir", "{model}"],
+                                       ["--checkpoint-dir", "is a file"]),
+    "train-resume-converted": ([*TRAIN, "--resume", "{converted}"],
+                               ["no training state", "--init-from gpt2"]),
+    "train-resume-state-dict": ([*TRAIN, "--resume", "{state_dict}"],
+                                ["not a training checkpoint"]),
+    "train-resume-latest-empty": ([*TRAIN, "--resume", "--checkpoint-dir", "{empty}"],
+                                  ["no checkpoints"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_is_one_error_line_and_exit_2(files, name):
+    argv, expected = CASES[name]
+    assert_one_error_line(run_cli([arg.format(**files) for arg in argv]), *expected)
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+@pytest.mark.parametrize("name", ["generate-length-0", "convert-no-overwrite",
+                                  "export-hf-non-empty"])
+def test_our_own_refusals_are_one_line_however_started(files, launcher, name):
+    """These raise `UserError`, which used to exist twice under `python -m utils`."""
+    argv, expected = CASES[name]
+    assert_one_error_line(run_cli([arg.format(**files) for arg in argv], launcher), *expected)
+
+
+def test_lr_minus_one_is_reported_as_lr_not_min_lr(files):
+    line = assert_one_error_line(run_cli([arg.format(**files) for arg in TRAIN]
+                                         + ["--lr", "-1"]))
+    assert "min" not in line
+
+
+def test_refusals_leave_the_files_as_they_were(files):
+    """What convert, export and train refuse to replace is untouched (train used to write
+    its checkpoint over a file given as --checkpoint-dir)."""
+    before = {path: path.read_bytes() for path in (files["converted"], files["model"],
+                                                   files["keep"])}
+    assert_one_error_line(run_cli(["convert", str(TF_FIXTURE), "-o", str(files["converted"])]))
+    assert_one_error_line(run_cli(["export", "--checkpoint", str(files["converted"]),
+                                   "--format", "hf", "-o", str(files["full"])]))
+    assert_one_error_line(run_cli([arg.format(**files) for arg in TRAIN]
+                                  + ["--checkpoint-dir", str(files["model"])]))
+    assert {path: path.read_bytes() for path in before} == before
+    assert sorted(p.name for p in files["full"].iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--max-stesp", "3"], "python -m utils: error: unrecognized arguments: --max-stesp"),
+    (["recover", "--checkpoint-dri", "x"], "unrecognized arguments: --checkpoint-dri x"),
+    (["train", "--lr", "fast"], "python -m utils train: error: argument --lr: invalid float"),
+    (["export", "--format", "onnx"], "argument --format: invalid choice: 'onnx'"),
+])
+def test_flag_typos_get_argparse_message_and_exit_2(argv, message):
+    result = run_cli(argv)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert message in error
+
+
+def test_a_dotted_checkpoint_dir_is_a_folder(files, capsys):
+    """`--checkpoint-dir runs/v1.2` is a new folder, not a file name for one checkpoint."""
+    from utils.__main__ import main
+
+    folder = files["root"] / "runs" / "v1.2"
+    argv = [arg.format(**files) for arg in TRAIN[:-1]] + [str(folder)]
+    assert main(argv) == 0
+    assert folder.is_dir() and any(folder.glob("checkpoint_*.pt"))

@@ -1,0 +1,149 @@
+"""Runs, as people meet them: the same command again after a crash (in another time zone),
+a second experiment in the same folder, two trainings at once, and the metrics log.
+
+Every test here runs real processes (tests/_train_worker.py, the Trainer's default
+`fit(resume_from="auto")`) and compares against an uninterrupted run bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tests import _train_worker as worker
+from tests._ckpt_helpers import make_state
+from tests._run_helpers import assert_same_weights, file_hashes, finish, kill_after_step, start
+from utils.training.engine.checkpoint import (
+    BEST_MODEL_NAME,
+    read_sidecar,
+    save_checkpoint,
+    sidecar_path,
+)
+from utils.training.engine.recovery import list_checkpoints, list_runs, recover_training_results
+from utils.training.engine.runs import metrics_log_path, read_metrics_log
+from utils.training.engine.writer import CheckpointWriter
+
+
+def test_same_command_after_a_kill_in_another_time_zone_finishes_the_same_run(
+        tmp_path, uninterrupted_weights):
+    folder, out = tmp_path / "checkpoints", tmp_path / "final.pt"
+    # Kiribati is UTC+14, Adak UTC-10: a day apart, as Colab (UTC) and a laptop can be.
+    kill_after_step(start(folder, out, tz="Pacific/Kiritimati"), 8)
+    first_run = list_runs(folder)
+    assert len(first_run) == 1 and first_run[0].steps == 6  # checkpoints at 3 and 6
+
+    output = finish(start(folder, out, tz="America/Adak"))
+    assert f"resuming run {first_run[0].run_id} at step 6" in output
+    final = torch.load(out, weights_only=True)
+    assert_same_weights(final["model"], uninterrupted_weights)
+    runs = list_runs(folder)
+    assert [run.run_id for run in runs] == [first_run[0].run_id]
+    assert runs[0].steps == worker.STEPS
+    # the metrics log is continuous: every step once, the resumed steps replacing the killed
+    records = read_metrics_log(metrics_log_path(folder, runs[0].run_id))
+    steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert steps == list(range(1, worker.STEPS + 1))
+    assert [r["step"] for r in records if r["kind"] == "eval"] == steps
+
+    before = file_hashes(folder)
+    again = finish(start(folder, out, tz="Asia/Kolkata"))
+    assert "already finished at step 24" in again and "step 1\n" not in again
+    assert torch.load(out, weights_only=True)["finished_before"] is True
+    assert_same_weights(torch.load(out, weights_only=True)["model"], uninterrupted_weights)
+    assert file_hashes(folder) == before  # a finished run is reported, never retrained
+
+
+def test_a_second_experiment_never_touches_the_first(tmp_path):
+    folder, out = tmp_path / "checkpoints", tmp_path / "final.pt"
+    finish(start(folder, out))
+    run_a = list_runs(folder)[0]
+    # files that are not run A's: someone's model, a renamed copy, an old-format checkpoint
+    someone = save_checkpoint(make_state(1, 9.0), folder / "colleague_model.pt")
+    renamed = folder / "my_model.pt"
+    renamed.write_bytes(run_a.latest.path.read_bytes())
+    legacy = save_checkpoint(make_state(2, 0.5), folder)  # no run id, best val loss of all
+    (folder / "notes.txt").write_text("mine")
+    before = file_hashes(folder)
+
+    output = finish(start(folder, out, "--lr", "1e-3"))  # other settings: another run
+    assert "starting a new run" in output and run_a.run_id in output
+    after = file_hashes(folder)
+    assert {name: after.get(name) for name in before if name != BEST_MODEL_NAME and
+            not name.startswith(BEST_MODEL_NAME)} == \
+        {name: digest for name, digest in before.items() if not name.startswith(BEST_MODEL_NAME)}
+    listed = {info.path for info in list_checkpoints(folder)}
+    assert {info.path for info in run_a.checkpoints} <= listed
+    assert {someone, renamed, legacy} <= listed
+    runs = list_runs(folder)
+    run_b = next(run for run in runs if run.run_id != run_a.run_id
+                 and run.run_id != "legacy")
+    assert {run.run_id for run in runs} == {run_a.run_id, run_b.run_id, "legacy"}
+    best = read_sidecar(folder / BEST_MODEL_NAME)  # best_model.pt follows the newest run
+    assert best["run_id"] == run_b.run_id and (folder / best["source"]).is_file()
+    results = recover_training_results(folder)
+    assert results["run_id"] == run_b.run_id
+    assert set(results["runs"]["run_id"]) == {run_a.run_id, run_b.run_id, "legacy"}
+    assert Path(results["latest_checkpoint_path"]).name.startswith("checkpoint_")
+    assert recover_training_results(folder, run=run_a.run_id)["global_step"] == worker.STEPS
+
+
+def test_retention_deletes_only_the_writing_runs_own_checkpoints(tmp_path):
+    others = [save_checkpoint(make_state(step, 1.0, run_id="20250101-000000-aaaaaa"), tmp_path)
+              for step in (1, 2)]
+    legacy = save_checkpoint(make_state(3, 1.0), tmp_path)
+    writer = CheckpointWriter(tmp_path, keep_last=1, keep_best=0, background=False,
+                              run_id="20250102-000000-bbbbbb")
+    mine = []
+    for step in (4, 5, 6):
+        writer.submit(make_state(step, 2.0, run_id="20250102-000000-bbbbbb"))
+        mine.append(writer.last_path)
+    copied_in = tmp_path / "resumed_from.pt"
+    copied_in.write_bytes(mine[-1].read_bytes())  # our run id, but not our name pattern
+    writer.submit(make_state(7, 2.0, run_id="20250102-000000-bbbbbb"))
+    assert not mine[0].exists() and not mine[1].exists() and not mine[2].exists()
+    assert all(path.exists() and sidecar_path(path).exists() for path in [*others, legacy])
+    assert copied_in.exists()
+
+
+def test_two_runs_in_the_same_second_get_their_own_files(tmp_path):
+    a = save_checkpoint(make_state(5, 1.0, run_id="20250101-000000-aaaaaa"), tmp_path)
+    b = save_checkpoint(make_state(5, 2.0, run_id="20250101-000000-bbbbbb"), tmp_path)
+    c = save_checkpoint(make_state(5, 3.0), tmp_path)
+    assert len({a, b, c}) == 3 and b.name.endswith("_bbbbbb.pt") and c.name.endswith("_2.pt")
+    for path, run_id in ((a, "20250101-000000-aaaaaa"), (b, "20250101-000000-bbbbbb"), (c, None)):
+        assert read_sidecar(path)["run_id"] == run_id
+        assert torch.load(path, weights_only=True)["run_id"] == run_id
+
+
+def test_the_same_run_twice_at_once_refuses_the_second(tmp_path):
+    folder, out = tmp_path / "checkpoints", tmp_path / "final.pt"
+    first = start(folder, out, "--step-sleep", "0.3")
+    for line in first.stdout:
+        if line.strip() == "step 4":  # a checkpoint (step 3) exists: the run is on disk
+            break
+    second = start(folder, tmp_path / "second.pt")
+    output = second.communicate(timeout=300)[0]
+    assert second.returncode == 2, output
+    assert "is being trained by another process" in output and "Traceback" not in output
+    assert finish(first).count("done") == 1
+    assert len(list_runs(folder)) == 1
+
+
+def test_metrics_survive_a_kill_up_to_the_last_step(tmp_path):
+    folder, out = tmp_path / "checkpoints", tmp_path / "final.pt"
+    kill_after_step(start(folder, out, "--step-sleep", "0.2"), 11)  # checkpoint at 9
+    log = metrics_log_path(folder, list_runs(folder)[0].run_id)
+    with open(log, "a") as handle:
+        handle.write('{"kind": "train", "step": 12, "train_lo')  # torn by the crash
+    results = recover_training_results(folder)
+    curve = results["train_curve"]
+    assert results["global_step"] == 9
+    assert results["last_logged_step"] >= 11
+    assert list(curve["step"]) == list(range(1, results["last_logged_step"] + 1))
+    assert list(curve.loc[curve["after_last_checkpoint"], "step"]) == \
+        list(range(10, results["last_logged_step"] + 1))
+    metrics = results["metrics"]
+    assert 11 in set(metrics["step"]) and metrics["after_last_checkpoint"].any()
+    json.loads(log.read_text().splitlines()[0])  # plain JSON lines

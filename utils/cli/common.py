@@ -1,0 +1,57 @@
+"""What every subcommand shares: flag names in library messages, the one-line error, devices.
+
+The library names a setting by its field (`learning_rate must be ...`); a command-line user
+typed a flag (`--lr`). Each command module may define `SETTING_FLAGS` (field -> flag), and
+`error_line` writes the flag where the message names the field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from utils.errors import UserError
+
+# Fields named by a single common word ("device", "seed") are translated only where the
+# message clearly means the setting: `device=...`, `device must ...`, `TrainingConfig.device`.
+_SETTING_PREFIX = r"(?:(?:ModelConfig|TrainingConfig)\.)"
+
+
+def with_flag_names(message: str, flags: Mapping[str, str]) -> str:
+    """`message` with each setting it names (e.g. `learning_rate`) written as its flag."""
+    for name, flag in sorted(flags.items(), key=lambda item: -len(item[0])):
+        if "_" in name:
+            pattern = rf"{_SETTING_PREFIX}?\b{name}\b(=)?"
+        else:
+            pattern = rf"{_SETTING_PREFIX}\b{name}\b(=)?|\b{name}(=)|\b{name}(?= must\b)"
+        message = re.sub(pattern, lambda match, flag=flag: flag + (" " if any(
+            match.groups()) else ""), message)
+    return message
+
+
+def error_line(error: BaseException, flags: Mapping[str, str] | None = None) -> str:
+    """The one line `error: ...` that the command line prints for a user error."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"error: {with_flag_names(text, flags or {})}"
+
+
+def check_device(name: str | None, flag: str = "--device") -> None:
+    """Refuse a device torch does not know (`--device foo`) or this machine lacks."""
+    if name is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"{flag} {name!r} is not a device; use cpu, cuda, cuda:1 or mps "
+                        f"(or leave {flag} out for the best available)") from None
+    mps = getattr(torch.backends, "mps", None)
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": bool(mps and mps.is_available())}
+    if not available.get(device.type, True):
+        raise UserError(f"{flag} {name}: this machine has no {device.type.upper()} device; "
+                        f"use {flag} cpu or leave {flag} out for the best available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"{flag} {name}: this machine has {torch.cuda.device_count()} CUDA "
+                        f"device(s), numbered from 0")
