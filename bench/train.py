@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--repeats", type=int, default=5, help="measured training steps")
     parser.add_argument("--threads", type=int, nargs="+", default=None,
                         help="torch thread counts to measure (default: 1 and torch's default)")
-    parser.add_argument("--part", choices=("all", "throughput", "recipe"), default="all",
-                        help="which part to run (default: both)")
+    parser.add_argument("--part", choices=("all", "throughput", "recipe", "memory"),
+                        default="all", help="which part to run (default: all)")
     parser.add_argument("--step-repeats", type=int, default=30,
                         help="recipe: interleaved steps per contender for the loop's cost")
     parser.add_argument("--iterations", type=int, default=RECIPE_ITERATIONS,
@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> str:
                         help="write bench/results/train.md and train_recipe.md")
     args = parser.parse_args(argv)
     sections = []
+    if args.part in ("all", "memory"):
+        sections.append(memory_section(args))
     if args.part in ("all", "recipe"):
         sections.append(recipe_section(args))
     if args.part in ("all", "throughput"):
@@ -341,6 +343,80 @@ def recipe_section(args: argparse.Namespace) -> str:
         f"torch.mm peak {tokens_per_step / per_step_s * flops / peak:.1%}.",
     ]
     return publish_section("train_recipe", "\n".join(lines), args.save)
+
+
+MEMORY_SHAPES = dict(vocab_size=50304, context_length=256, embedding_dimension=384,
+                     number_of_heads=6, number_of_layers=6, dropout_rate=0.0)
+
+
+def measure_checkpointing(checkpointing: bool, batch: int, steps: int) -> dict:
+    """Run in a fresh process: `steps` Trainer steps with or without activation
+    checkpointing; the process's peak RSS comes back (bench.common.run_isolated) with the
+    median step time."""
+    import numpy as np
+    import torch
+
+    from utils.config import ModelConfig, TrainingConfig
+    from utils.model import GPTModel
+    from utils.training.engine.trainer import Trainer
+
+    torch.manual_seed(0)
+    model = GPTModel(ModelConfig(**MEMORY_SHAPES))
+    tokens = np.random.default_rng(0).integers(0, 50304, 200_000).astype(np.uint16)
+    trainer = Trainer(model, TrainingConfig(max_steps=100, batch_size=batch, warmup_steps=2,
+                                            checkpoint_dir=None, device="cpu",
+                                            activation_checkpointing=checkpointing),
+                      tokens, progress=False)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        trainer.train_step()
+        times.append(time.perf_counter() - start)
+    return {"step_s": statistics.median(times[1:] or times)}
+
+
+def memory_section(args: argparse.Namespace) -> str:
+    """Peak memory of a training step with and without activation checkpointing."""
+    from bench.common import run_isolated
+    from utils.config import ModelConfig
+    from utils.pretrained.memory import GIB, training_memory
+
+    batch, steps = 16, 3
+    rows = {}
+    for checkpointing in (False, True, False, True):  # alternating: drift hits both
+        result = run_isolated("bench.train:measure_checkpointing", checkpointing, batch, steps)
+        rows.setdefault(checkpointing, []).append(result)
+    config = ModelConfig(**MEMORY_SHAPES)
+    lines = [
+        "## Activation checkpointing: memory and time (bench/train.py --part memory)",
+        "",
+        f"Command: `{command_line()}`  ",
+        f"Machine: {machine_info()}; the CPU was shared with other jobs.",
+        "",
+        f"GPTModel 6 layers x 384 wide, context 256, vocabulary 50304, fp32, batch {batch}, "
+        f"`Trainer.train_step` x {steps} in a fresh process each (two processes per "
+        f"setting, alternating); peak RSS is the whole process's (Python, torch, weights, "
+        f"AdamW state, data).",
+        "",
+        "| activation checkpointing | peak RSS (MB) | step (s, median) | estimated activations "
+        "(MB, utils/pretrained/memory.py) |",
+        "|---|---:|---:|---:|",
+    ]
+    for checkpointing in (False, True):
+        peak = statistics.median(r["peak_rss_mb"] for r in rows[checkpointing])
+        step = statistics.median(r["step_s"] for r in rows[checkpointing])
+        estimate = training_memory(config, batch, precision="fp32",
+                                   activation_checkpointing=checkpointing)
+        lines.append(f"| {'on' if checkpointing else 'off'} | {peak:,.0f} | {step:.2f} | "
+                     f"{estimate.activations / GIB * 1024:,.0f} |")
+    off = statistics.median(r["peak_rss_mb"] for r in rows[False])
+    on = statistics.median(r["peak_rss_mb"] for r in rows[True])
+    step_ratio = (statistics.median(r["step_s"] for r in rows[True])
+                  / statistics.median(r["step_s"] for r in rows[False]))
+    lines += ["", f"Checkpointing saves {off - on:,.0f} MB of peak memory here "
+              f"({on / off:.0%} of the plain step's peak) for {step_ratio:.2f}x the step time "
+              f"(one extra forward pass per block)."]
+    return publish_section("train_memory", "\n".join(lines), args.save)
 
 
 def _evaluation_seconds(trainer) -> float:

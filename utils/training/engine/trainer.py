@@ -167,6 +167,7 @@ class Trainer:
         self._log: MetricsLog | None = None
         self._precision_said = False  # the precision choice is printed once per Trainer
         self._compiled: nn.Module | None = None  # torch.compile(model), built once
+        self._report_compile_time = False
 
     # ---------------------------------------------------------------- data
     def _context_length(self, data: Any) -> int:
@@ -397,6 +398,7 @@ class Trainer:
             # (checkpoints, loading, resuming) never see the wrapper's `_orig_mod.` prefix
             if self._compiled is None:
                 self._compiled = torch.compile(self.model)
+                self._report_compile_time = True  # after the first step (compiles lazily)
             training_model = self._compiled
         training_model = self.dist.wrap(training_model)
         bar = self._progress_bar()
@@ -516,12 +518,11 @@ class Trainer:
         session_start, session_step = time.perf_counter(), self.global_step
         speed.start(session_step)
         total = self._stop_step
-        first_step_timed = not self.config.compile
         while self.global_step < total:
             losses.add(self._train_step(training_model))
             self.global_step += 1
-            if not first_step_timed:  # one sync, once: what compiling cost
-                first_step_timed = True
+            if self._report_compile_time:  # one sync, once per Trainer: what compiling cost
+                self._report_compile_time = False
                 self._say_warmup(session_start)
             if writer is not None and self.global_step == session_step + 1:
                 # optimizer state exists now: allocate checkpoint buffers off the critical path
