@@ -1,4 +1,4 @@
-"""Loading a gpt2-small checkpoint: `load_pretrained_model` vs seed 000's recipe.
+"""Loading a gpt2-small checkpoint: `load_pretrained_model` vs the usual recipe.
 
     python bench/loading.py [--repeats 5] [--workdir /tmp/...] [--save]
 
@@ -10,7 +10,7 @@ Each measurement runs in a fresh process (bench.common.run_isolated), alternatin
 * ours: `load_pretrained_model(path, device="cpu")`: model built on the meta device (no
   initialisation), file memory-mapped (`weights_only=True, mmap=True`), tensors assigned,
   head re-tied, every weight checked for NaN/Inf (which reads every weight page).
-* seed 000: `torch.load(path, map_location="cpu", weights_only=True)`, `GPTModel(config)`
+* usual recipe (torch.load then load_state_dict into a new model): `torch.load(path, map_location="cpu", weights_only=True)`, `GPTModel(config)`
   (random init), `model.load_state_dict(checkpoint["model_state_dict"])`, `eval()`.
 
 Reported: median wall time of the load (after imports) and the memory it adds, peak RSS
@@ -133,10 +133,10 @@ def markdown(rows: list[dict], load_before: tuple[float, ...], load_after: tuple
         "gpt2-small shapes (124M parameters, random weights), loaded onto the CPU. Medians over "
         f"{rows[0]['repeats']} fresh processes per method, alternating; memory is peak RSS "
         "minus RSS after imports. *ours*: `load_pretrained_model` (meta device, mmap, "
-        "assign, NaN/Inf check); *seed 000*: `torch.load` + `GPTModel(config)` + "
+        "assign, NaN/Inf check); *usual recipe*: `torch.load` + `GPTModel(config)` + "
         "`load_state_dict`.", "",
-        "| checkpoint | file (MB) | ours (s) | seed 000 (s) | speedup | ours added (MB) | "
-        "seed 000 added (MB) | memory ratio |",
+        "| checkpoint | file (MB) | ours (s) | usual (s) | speedup | ours added (MB) | "
+        "usual added (MB) | memory ratio |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -154,9 +154,9 @@ def markdown(rows: list[dict], load_before: tuple[float, ...], load_after: tuple
         lines.append(f"{r['name']}: {speedup:.1f}x faster, {ratio:.2f}x the memory: "
                      f"**{'met' if met else 'not met'}**.")
     lines += ["", "Ours keeps about one copy of the weights (the memory-mapped file pages, all "
-              "read by the NaN/Inf check); seed 000 holds the randomly initialised model and "
+              "read by the NaN/Inf check); the usual recipe holds the randomly initialised model and "
               "the loaded dict (plus the optimizer state, which it reads too) at once. Most of "
-              "seed 000's time is the random initialisation that the loaded weights then "
+              "the usual recipe's time is the random initialisation that the loaded weights then "
               "overwrite."]
     return "\n".join(lines) + "\n"
 

@@ -9,7 +9,7 @@ end). Each measurement runs in a fresh process:
 * ours: `load_openai_gpt2(folder)`: meta-device skeleton, safetensors read tensor by tensor,
   converted (transpose / Q-K-V split) and assigned; memory checked first.
 * usual: `GPTModel(config)` (random init), `GPT2LMHeadModel.from_pretrained(folder)`, then
-  copy every converted tensor into the model (strict), as nanoGPT / llm.c / seed 000 do.
+  copy every converted tensor into the model (strict), as nanoGPT and llm.c do.
 
 Reported: median wall time of the load (after imports), and the memory the load adds:
 peak RSS minus RSS after imports. After the timed part, the "ours" process also loads HF's

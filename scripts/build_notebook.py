@@ -20,6 +20,7 @@ import nbformat
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_PATH = REPO_ROOT / "training.ipynb"
 README_PATH = REPO_ROOT / "README.md"
+sys.path.insert(0, str(REPO_ROOT))  # utils.config: the training settings' defaults and meanings
 
 # The one line to set when the repository is published ("owner/name" on GitHub): Cell 1
 # clones it and the README's "Open in Colab" badge opens the notebook from it.
@@ -47,9 +48,36 @@ def md(text: str) -> None:
     CELLS.append(("markdown", text.strip() + "\n", []))
 
 
+# Form fields of Cell 3 that are TrainingConfig settings: value and meaning come from there
+# (utils/config.py defines each setting once), so the notebook cannot drift from the CLI.
+TRAINING_FORM_FIELDS = {"MAX_STEPS": "max_steps", "BATCH_SIZE": "batch_size",
+                        "LEARNING_RATE": "learning_rate", "WARMUP_STEPS": "warmup_steps",
+                        "EVAL_INTERVAL": "eval_interval", "EVAL_BATCHES": "eval_batches",
+                        "CHECKPOINT_INTERVAL": "checkpoint_interval", "SEED": "seed"}
+
+
+def training_form_line(variable: str) -> str:
+    from utils.config import setting_default
+
+    value = setting_default(TRAINING_FORM_FIELDS[variable])
+    kind = "number" if isinstance(value, float) else "integer"
+    return f'{variable} = {value!r}  # @param {{type:"{kind}"}}'
+
+
+def training_settings_text(body: str) -> str:
+    from utils.config import setting_help
+
+    fields = [name for name in TRAINING_FORM_FIELDS if name != "SEED"]
+    comments = [f"# {name}: {setting_help(TRAINING_FORM_FIELDS[name])}"
+                for name in TRAINING_FORM_FIELDS]
+    return (body.replace("@TRAINING_SETTINGS@", "\n".join(map(training_form_line, fields)))
+            .replace("@SEED_SETTING@", training_form_line("SEED"))
+            .replace("@TRAINING_SETTING_COMMENTS@", "\n".join(comments)))
+
+
 def code(number: int, name: str, body: str, tags: list[str] | None = None) -> None:
+    body = training_settings_text(body.replace("@REPO_URL@", f'"{REPO_URL}"'))
     form = "# @param" in body
-    body = body.replace("@REPO_URL@", f'"{REPO_URL}"')
     CELLS.append(("code", title(number, name, form) + body.strip() + "\n", tags or []))
 
 
@@ -60,10 +88,13 @@ Run the numbered cells top to bottom: set-up, data, model, training with checkpo
 recovery, loading, inference and export. Every cell is a few lines that call the `utils`
 package, which is tested on its own (`make test`).
 
-**After a crash or a disconnected runtime** (Colab): run Cells 1–13 (set-up, data, model:
-quick, the data is cached), then Cell 33 (recover the metrics), Cell 34 (load the weights)
-and Cell 35. Cell 37 resumes training from the latest checkpoint. The checkpoints live on
-Google Drive in Colab, so they survive the runtime. See `docs/03-crash-recovery-colab.md`.
+**After a crash or a disconnected runtime** (Colab): reconnect, then *Runtime → Run all*.
+Cell 32 continues the run exactly where its last checkpoint left it (or, if it had
+finished, says so and trains nothing); every later cell works as before. A run with other
+settings starts a run of its own next to the others, whose files are never touched. The
+checkpoints live on Google Drive in Colab, so they survive the runtime; if Drive fails
+mid-run, training goes on and writes to a local folder until Drive is back. See
+`docs/03-crash-recovery-colab.md`.
 
 Cell numbers 13 and 32–35 are fixed because the guides refer to them; the numbers jump from
 16 to 32.
@@ -137,25 +168,23 @@ INIT_FROM = "scratch"  # @param {type:"string"}
 DATA_PATH = ""  # @param {type:"string"}
 TOKENIZER = "gpt2"  # @param ["gpt2", "byte"]
 CONTEXT_LENGTH = 256  # @param {type:"integer"}
-MAX_STEPS = 2000  # @param {type:"integer"}
-BATCH_SIZE = 8  # @param {type:"integer"}
-LEARNING_RATE = 6e-4  # @param {type:"number"}
-WARMUP_STEPS = 100  # @param {type:"integer"}
-EVAL_INTERVAL = 100  # @param {type:"integer"}
-EVAL_BATCHES = 20  # @param {type:"integer"}
-CHECKPOINT_INTERVAL = 200  # @param {type:"integer"}
+@TRAINING_SETTINGS@
 CHECKPOINT_DIR = ""  # @param {type:"string"}
 CHECKPOINT_OVERRIDE = ""  # @param {type:"string"}
+RUN_ID = ""  # @param {type:"string"}
 RESUME_EXTRA_STEPS = 200  # @param {type:"integer"}
 PROMPT = "The meaning of life is"  # @param {type:"string"}
 OUTPUT_DIR = "outputs"  # @param {type:"string"}
-SEED = 1337  # @param {type:"integer"}
+@SEED_SETTING@
 # QUICK_MODE: the tiny preset, QUICK_MODE_STEPS steps, small batches (Cell 4).
 # INIT_FROM: "scratch", an OpenAI GPT-2 name ("gpt2", "gpt2-medium", ...) or a local folder.
-# DATA_PATH: a .txt file or a folder of them; empty means the built-in corpus (no download).
+# DATA_PATH: a .txt file or folder, a nanoGPT folder, llm.c shards, hf:NAME or a save_to_disk
+#   folder (docs/08-data.md); empty means the built-in corpus (no download).
 # CHECKPOINT_DIR: empty means Google Drive in Colab, ./checkpoints elsewhere.
 # CHECKPOINT_OVERRIDE: a checkpoint file for Cell 34 to load instead of the best one.
+# RUN_ID: which run Cells 33-35 recover and load (empty: the newest; Cell 33 lists the runs).
 # OUTPUT_DIR: where the loss curve and the exported models go.
+@TRAINING_SETTING_COMMENTS@
 ''', tags=["parameters"])
 
 code(4, "Quick Mode, Seed and Device", '''
@@ -186,7 +215,8 @@ with friendly_errors("CHECKPOINT_DIR"):
     existing = list_checkpoints(CHECKPOINT_DIR)
 print(f"📁 Checkpoint folder: {CHECKPOINT_DIR} ({len(existing)} checkpoints already there)")
 if existing:
-    print("   Recovering after a crash? Run Cells 6-13, then Cells 33-35 (not Cell 32).")
+    print("   Cell 32 continues the run with these settings if it is unfinished; other runs "
+          "stay untouched.")
 ''')
 
 md("## 2 · Data")
@@ -205,30 +235,34 @@ print(f"{example!r} -> {ids} -> {tokenizer.decode(ids)!r}")
 ''')
 
 code(7, "Load and Tokenise the Corpus", '''
-# Tokenised once and cached on disk: running this again (e.g. after a crash) is instant.
-from utils.data import tokenize_corpus
+# Text is tokenised once (streaming, on every core) and cached: running this again is
+# instant. nanoGPT / llm.c token files are mapped as they are, with their own vocabulary.
+from utils.data import TOKEN_FILE_KINDS, detect_kind, load_data
 from utils.notebook import check_form, friendly_errors
 
 with friendly_errors("DATA_PATH"):  # a wrong DATA_PATH says what to pass instead
     check_form(globals(), "DATA_PATH")
-    corpus = tokenize_corpus(DATA_PATH or None, tokenizer_name=TOKENIZER)
-print(f"Source: {corpus.source}")
-print(f"Tokens: {len(corpus.tokens):,} (uint16 memmap, sha256 {corpus.sha256[:12]}...)")
+    text_tokenizer = None if detect_kind(DATA_PATH or None) in TOKEN_FILE_KINDS else TOKENIZER
+    data = load_data(DATA_PATH or None, text_tokenizer, val_fraction=0.1)
+    tokenizer, TOKENIZER = data.tokenizer, data.tokenizer_name
+print(f"Source: {data.source} ({data.kind})")
+print(f"Tokens: {data.num_tokens:,} (uint16, memory-mapped: not loaded into RAM)")
 ''')
 
-code(8, "Data Statistics", '''
-from utils.notebook import corpus_statistics
+code(8, "What Was Found", '''
+# Kind, documents, tokens and the split; then the ids most used (counted in chunks).
+from utils.data import token_statistics
 
-print(corpus_statistics(corpus, tokenizer).to_string())
+print(data.summary())
+print(token_statistics(data))
 ''')
 
 code(9, "Train / Validation Split", '''
-from utils.data import train_val_split
-from utils.notebook import friendly_errors
-
-with friendly_errors("DATA_PATH"):  # too little text for a validation split
-    train_tokens, val_tokens = train_val_split(corpus.tokens, val_fraction=0.1)
-print(f"train: {len(train_tokens):,} tokens | validation: {len(val_tokens):,} tokens")
+# Views of the memmap, never a copy. nanoGPT's val.bin / llm.c's val shards are kept; other
+# inputs give the last 10% (load_data(split="block" or "document") spreads it instead).
+train_tokens, val_tokens = data.train, data.val
+print(f"train: {len(train_tokens):,} tokens | validation: {len(val_tokens):,} tokens "
+      f"({data.split})")
 ''')
 
 code(10, "Batches", '''
@@ -328,7 +362,7 @@ from utils.training.engine.trainer import Trainer
 with friendly_errors():
     live_plot = LiveLossPlot()
     trainer = Trainer(model, training_config, train_loader, val_loader, callbacks=[live_plot],
-                      tokenizer_name=TOKENIZER)
+                      tokenizer_name=TOKENIZER, init_from=initialised_from)
 print(f"{trainer.total_steps} steps of {trainer.tokens_per_step:,} tokens; "
       f"{trainer.steps_per_epoch} steps per epoch")
 ''')
@@ -337,13 +371,19 @@ md("## 5 · Training")
 
 code(32, "Run Training", '''
 # A progress bar shows loss, learning rate and tokens/s; the plot updates at each evaluation.
-# Checkpoints are written every CHECKPOINT_INTERVAL steps to CHECKPOINT_DIR.
+# Checkpoints are written every CHECKPOINT_INTERVAL steps to CHECKPOINT_DIR. After a crash,
+# running this cell again continues the same run exactly (same settings, same folder).
 from utils.notebook import friendly_errors
 
 with friendly_errors():
-    history = trainer.fit()
+    history = trainer.fit()  # resume_from="auto": continue, report a finished run, or start
     live_plot.close()
-    print(f"✅ trained to step {trainer.global_step}; checkpoints in {CHECKPOINT_DIR}")
+if trainer.finished:
+    print(f"✅ run {trainer.run_id} had already finished at step {trainer.global_step}: nothing "
+          "to train (Cell 37 trains further; a larger MAX_STEPS continues the run)")
+else:
+    print(f"✅ run {trainer.run_id} trained to step {trainer.global_step}; checkpoints in "
+          f"{CHECKPOINT_DIR}")
 ''')
 
 md("""
@@ -353,15 +393,19 @@ Cells 33–35 also work in a fresh runtime after a crash: run Cells 1–13 first
 """)
 
 code(33, "Checkpoint Recovery", '''
-# Reads every metric back from the checkpoints on disk (the runtime's memory may be gone).
-from utils.notebook import friendly_errors
+# Reads the run back from the folder (the runtime's memory may be gone): every run there,
+# then the chosen run's best and latest checkpoints and its metrics up to the last logged
+# step (also the steps after the last checkpoint, from the run's metrics log).
+from utils.notebook import check_form, friendly_errors, recovery_report
+from utils.plots import plot_loss_curves
 from utils.training.engine.recovery import recover_training_results
 
-with friendly_errors():
-    results = recover_training_results(CHECKPOINT_DIR)
-    print(f"Recovered {len(results['metrics'])} evaluations up to step {results['global_step']}")
-    print(f"Best checkpoint:   {results['checkpoint_path']} (val loss {results['best_val_loss']:.4f})")
-    print(f"Latest checkpoint: {results['latest_checkpoint_path']}")
+with friendly_errors("CHECKPOINT_DIR", "RUN_ID"):
+    check_form(globals(), "RUN_ID")
+    results = recover_training_results(CHECKPOINT_DIR, run=RUN_ID or "latest")
+print(recovery_report(results))
+curve = plot_loss_curves(results["train_curve"] if len(results["train_curve"]) else
+                         results["metrics"], title=f"run {results['run_id']}")
 ''')
 
 code(34, "Load Model Weights from Checkpoint", '''
@@ -440,11 +484,13 @@ for temperature in (0.0, 0.8):  # greedy, then sampled (reproducible with SEED)
 ''')
 
 code(39, "Validation Perplexity", '''
+# The same validation loss the Trainer records (the same windows of the validation tokens).
 import math
 
-from utils.training.engine.evaluation import evaluate
+from utils.training.engine.evaluation import validation_loss, validation_settings
 
-val_loss = evaluate(model, val_loader, batches=EVAL_BATCHES, device=device)
+val_loss = validation_loss(model, val_tokens, context_length=CONTEXT_LENGTH, device=device,
+                           **validation_settings(training_config))
 print(f"validation loss {val_loss:.4f} | perplexity {math.exp(val_loss):.2f}")
 ''')
 
@@ -454,15 +500,21 @@ code(40, "Compare Checkpoints", '''
 from IPython.display import display
 from utils.training.engine.compare import (
     compare_checkpoints, compare_predictions, plot_weight_changes)
+from utils.training.engine.evaluation import validation_settings
 from utils.training.engine.recovery import list_checkpoints
 
-kept = sorted(list_checkpoints(CHECKPOINT_DIR), key=lambda info: info.global_step)
+validation = validation_settings(training_config)  # Cell 39's (and the Trainer's) windows
+kept = sorted(list_checkpoints(CHECKPOINT_DIR, run=RUN_ID or "latest"),  # one run's
+              key=lambda info: info.global_step)
 if len(kept) >= 2:
     changes = compare_checkpoints(kept[0].path, kept[-1].path)
     display(plot_weight_changes(changes, top=12, title=f"Relative weight change, step "
                                 f"{kept[0].global_step} → {kept[-1].global_step}"))
     display(compare_predictions([kept[0].path, kept[-1].path], val_tokens, tokenizer, PROMPT,
-                                max_new_tokens=15, max_batches=2))
+                                max_new_tokens=15, context_length=CONTEXT_LENGTH,
+                                batch_size=validation["batch_size"],
+                                max_batches=validation["batches"],
+                                validation_seed=validation["seed"]))
 else:
     print("Need at least two checkpoints to compare; train longer (Cell 32).")
 ''')

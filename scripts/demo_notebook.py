@@ -5,8 +5,9 @@
 Writes, under the output folder: `training_executed.ipynb` (the notebook with its outputs),
 `training_executed.html` (nbconvert), `loss_curve.png` (Cell 36), the exported Hugging Face
 folder and binary weights, and with `--screenshot` a PNG of the HTML page rendered by
-headless Chromium. Checkpoints go to `<output>/demo_checkpoints`, emptied first so the demo
-always starts from scratch.
+headless Chromium. Checkpoints go to `<output>/demo_checkpoints` and stay there, as a
+user's Drive folder does: a second `make demo` finds the finished run, reports it instead
+of training it again, and runs every later cell on it (`--fresh` empties the folder first).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--no-first-run", "--hide-scrollbars"]
 
 
-def run_notebook(output_dir: Path, steps: int) -> Path:
+def run_notebook(output_dir: Path, steps: int, fresh: bool = False) -> Path:
     import papermill
 
     checkpoint_dir = output_dir / "demo_checkpoints"
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if fresh:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     executed = output_dir / "training_executed.ipynb"
     papermill.execute_notebook(
         str(REPO_ROOT / "training.ipynb"), str(executed), cwd=str(REPO_ROOT),
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", default="outputs", type=Path)
     parser.add_argument("--steps", type=int, default=120,
                         help="training steps of the tiny model (QUICK_MODE_STEPS)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="empty the demo's checkpoint folder first (a new run)")
     parser.add_argument("--screenshot", action="store_true",
                         help="also render the HTML to PNG with headless Chromium")
     args = parser.parse_args(argv)
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     output_dir.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    executed = run_notebook(output_dir, args.steps)
+    executed = run_notebook(output_dir, args.steps, args.fresh)
     html = export_html(executed)
     png = screenshot(html) if args.screenshot else None
     print(f"\nDemo finished in {time.perf_counter() - start:.0f} s")

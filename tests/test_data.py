@@ -1,19 +1,27 @@
-"""utils.data: loading, the token cache, splitting, and the deterministic BatchLoader."""
+"""utils.data: text loading, streaming preparation and its cache, splitting, the BatchLoader.
+
+The reference for every id test is the path before streaming: the whole text in one string
+(`load_text`) encoded in one call.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 
 import numpy as np
 import pytest
 import torch
 
-from utils import data
 from utils.data import (
     BUILTIN_SOURCE,
     BatchLoader,
+    TokenView,
     load_text,
+    prepare,
+    sources,
     split_into_chunks,
     tokenize_corpus,
     train_val_split,
@@ -23,18 +31,43 @@ from utils.tokenizer import get_tokenizer
 EOT = "<|endoftext|>"
 
 
+def reference_ids(source, tokenizer="gpt2"):
+    """Today's path before streaming: one string, one encode call."""
+    return get_tokenizer(tokenizer).encode(load_text(source), allowed_special={EOT})
+
+
 @pytest.fixture
-def count_encodes(monkeypatch):
-    """Count calls of the function that tokenises text into the cache."""
+def count_prepares(monkeypatch):
+    """Count the calls that read and tokenise a source into the cache."""
     calls = []
-    real = data._encode_to_file
+    real = prepare.prepare_stream
 
-    def counting(text, tokenizer, path):
+    def counting(stream, tokenizer, *args, **kwargs):
         calls.append(tokenizer.name)
-        return real(text, tokenizer, path)
+        return real(stream, tokenizer, *args, **kwargs)
 
-    monkeypatch.setattr(data, "_encode_to_file", counting)
+    monkeypatch.setattr(prepare, "prepare_stream", counting)
     return calls
+
+
+@pytest.fixture
+def small_pieces(monkeypatch):
+    """Pieces of 2 KiB and the worker pool even for small inputs, so tests cross many cuts."""
+    monkeypatch.setattr(prepare, "PIECE_BYTES", 2048)
+    monkeypatch.setattr(prepare, "POOL_MIN_BYTES", 0)
+
+
+def mixed_text(documents=40, seed=0):
+    """Documents with multi-byte UTF-8, CRLF / lone CR / LF line ends, tabs and contractions."""
+    rng = random.Random(seed)
+    words = ["hello", "wörld", "naïve", "中文字符", "emoji 🎉", "it's", "we'll", "x", "123",
+             "4.5", "!!", "--", "\t", "  ", "ça", "Ωμέγα", "\u3000", "\xa0", "a\x1cb"]
+    docs = []
+    for d in range(documents):
+        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 25)))
+                 for _ in range(rng.randint(1, 40))]
+        docs.append(("\r\n", "\n", "\r")[d % 3].join(lines) + rng.choice(["", "\r\n", "\n"]))
+    return docs
 
 
 # --------------------------------------------------------------------------- load_text
@@ -53,11 +86,18 @@ def test_folder_of_txt_files_sorted_and_joined(tmp_path):
     (tmp_path / "a.txt").write_text("first", encoding="utf-8")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "c.txt").write_text("third", encoding="utf-8")
+    (tmp_path / "a.txt.d").mkdir()  # sorted as a path: a.txt < a.txt.d/ < b.txt
+    (tmp_path / "a.txt.d" / "z.txt").write_text("inner", encoding="utf-8")
     (tmp_path / "notes.md").write_text("ignored", encoding="utf-8")
     (tmp_path / ".ipynb_checkpoints").mkdir()  # Jupyter's copies of edited files
     (tmp_path / ".ipynb_checkpoints" / "a-checkpoint.txt").write_text("copy", encoding="utf-8")
     (tmp_path / ".hidden.txt").write_text("hidden", encoding="utf-8")
-    assert load_text(tmp_path) == f"first{EOT}second{EOT}third"
+    os.mkfifo(tmp_path / "pipe.txt")  # not a regular file: reading it would block forever
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path, target_is_directory=True)
+    assert load_text(tmp_path) == f"first{EOT}inner{EOT}second{EOT}third"
+    corpus = tokenize_corpus(tmp_path, "byte", cache_dir=tmp_path / ".cache")
+    assert corpus.tokens.tolist() == reference_ids(tmp_path, "byte")
+    assert corpus.documents == 4
 
 
 def test_folder_documents_become_end_of_text_ids(tmp_path):
@@ -74,6 +114,8 @@ def test_missing_path_names_it_and_the_fix(tmp_path):
     missing = tmp_path / "nope.txt"
     with pytest.raises(FileNotFoundError, match=r"nope\.txt.*does not exist.*built-in corpus"):
         load_text(missing)
+    with pytest.raises(FileNotFoundError, match=r"nope\.txt.*does not exist"):
+        tokenize_corpus(missing, "byte", cache_dir=tmp_path / "cache")
 
 
 def test_empty_file_is_an_error(tmp_path):
@@ -81,6 +123,9 @@ def test_empty_file_is_an_error(tmp_path):
     path.write_text("  \n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"empty\.txt.*is empty \(3 bytes\)"):
         load_text(path)
+    with pytest.raises(ValueError, match=r"empty\.txt.*is empty \(3 bytes\)"):
+        tokenize_corpus(path, "byte", cache_dir=tmp_path / "cache")
+    assert not any((tmp_path / "cache").glob("*.bin"))
 
 
 def test_folder_without_txt_files_is_an_error(tmp_path):
@@ -91,30 +136,121 @@ def test_folder_without_txt_files_is_an_error(tmp_path):
 
 def test_folder_of_empty_files_is_an_error(tmp_path):
     (tmp_path / "a.txt").write_text("", encoding="utf-8")
-    (tmp_path / "b.txt").write_text("\n", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("\n\u3000", encoding="utf-8")
     with pytest.raises(ValueError, match=r"all 2 \.txt files .* are empty"):
         load_text(tmp_path)
+    with pytest.raises(ValueError, match=r"all 2 \.txt files .* are empty"):
+        tokenize_corpus(tmp_path, "byte", cache_dir=tmp_path / "cache")
 
 
-def test_non_utf8_file_names_the_file(tmp_path):
+def test_non_utf8_file_names_the_file_and_the_byte(tmp_path):
     path = tmp_path / "latin1.txt"
-    path.write_bytes("café".encode("latin-1"))
+    path.write_bytes(b"ok " * 10 + "café".encode("latin-1"))
     with pytest.raises(ValueError, match=r"latin1\.txt.*not UTF-8.*convert it"):
         load_text(path)
+    with pytest.raises(ValueError, match=r"latin1\.txt.*not UTF-8.*at byte 33.*convert it"):
+        tokenize_corpus(path, "byte", cache_dir=tmp_path / "cache")
+    truncated = tmp_path / "cut.txt"
+    truncated.write_bytes("abc €".encode()[:-1])  # a file ending inside a 3-byte character
+    with pytest.raises(ValueError, match=r"cut\.txt.*not UTF-8"):
+        tokenize_corpus(truncated, "byte", cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero", "/dev/null"])
+def test_special_files_are_refused_before_reading(tmp_path, special):
+    """A FIFO would block the first read forever, /dev/zero would never end."""
+    path = tmp_path / "pipe" if special == "fifo" else special
+    if special == "fifo":
+        os.mkfifo(path)
+    kind = "named pipe" if special == "fifo" else "character device"
+    with pytest.raises(ValueError, match=rf"{path}'? is a {kind}.*not a regular file or folder"):
+        tokenize_corpus(path, "byte", cache_dir=tmp_path / "cache")
+
+
+# --------------------------------------------------------------------------- streaming = one call
+
+
+def test_streamed_ids_equal_one_call_on_the_builtin_corpus(tmp_path, small_pieces):
+    corpus = tokenize_corpus(None, "gpt2", cache_dir=tmp_path, workers=2)
+    assert corpus.tokens.tolist() == reference_ids(None)
+    assert corpus.sha256 == hashlib.sha256(load_text().encode()).hexdigest()  # same cache key
+    assert corpus.characters == len(load_text())
+
+
+@pytest.mark.parametrize("tokenizer", ["gpt2", "byte"])
+def test_streamed_ids_equal_one_call_on_crlf_multibyte_and_end_of_text(tmp_path, small_pieces,
+                                                                         tokenizer):
+    path = tmp_path / "mixed.txt"
+    docs = mixed_text()
+    path.write_bytes(EOT.join(docs).encode("utf-8"))
+    assert b"\r\n" in path.read_bytes() and len(path.read_bytes()) > 20 * 2048
+    corpus = tokenize_corpus(path, tokenizer, cache_dir=tmp_path / "cache", workers=2)
+    expected = reference_ids(path, tokenizer)
+    assert corpus.tokens.tolist() == expected
+    assert corpus.sha256 == hashlib.sha256(load_text(path).encode()).hexdigest()
+    assert corpus.documents == len(docs)  # the <|endoftext|> in the file separate documents
+    assert expected.count(get_tokenizer(tokenizer).eot_token) == len(docs) - 1
+
+
+def test_streamed_folder_equals_one_call(tmp_path, small_pieces):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i, doc in enumerate(mixed_text(documents=30, seed=1)):
+        (folder / f"{i:03d}.txt").write_bytes(doc.encode("utf-8"))
+    (folder / "blank.txt").write_bytes(b" \r\n\t")  # skipped, as load_text skips it
+    corpus = tokenize_corpus(folder, "gpt2", cache_dir=tmp_path / "cache", workers=2)
+    assert corpus.tokens.tolist() == reference_ids(folder)
+    assert corpus.documents == 30
+
+
+def test_cut_points_never_change_the_ids():
+    """Cutting at the safe points never changes GPT-2's BPE, on the real corpus and on
+    adversarial whitespace/punctuation soup (Unicode spaces and separators included)."""
+    enc = get_tokenizer("gpt2")
+    text = load_text()
+    chunks = split_into_chunks(text, 4000)
+    assert len(chunks) > 50 and "".join(chunks) == text
+    ids = [i for chunk in chunks for i in enc.encode(chunk, allowed_special={EOT})]
+    assert ids == enc.encode(text, allowed_special={EOT})
+    alphabet = [*"ab Z9\n\t\r.,'!é中\x1c\x85\xa0\u2028\u3000\v\f", "\n\n", "\r\n", "  \n",
+                " \n ", "'s", "'ll", "123", EOT]
+    rng = random.Random(0)
+    for _ in range(40):
+        soup = "".join(rng.choice(alphabet) for _ in range(1500))
+        for size in (1, 13, 200):
+            pieces = split_into_chunks(soup, size)
+            assert "".join(pieces) == soup and len(pieces) > 1
+            assert ([i for p in pieces for i in enc.encode(p, allowed_special={EOT})]
+                    == enc.encode(soup, allowed_special={EOT}))
+
+
+def test_text_without_any_safe_cut_is_still_cut_in_bounded_pieces():
+    """A huge run with no space or newline: cut anyway at the limit, but never inside a
+    UTF-8 character or an <|endoftext|>."""
+    text = ("é" * 50 + EOT + "中" * 31) * 40
+    data = text.encode()
+    pieces = list(prepare.split_pieces([data[i:i + 100] for i in range(0, len(data), 100)],
+                                       piece_bytes=64, max_piece_bytes=256))
+    assert b"".join(pieces) == data
+    assert max(map(len, pieces)) <= 256 + 100
+    decoded = [piece.decode("utf-8") for piece in pieces]  # no character split
+    assert all(EOT in d or "<|" not in d for d in decoded)  # no special token split
+    enc = get_tokenizer("byte")
+    assert [i for d in decoded for i in enc.encode(d, allowed_special={EOT})] == enc.encode(
+        text, allowed_special={EOT})
 
 
 # --------------------------------------------------------------------------- the cache
 
 
-def test_cache_is_reused_without_retokenising(tmp_path, count_encodes):
+def test_cache_is_reused_without_retokenising(tmp_path, count_prepares):
     cache = tmp_path / "cache"
     first = tokenize_corpus(None, "gpt2", cache_dir=cache)
     second = tokenize_corpus(None, "gpt2", cache_dir=cache)
-    assert count_encodes == ["r50k_base"]  # the second call only mapped the file
+    assert count_prepares == ["r50k_base"]  # the second call only mapped the file
     assert isinstance(second.tokens, np.memmap) and second.tokens.dtype == np.uint16
     np.testing.assert_array_equal(first.tokens, second.tokens)
-    text = load_text()
-    assert second.tokens.tolist() == get_tokenizer("gpt2").encode(text, allowed_special={EOT})
+    assert second.tokens.tolist() == reference_ids(None)
     assert (second.source, second.tokenizer_name) == (BUILTIN_SOURCE, "gpt2")
     meta = json.loads(second.cache_path.with_suffix(".json").read_text())
     assert meta["num_tokens"] == len(second) and meta["sha256"] == second.sha256
@@ -122,18 +258,41 @@ def test_cache_is_reused_without_retokenising(tmp_path, count_encodes):
         [second.cache_path.name, second.cache_path.with_suffix(".json").name])  # no temp files
 
 
-def test_cache_key_follows_text_and_tokenizer(tmp_path, count_encodes):
+def test_second_call_on_unchanged_files_does_not_read_them(tmp_path, monkeypatch,
+                                                           count_prepares):
+    folder, cache = tmp_path / "docs", tmp_path / "cache"
+    folder.mkdir()
+    (folder / "a.txt").write_text("alpha beta", encoding="utf-8")
+    (folder / "b.txt").write_text("gamma", encoding="utf-8")
+    first = tokenize_corpus(folder, "byte", cache_dir=cache)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the text was read again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sources, "read_blocks", no_reading)
+        second = tokenize_corpus(folder, "byte", cache_dir=cache)
+    assert second.tokens.tolist() == first.tokens.tolist() and second.sha256 == first.sha256
+    os.utime(folder / "b.txt", ns=(1, 1))  # touched: read and hashed again, same cache file
+    third = tokenize_corpus(folder, "byte", cache_dir=cache)
+    assert third.cache_path == first.cache_path and count_prepares == ["byte", "byte"]
+    (folder / "b.txt").write_text("delta", encoding="utf-8")  # edited: new ids
+    fourth = tokenize_corpus(folder, "byte", cache_dir=cache)
+    assert bytes(fourth.tokens.tolist()[-5:]) == b"delta" and fourth.sha256 != first.sha256
+
+
+def test_cache_key_follows_text_and_tokenizer(tmp_path, count_prepares):
     path, cache = tmp_path / "t.txt", tmp_path / "cache"
     path.write_text("hello there", encoding="utf-8")
     a = tokenize_corpus(path, "byte", cache_dir=cache)
     tokenize_corpus(path, "gpt2", cache_dir=cache)
     path.write_text("hello world", encoding="utf-8")
     b = tokenize_corpus(path, "byte", cache_dir=cache)
-    assert count_encodes == ["byte", "r50k_base", "byte"]
+    assert count_prepares == ["byte", "r50k_base", "byte"]
     assert a.sha256 != b.sha256 and bytes(b.tokens.tolist()) == b"hello world"
 
 
-def test_incomplete_cache_is_rebuilt(tmp_path, count_encodes):
+def test_incomplete_cache_is_rebuilt(tmp_path, count_prepares):
     """A kill between writing the ids and the JSON (or a truncated .bin) is not trusted."""
     cache = tmp_path / "cache"
     path = tmp_path / "t.txt"
@@ -146,7 +305,34 @@ def test_incomplete_cache_is_rebuilt(tmp_path, count_encodes):
     assert tokenize_corpus(path, "byte", cache_dir=cache).tokens.tolist() == expected
     bin_path.with_suffix(".json").unlink()  # ids written, metadata never
     assert tokenize_corpus(path, "byte", cache_dir=cache).tokens.tolist() == expected
-    assert len(count_encodes) == 3
+    assert len(count_prepares) == 3
+
+
+def test_interrupted_preparation_leaves_nothing_and_restarts(tmp_path, monkeypatch,
+                                                             small_pieces):
+    """Ctrl-C in the middle (workers running): no cache, no partial file, no pool left; the
+    next call starts over. A partial file of a killed process is removed by the next call."""
+    path, cache = tmp_path / "t.txt", tmp_path / "cache"
+    path.write_bytes(EOT.join(mixed_text()).encode())
+    written = []
+    real = np.ndarray.tofile
+
+    def interrupt_after_three(ids, out):
+        written.append(len(ids))
+        if len(written) == 3:
+            raise KeyboardInterrupt
+        real(ids, out)
+
+    monkeypatch.setattr(prepare, "_write_ids", interrupt_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        tokenize_corpus(path, "gpt2", cache_dir=cache, workers=2)
+    assert sorted(p.name for p in cache.iterdir()) == []
+    monkeypatch.undo()
+    stale = cache / ".prep-999999999-deadbeef.tmp"  # a pid no system hands out
+    stale.write_bytes(b"half")
+    corpus = tokenize_corpus(path, "gpt2", cache_dir=cache, workers=1)
+    assert corpus.tokens.tolist() == reference_ids(path)
+    assert not stale.exists() and not list(cache.glob("*.tmp"))
 
 
 def test_failed_tokenising_leaves_no_cache_file(tmp_path, monkeypatch):
@@ -159,7 +345,7 @@ def test_failed_tokenising_leaves_no_cache_file(tmp_path, monkeypatch):
         def encode(self, text, allowed_special=()):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(data, "get_tokenizer", lambda name: Exploding())
+    monkeypatch.setattr(prepare, "get_tokenizer", lambda name: Exploding())
     with pytest.raises(KeyboardInterrupt):
         tokenize_corpus(path, "boom", cache_dir=cache)
     assert list(cache.iterdir()) == []
@@ -177,46 +363,18 @@ def test_vocabulary_too_big_for_uint16(tmp_path, monkeypatch):
     class Huge:
         name, max_token_value = "cl100k_base", 100_276
 
-    monkeypatch.setattr(data, "get_tokenizer", lambda name: Huge())
+    monkeypatch.setattr(prepare, "get_tokenizer", lambda name: Huge())
     with pytest.raises(ValueError, match=r"ids up to 100276.*uint16.*65535"):
         tokenize_corpus(None, "cl100k_base", cache_dir=tmp_path)
 
 
-def test_chunked_encoding_gives_the_same_ids_as_one_call():
-    """Cutting at the chunk points never changes GPT-2's BPE, on the real corpus and on
-    adversarial whitespace/punctuation soup."""
-    enc = get_tokenizer("gpt2")
-    text = load_text()
-    chunks = split_into_chunks(text, 4000)
-    assert len(chunks) > 50 and "".join(chunks) == text
-    ids = [i for chunk in chunks for i in enc.encode(chunk, allowed_special={EOT})]
-    assert ids == enc.encode(text, allowed_special={EOT})
-    alphabet = [*"ab Z9\n\t.,'!é中", "\n\n", "\r\n", "  \n", " \n ", "'s", "'ll", "123"]
-    rng = random.Random(0)
-    for _ in range(40):
-        soup = "".join(rng.choice(alphabet) for _ in range(1500))
-        for size in (1, 13, 200):
-            pieces = split_into_chunks(soup, size)
-            assert "".join(pieces) == soup
-            assert [i for p in pieces for i in enc.encode_ordinary(p)] == enc.encode_ordinary(soup)
-
-
-def test_big_input_is_written_in_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "CHUNK_CHARS", 64)
-    chunk_counts = []
-
-    def spy(text, chunk_chars):
-        chunks = split_into_chunks(text, chunk_chars)
-        chunk_counts.append(len(chunks))
-        return chunks
-
-    monkeypatch.setattr(data, "split_into_chunks", spy)
-    path = tmp_path / "big.txt"
-    path.write_text("line of text\n" * 200, encoding="utf-8")
-    corpus = tokenize_corpus(path, "gpt2", cache_dir=tmp_path / "cache")
-    # 13-char lines; the first safe cut at or after 64 chars ends line 6: 200 lines -> 34 chunks
-    assert chunk_counts == [34]
-    assert corpus.tokens.tolist() == get_tokenizer("gpt2").encode(path.read_text())
+def test_progress_bar_counts_bytes_and_tokens(tmp_path, small_pieces, capsys):
+    path = tmp_path / "t.txt"
+    path.write_bytes(("some words here\n" * 2000).encode())
+    tokenize_corpus(path, "gpt2", cache_dir=tmp_path / "cache", workers=1)
+    err = capsys.readouterr().err
+    assert "preparing (r50k_base, 1 worker)" in err and "32.0k/32.0k" in err
+    assert f"{len(reference_ids(path)):,} tokens" in err and "M tokens/s" in err
 
 
 # --------------------------------------------------------------------------- split
@@ -226,6 +384,48 @@ def test_train_val_split_puts_val_at_the_end():
     tokens = np.arange(100, dtype=np.uint16)
     train, val = train_val_split(tokens, 0.1)
     assert train.tolist() == list(range(90)) and val.tolist() == list(range(90, 100))
+    assert np.shares_memory(train, tokens) and np.shares_memory(val, tokens)  # views
+
+
+def test_split_by_block_spreads_val_without_copying(tmp_path):
+    path = tmp_path / "ids.bin"
+    np.arange(20_000, dtype=np.uint16).tofile(path)
+    tokens = np.memmap(path, dtype=np.uint16, mode="r")
+    train, val = train_val_split(tokens, 0.25, by="block", block_tokens=100)
+    # a block goes to val when that brings val closer to 25% of what was seen: 1, 5, 9, ...
+    assert val.tolist() == [i for i in range(20_000) if (i // 100) % 4 == 1]
+    assert isinstance(val, TokenView) and len(train) + len(val) == 20_000
+    assert all(isinstance(part, np.memmap) for part in train.parts + val.parts)  # no copy
+    assert np.asarray(train).tolist() == [i for i in range(20_000) if (i // 100) % 4 != 1]
+    small_train, small_val = train_val_split(tokens[:1000], 0.25, by="block", block_tokens=100)
+    assert len(small_val) == 250 and len(small_val.parts) == 25  # blocks of 10: < 100 blocks
+
+
+def test_split_by_document_keeps_documents_whole():
+    eot = 9
+    docs = [[1, 2, 3], [4, 5], [6, 7, 8, 1], [2], [3, 4, 5, 6, 7], [8, 8]]
+    tokens = np.array([t for d in docs for t in d + [eot]], dtype=np.uint16)
+    train, val = train_val_split(tokens, 0.3, by="document", eot_token=eot)
+    chosen = [d + [eot] for i, d in enumerate(docs) if i in (1, 3, 5)]
+    assert np.asarray(val).tolist() == [t for d in chosen for t in d]
+    assert len(train) + len(val) == len(tokens)
+    with pytest.raises(ValueError, match="eot_token="):
+        train_val_split(tokens, 0.3, by="document")
+
+
+def test_token_view_indexes_like_the_joined_array():
+    parts = [np.arange(0, 5), np.arange(5, 6), np.arange(6, 20)]
+    view, joined = TokenView(parts), np.arange(20)
+    index = np.array([[0, 4, 5, 6], [19, 7, 5, 0]])
+    assert view[index].tolist() == joined[index].tolist()
+    assert view[3:9].tolist() == list(range(3, 9)) and view[-1] == 19 and len(view) == 20
+    with pytest.raises(IndexError):
+        view[np.array([20])]
+    loader = BatchLoader(view, batch_size=3, context_length=4, seed=1)
+    reference = BatchLoader(joined, batch_size=3, context_length=4, seed=1)
+    for step in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(loader.get_batch(step),
+                                                      reference.get_batch(step), strict=True))
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])

@@ -516,3 +516,16 @@ def test_the_widget_picker_shows_a_load_error_with_the_notebook_hint(two_checkpo
     shown = capsys.readouterr().out  # outside a kernel, the Output widget lets prints through
     assert isinstance(picker.error, NoCheckpointsError)
     assert "nothing to load at" in shown and "▶ In this notebook: train first (Cell 32)" in shown
+
+
+def test_cell_3_training_settings_come_from_training_config():
+    """MAX_STEPS, BATCH_SIZE, ... have TrainingConfig's defaults and meanings (defined once)."""
+    from utils.config import setting_default, setting_help
+
+    source = notebook_cells()[3]
+    values = {node.targets[0].id: ast.literal_eval(node.value)
+              for node in ast.parse(source).body if isinstance(node, ast.Assign)}
+    builder = load_builder()
+    for variable, setting in builder.TRAINING_FORM_FIELDS.items():
+        assert values[variable] == setting_default(setting), variable
+        assert f"# {variable}: {setting_help(setting)}" in source

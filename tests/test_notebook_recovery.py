@@ -85,11 +85,16 @@ def test_kill_during_training_then_recover_load_and_resume_in_a_fresh_kernel(tmp
             "{'global_step': results['global_step'], 'latest': results['latest_checkpoint_path'],"
             " 'best': results['checkpoint_path'],"
             " 'metrics': results['metrics'].to_dict('records')}")
-        # every metric logged up to the last checkpoint is back
+        # every metric logged up to the last checkpoint is back, and the evaluations logged
+        # after it (the metrics log reaches the kill) are marked as such
         assert recovered["global_step"] == last_step
         assert recovered["latest"] == last["path"]
-        assert recovered["metrics"] == last["metrics_history"]
-        assert [row["step"] for row in recovered["metrics"]][-1] == last_step
+        saved = [row for row in recovered["metrics"] if row["step"] <= last_step]
+        assert [{k: v for k, v in row.items() if k != "after_last_checkpoint"}
+                for row in saved] == last["metrics_history"]
+        assert not any(row["after_last_checkpoint"] for row in saved)
+        assert all(row["after_last_checkpoint"] for row in recovered["metrics"]
+                   if row["step"] > last_step)
 
         text = fresh.run_cell(34)
         assert "LOADING MODEL WEIGHTS" in text

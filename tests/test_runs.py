@@ -8,6 +8,11 @@ Every test here runs real processes (tests/_train_worker.py, the Trainer's defau
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -24,6 +29,8 @@ from utils.training.engine.checkpoint import (
 from utils.training.engine.recovery import list_checkpoints, list_runs, recover_training_results
 from utils.training.engine.runs import metrics_log_path, read_metrics_log
 from utils.training.engine.writer import CheckpointWriter
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_same_command_after_a_kill_in_another_time_zone_finishes_the_same_run(
@@ -147,3 +154,87 @@ def test_metrics_survive_a_kill_up_to_the_last_step(tmp_path):
     metrics = results["metrics"]
     assert 11 in set(metrics["step"]) and metrics["after_last_checkpoint"].any()
     json.loads(log.read_text().splitlines()[0])  # plain JSON lines
+
+
+CLI_TRAIN = [sys.executable, "-m", "utils", "train", "--preset", "tiny", "--tokenizer", "byte",
+             "--layers", "1", "--dim", "32", "--heads", "2", "--context", "32",
+             "--max-steps", "30", "--warmup-steps", "5", "--batch-size", "4",
+             "--checkpoint-interval", "5", "--eval-interval", "5", "--eval-batches", "2",
+             "--seed", "1", "--no-progress"]
+
+
+def cli(folder: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    environment = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.Popen([*CLI_TRAIN, "--checkpoint-dir", str(folder), *extra], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=environment)
+
+
+def final_weights(folder: Path) -> dict:
+    newest = max(list_checkpoints(folder), key=lambda info: info.global_step)
+    assert newest.global_step == 30
+    return torch.load(newest.path, weights_only=True)["model_state_dict"]
+
+
+def test_the_same_cli_command_after_a_kill_continues_the_run(tmp_path):
+    reference_dir, folder = tmp_path / "reference", tmp_path / "checkpoints"
+    finish(cli(reference_dir))
+    slow = cli(folder, env={"UTILS_TEST_CHECKPOINT_SLEEP": "0.5"})
+    deadline = time.monotonic() + 240
+    while len(list(folder.glob("checkpoint_*.pt.json"))) < 2:
+        assert slow.poll() is None and time.monotonic() < deadline, slow.stdout.read()
+        time.sleep(0.05)
+    slow.send_signal(signal.SIGKILL)
+    slow.wait()
+    steps = sorted(info.global_step for info in list_checkpoints(folder))
+    assert steps[-1] < 30
+
+    output = finish(cli(folder))  # what "Run all" / the same command does after the crash
+    assert f"resuming run {list_runs(folder)[0].run_id} at step {steps[-1]}" in output
+    assert_same_weights(final_weights(folder), final_weights(reference_dir))
+    assert len(list_runs(folder)) == 1
+
+    again = finish(cli(folder))
+    assert "already finished at step 30" in again
+    new = finish(cli(folder, "--new-run"))
+    assert "starting a new run" in new and len(list_runs(folder)) == 2
+    recovered = subprocess.run([sys.executable, "-m", "utils", "recover", "--checkpoint-dir",
+                                str(folder)], cwd=REPO, capture_output=True, text=True)
+    assert recovered.returncode == 0, recovered.stderr
+    assert "2 run(s)" in recovered.stdout
+    assert all(run.run_id in recovered.stdout for run in list_runs(folder))
+
+
+def make_legacy(folder: Path) -> None:
+    """Turn a folder into one written before runs existed: no run id anywhere, naive local
+    timestamps, no metrics log."""
+    for path in folder.glob("*.pt"):
+        state = torch.load(path, weights_only=True)
+        state.pop("run_id", None), state.pop("run_fingerprint", None)
+        state["timestamp"] = state["timestamp"][:26]  # drop the UTC offset
+        torch.save(state, path)
+        sidecar = json.loads(sidecar_path(path).read_text())
+        sidecar.pop("run_id", None), sidecar.pop("run_fingerprint", None)
+        sidecar.update(timestamp=state["timestamp"], size_bytes=path.stat().st_size)
+        sidecar_path(path).write_text(json.dumps(sidecar))
+    for log in folder.glob("metrics_*.jsonl"):
+        log.unlink()
+
+
+def test_a_folder_from_before_runs_still_recovers_and_resumes(tmp_path, uninterrupted_weights):
+    folder, out = tmp_path / "checkpoints", tmp_path / "final.pt"
+    kill_after_step(start(folder, out), 8)
+    make_legacy(folder)
+    legacy = file_hashes(folder)
+    [run] = list_runs(folder)
+    assert run.run_id == "legacy" and run.steps == 6
+    results = recover_training_results(folder)
+    assert results["run_id"] == "legacy" and results["global_step"] == 6
+    assert list(results["metrics"]["step"]) == list(range(1, 7))
+
+    output = finish(start(folder, out, "--resume", "latest"))
+    assert "resuming run (legacy) at step 6" in output and "continues as run" in output
+    assert_same_weights(torch.load(out, weights_only=True)["model"], uninterrupted_weights)
+    after = file_hashes(folder)
+    assert {name: after.get(name) for name in legacy if not name.startswith("best_model")} \
+        == {name: h for name, h in legacy.items() if not name.startswith("best_model")}

@@ -239,7 +239,8 @@ FORM_FIELDS: dict[str, Any] = {
     "CONTEXT_LENGTH": _whole(2), "MAX_STEPS": _whole(1), "BATCH_SIZE": _whole(1),
     "LEARNING_RATE": _positive_number, "WARMUP_STEPS": _whole(0), "EVAL_INTERVAL": _whole(1),
     "EVAL_BATCHES": _whole(1), "CHECKPOINT_INTERVAL": _whole(1), "CHECKPOINT_DIR": _text,
-    "CHECKPOINT_OVERRIDE": _text, "RESUME_EXTRA_STEPS": _whole(1), "PROMPT": _text,
+    "CHECKPOINT_OVERRIDE": _text, "RUN_ID": _text, "RESUME_EXTRA_STEPS": _whole(1),
+    "PROMPT": _text,
     "OUTPUT_DIR": _text, "SEED": _whole(0),
 }
 
@@ -473,6 +474,24 @@ SESSION_VARIABLES = {
 }
 
 
+def recovery_report(results: Mapping[str, Any]) -> str:
+    """Cell 33's text: the runs in the folder, then the chosen run's checkpoints and how far
+    its metrics reach (steps logged after the last checkpoint are retrained on resume)."""
+    runs, step, logged = results["runs"], results["global_step"], results["last_logged_step"]
+    best = results["best_val_loss"]
+    lines = [f"Runs in this folder (most recent first; RUN_ID in {SETTINGS_CELL} picks one):",
+             runs.to_string(index=False), "",
+             f"Run {results['run_id']}: {len(results['metrics'])} evaluations, logged up to "
+             f"step {logged}; latest checkpoint at step {step}",
+             f"Best checkpoint:   {results['checkpoint_path']}"
+             + (f" (val loss {best:.4f})" if best is not None else ""),
+             f"Latest checkpoint: {results['latest_checkpoint_path']}"]
+    if logged > step:
+        lines.append(f"Steps {step + 1}-{logged} were logged after the last checkpoint: "
+                     "resuming retrains them from the checkpoint (Cell 32).")
+    return "\n".join(lines)
+
+
 def session_variables(results: Mapping[str, Any] | None) -> tuple[Any, ...]:
     """Cell 35's variables (`RESULT_VARIABLES`' order) from Cell 33's `results`; None for
     what results lacks, and all None before Cell 33 ran."""
@@ -571,7 +590,8 @@ def load_weights_cell(namespace: Mapping[str, Any], checkpoint_dir: str | Path,
     if model is None:
         raise ModelNotInitializedError(
             "Model instance not found: there is no 'model' to load weights into.")
-    infos = list_checkpoints(checkpoint_dir) if Path(checkpoint_dir).is_dir() else []
+    run = namespace.get("RUN_ID") or "latest"  # the run Cell 33 recovered
+    infos = list_checkpoints(checkpoint_dir, run=run)
     path, method = select_checkpoint(results=namespace.get("results"),
                                      checkpoint_dir=checkpoint_dir, override=override or None,
                                      infos=infos)

@@ -10,7 +10,7 @@ sizes use each tensor's actual dtype.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -61,19 +61,23 @@ def available_checkpoints_report(infos: Sequence[Any], selected_path: str | Path
     """AVAILABLE CHECKPOINTS: one row per `CheckpointInfo`, the selected one marked with →."""
     if not infos:
         return section("AVAILABLE CHECKPOINTS", "(no checkpoints)")
+    from utils.training.engine.recovery import printable_name
+
     selected = Path(selected_path).resolve() if selected_path else None
     rows = []
     for index, info in enumerate(infos):
         mark = ARROW if selected is not None and Path(info.path).resolve() == selected else " "
+        run = getattr(info, "run", None)
         rows.append(f"{mark} [{index}] Epoch {_integer(info.epoch, 2)} | "
                     f"Step {_integer(info.global_step, 4)} | "
-                    f"train_loss={_number(info.train_loss)} | val_loss={_number(info.val_loss)}\n"
-                    f"     {info.filename}")
+                    f"train_loss={_number(info.train_loss)} | val_loss={_number(info.val_loss)}"
+                    + (f" | run {run}" if run else "") + "\n"
+                    f"     {printable_name(info.filename)}")
     return section("AVAILABLE CHECKPOINTS", "\n\n".join(rows))
 
 
 def selection_report(path: str | Path, method: str) -> str:
-    """Which file was chosen and how (manual override / Cell 33 / best val_loss)."""
+    """Which file was chosen and how (manual override / recovered results / best val_loss)."""
     return f"📂 Selected: {_name(path)}\n🔍 Selection Method: {method[:1].upper() + method[1:]}\n"
 
 
@@ -107,9 +111,12 @@ def _timestamp(value: Any) -> str:
     if not value:
         return "n/a"
     try:
-        return datetime.fromisoformat(str(value)).strftime("%Y-%m-%d %H:%M:%S")
+        when = datetime.fromisoformat(str(value))
     except ValueError:
         return str(value)
+    if when.tzinfo is None:  # written before timestamps carried their offset: local time
+        return when.strftime("%Y-%m-%d %H:%M:%S")
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def checkpoint_info_report(checkpoint: dict[str, Any]) -> str:
@@ -118,7 +125,8 @@ def checkpoint_info_report(checkpoint: dict[str, Any]) -> str:
         "📊 Training Progress:\n"
         f"   Epoch: {_integer(checkpoint.get('epoch'))}\n"
         f"   Global Step: {_integer(checkpoint.get('global_step'))}\n"
-        f"   Timestamp: {_timestamp(checkpoint.get('timestamp'))}\n\n"
+        f"   Timestamp: {_timestamp(checkpoint.get('timestamp'))}\n"
+        f"   Run: {checkpoint.get('run_id') or 'legacy (written before runs)'}\n\n"
         "📈 Metrics:\n"
         f"   Train Loss: {_number(checkpoint.get('train_loss'))}\n"
         f"   Val Loss: {_number(checkpoint.get('val_loss'))}\n"

@@ -24,10 +24,13 @@ def widgets_can_render() -> bool:
 
 
 def option_label(index: int, info: Any) -> str:
-    """`[0] epoch 9 | step 9 | val_loss=0.3876 | checkpoint_....pt`."""
+    """`[0] epoch 9 | step 9 | val_loss=0.3876 | run 2026... | checkpoint_....pt`."""
+    from utils.training.engine.recovery import printable_name
+
+    run = getattr(info, "run", None)
     return (f"[{index}] epoch {info.epoch} | step {info.global_step} | "
             f"train_loss={_number(info.train_loss)} | val_loss={_number(info.val_loss)} | "
-            f"{info.filename}")
+            + (f"run {run} | " if run else "") + printable_name(info.filename))
 
 
 class CheckpointPicker:
@@ -96,17 +99,11 @@ def checkpoint_picker(checkpoint_dir: str | Path = "checkpoints",
     `force_widgets`, which tests use to build the widgets without a browser). `infos`: the
     folder's `list_checkpoints` when the caller already has it (not listed again).
     """
-    from utils.training.engine.errors import NoCheckpointsError
-    from utils.training.engine.recovery import list_checkpoints
+    from utils.training.engine.recovery import list_checkpoints, no_checkpoints_error
 
-    folder = Path(checkpoint_dir)
-    if infos is None:
-        infos = list_checkpoints(folder) if folder.is_dir() else []
+    infos = list_checkpoints(checkpoint_dir) if infos is None else infos
     if not infos:
-        raise NoCheckpointsError(
-            f"No checkpoints found in {folder}/. Fix: 1. train first (checkpoints are written "
-            "every checkpoint_interval steps), 2. or point checkpoint_dir at the folder that "
-            "holds them.")
+        raise no_checkpoints_error(checkpoint_dir)
     if not (force_widgets or widgets_can_render()):
         print(available_checkpoints_report(infos, selected or infos[0].path))
         print("(interactive picker unavailable here: set CHECKPOINT_OVERRIDE to a file name "

@@ -15,20 +15,27 @@ SETTING_FLAGS = {"checkpoint_dir": "--checkpoint-dir"}  # for library messages
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "recover", help="list checkpoints and recover the training metrics",
-        description="List the checkpoints in a folder (best val_loss first, then newest) "
-                    "from their sidecars, and summarise the metrics history of the latest.",
+        description="List the runs in a folder, then one run's checkpoints (best val_loss "
+                    "first, then newest) from their sidecars, and summarise its metrics up "
+                    "to the last logged step.",
     )
     parser.add_argument("--checkpoint-dir", default="checkpoints",
                         help="folder with checkpoint_*.pt files (default: checkpoints)")
     parser.add_argument("--include-invalid", action="store_true",
                         help="also list unreadable or truncated files, with the reason")
+    parser.add_argument("--run", default="latest",
+                        help="which run to recover: latest (default) or a run id from the "
+                             "runs table")
     parser.add_argument("--metrics-csv", default=None,
                         help="also write the recovered metrics history to this CSV file")
     parser.set_defaults(func=run)
 
 
 def format_checkpoint_table(infos: Sequence[Any]) -> str:
-    """One row per checkpoint: epoch, step, train/val loss, LR, time, file."""
+    """One row per checkpoint: epoch, step, train/val loss, LR, time, file (a name with a
+    newline is shown escaped, so it cannot add a fake row)."""
+    from utils.training.engine.recovery import printable_name
+
     def number(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
@@ -39,7 +46,8 @@ def format_checkpoint_table(infos: Sequence[Any]) -> str:
         when = (info.timestamp or "-")[:19].replace("T", " ")
         row = (f"{number(info.epoch, 'd'):>5} {number(info.global_step, 'd'):>8} "
                f"{number(info.train_loss, '.4f'):>10} {number(info.val_loss, '.4f'):>10} "
-               f"{number(info.learning_rate, '.2e'):>9}  {when:<19}  {info.filename}")
+               f"{number(info.learning_rate, '.2e'):>9}  {when:<19}  "
+               f"{printable_name(info.filename)}")
         if not getattr(info, "valid", True):
             row += f"  [invalid: {info.error}]"
         lines.append(row)
@@ -63,10 +71,13 @@ def run(args: argparse.Namespace) -> int:
     check_csv_target(args.metrics_csv)
     from utils.training.engine.recovery import list_checkpoints, recover_training_results
 
-    results = recover_training_results(args.checkpoint_dir)
-    infos = (list_checkpoints(args.checkpoint_dir, include_invalid=True)
+    results = recover_training_results(args.checkpoint_dir, run=args.run)
+    infos = (list_checkpoints(args.checkpoint_dir, include_invalid=True, run=results["run_id"])
              if args.include_invalid else results["checkpoints"])
-    print(f"{len(results['checkpoints'])} checkpoint(s) in {args.checkpoint_dir}, "
+    runs = results["runs"]
+    print(f"{len(runs)} run(s) in {args.checkpoint_dir}, most recent first:\n")
+    print(runs.to_string(index=False))
+    print(f"\nrun {results['run_id']}: {len(results['checkpoints'])} checkpoint(s), "
           f"best val_loss first:\n")
     print(format_checkpoint_table(infos))
     best = results["best_val_loss"]
@@ -74,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
           + (f" (val loss {best:.4f})" if best is not None else ""))
     print(f"latest: {results['latest_checkpoint_path']} (epoch {results['epoch']}, "
           f"step {results['global_step']})")
-    print(f"metrics history: {len(results['metrics'])} evaluation(s) recovered")
+    print(f"metrics history: {len(results['metrics'])} evaluation(s) recovered, logged up "
+          f"to step {results['last_logged_step']}")
     if args.metrics_csv:
         results["metrics"].to_csv(args.metrics_csv, index=False)
         print(f"metrics written to {args.metrics_csv}")

@@ -2,11 +2,14 @@
 
 Single process:   python -m utils train --preset tiny --max-steps 200
 Several GPUs:     torchrun --standalone --nproc_per_node=4 -m utils train --preset small ...
-Resume:           python -m utils train --resume latest --checkpoint-dir checkpoints
+Again after a crash: the same command. It continues the folder's newest run with the same
+settings (exactly where its last checkpoint left it), reports a finished run instead of
+training it again, and otherwise starts a new run next to the others (`--new-run` always
+starts one).
 
-With --resume, settings not given on the command line come from the checkpoint (model
-shape, batch size, schedule, tokenizer), so `--resume latest --max-steps 2000` extends a
-run; a flag that is given wins.
+With --resume latest|PATH, settings not given on the command line come from the checkpoint
+(model shape, batch size, schedule, tokenizer), so `--resume latest --max-steps 2000`
+extends a run; a flag that is given wins.
 """
 
 from __future__ import annotations
@@ -93,9 +96,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "save_pretrained folder or .safetensors/.bin file")
     data = parser.add_argument_group("data")
     data.add_argument("--data", default=None,
-                      help="text file or folder of .txt files (default: built-in corpus)")
-    data.add_argument("--tokenizer", default=None, help="gpt2 (default) | byte")
+                      help="a .txt file or folder of them, a nanoGPT folder (train.bin/val.bin), "
+                           "llm.c .bin shards (a file or folder), hf:NAME[?config=&split=&column=] "
+                           "or a save_to_disk folder (default: built-in corpus); see "
+                           "docs/08-data.md")
+    data.add_argument("--tokenizer", default=None,
+                      help="gpt2 (default) | byte; token files bring their own")
     data.add_argument("--val-fraction", type=float, default=0.1)
+    data.add_argument("--val-split", choices=("end", "block", "document"), default="end",
+                      help="validation: the end of the corpus (default), blocks or whole "
+                           "documents spread over it (inputs with their own val keep it)")
     run_group = parser.add_argument_group("training")
     length = run_group.add_mutually_exclusive_group()
     add_setting(length, "max_steps")
@@ -113,16 +123,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     checkpoints.add_argument("--sync-checkpoints", action="store_true",
                              help="write checkpoints on the training thread (default: "
                                   "in the background)")
-    checkpoints.add_argument("--resume", nargs="?", const="latest", default=None,
-                             metavar="latest|PATH",
-                             help="resume from the newest checkpoint (or PATH)")
+    start = checkpoints.add_mutually_exclusive_group()
+    start.add_argument("--resume", nargs="?", const="latest", default="auto",
+                       metavar="auto|latest|PATH",
+                       help="auto (default): continue the newest run with these settings "
+                            "if unfinished, else start a new one; latest: the newest "
+                            "checkpoint, its settings unless flags say otherwise; or PATH")
+    start.add_argument("--new-run", action="store_true",
+                       help="always start a new run (other runs' files stay untouched)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def _resume_source(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
-    """(checkpoint path, its contents) for --resume, else (None, None)."""
-    if args.resume is None:
+    """(checkpoint path, its contents) for --resume latest|PATH, else (None, None)."""
+    if args.new_run or args.resume == "auto":
         return None, None
     from utils.training.engine.checkpoint import load_checkpoint_file
     from utils.training.engine.recovery import resume_path
@@ -265,25 +280,34 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from utils.cli.recover import format_checkpoint_table
-    from utils.data import tokenize_corpus, train_val_split
+    from utils.data import TOKEN_FILE_KINDS, detect_kind, load_data
     from utils.model import count_parameters
     from utils.tokenizer import get_tokenizer
     from utils.training.engine.distributed import setup_distributed
     from utils.training.engine.recovery import list_checkpoints
     from utils.training.engine.trainer import Trainer
 
-    tokenizer_name = args.tokenizer or (checkpoint or {}).get("tokenizer") or "gpt2"
-    vocab_size = get_tokenizer(tokenizer_name).n_vocab
+    # Token files (nanoGPT, llm.c) bring their own vocabulary; for text it is the tokenizer's,
+    # known before any data is read, so the memory check comes first.
+    tokenizer_name = args.tokenizer or (checkpoint or {}).get("tokenizer")
+    token_files = detect_kind(args.data) in TOKEN_FILE_KINDS
     dist = setup_distributed(training_config.device)  # so only rank 0 tokenises
-    new_config = None if args.init_from else model_config(args, checkpoint, vocab_size)
-    if new_config is not None:  # before any data is read or memory allocated
+    new_config = None
+    if not token_files and not args.init_from:
+        tokenizer_name = tokenizer_name or "gpt2"
+        new_config = model_config(args, checkpoint, get_tokenizer(tokenizer_name).n_vocab)
         check_training_fits(new_config, training_config.batch_size, dist.device)
     if not dist.is_main:
         dist.barrier()
-    corpus = tokenize_corpus(args.data, tokenizer_name=tokenizer_name)
+    data = load_data(args.data, tokenizer_name, args.val_fraction, split=args.val_split,
+                     progress=dist.is_main and not args.no_progress)
     if dist.is_main:
         dist.barrier()
-    train_tokens, val_tokens = train_val_split(corpus.tokens, args.val_fraction)
+    train_tokens, val_tokens = data.train, data.val
+    tokenizer_name, vocab_size = data.tokenizer_name, data.vocab_size
+    if token_files and not args.init_from:
+        new_config = model_config(args, checkpoint, vocab_size)
+        check_training_fits(new_config, training_config.batch_size, dist.device)
     torch.manual_seed(training_config.seed)  # the same initial weights on every rank
     model, config = build_model(args, new_config)
     if vocab_size > config.vocab_size:
@@ -295,12 +319,14 @@ def run(args: argparse.Namespace) -> int:
               f"({config.number_of_layers} layers, {config.number_of_heads} heads, "
               f"{config.embedding_dimension} wide, context {config.context_length}); "
               f"data: {len(train_tokens):,} training / {len(val_tokens):,} validation tokens "
-              f"({tokenizer_name}); {dist.world_size} process(es) on {dist.device}")
+              f"({data.kind}, {tokenizer_name}); {dist.world_size} process(es) on {dist.device}")
     if training_config.checkpoint_dir:  # a folder, even if its name has a dot ("runs/v1.2")
         Path(training_config.checkpoint_dir).mkdir(parents=True, exist_ok=True)
     trainer = Trainer(model, training_config, train_tokens, val_tokens,
-                      tokenizer_name=tokenizer_name, progress=not args.no_progress)
-    history = trainer.fit(resume_from=resume_path)
+                      tokenizer_name=tokenizer_name, progress=not args.no_progress,
+                      init_from=args.init_from)
+    resume_from = None if args.new_run else (resume_path or "auto")
+    history = trainer.fit(resume_from=resume_from)
     if dist.is_main:
         if history:
             last = history[-1]

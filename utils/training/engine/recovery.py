@@ -342,8 +342,7 @@ def list_runs(checkpoint_dir: str | Path = "checkpoints",
     infos = list_checkpoints(checkpoint_dir) if infos is None else infos
     by_run: dict[str, list[CheckpointInfo]] = {}
     for info in infos:
-        if info.filename != BEST_MODEL_NAME or info.run_id is None:
-            by_run.setdefault(info.run, []).append(info)
+        by_run.setdefault(info.run, []).append(info)
     runs = [RunInfo(run_id, sorted(members, key=_newest_in_run, reverse=True))
             for run_id, members in by_run.items()]
     return sorted(runs, key=RunInfo.sort_time, reverse=True)
@@ -394,12 +393,8 @@ def plan_resume(checkpoint_dir: str | Path, fingerprint: str, total_steps: int) 
     runs = list_runs(checkpoint_dir)
     same = [run for run in runs if run.fingerprint == fingerprint]
     if not same:
-        if not runs:
-            return ResumePlan("new", None, "starting a new run")
-        return ResumePlan(
-            "new", None,
-            f"starting a new run; runs already in {checkpoint_dir} (other settings, left "
-            f"untouched): {describe_runs(runs)}", others=runs)
+        return ResumePlan("new", None, "no run with these settings: starting a new one",
+                          others=runs)
     run = same[0]
     if run.steps >= total_steps:
         return ResumePlan(

@@ -19,12 +19,10 @@ import hashlib
 import json
 import math
 import os
-import re
 import secrets
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,6 @@ from utils.training.engine.checkpoint import utc_now
 from utils.training.engine.reading import read_small_file
 
 LEGACY_RUN_ID = "legacy"
-RUN_ID_RE = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 METRICS_LOG_PREFIX = "metrics_"
 METRICS_LOG_SUFFIX = ".jsonl"
 # Settings that do not change which weights a run produces: a run resumed with other
@@ -60,21 +57,24 @@ def run_fingerprint(model_config: dict[str, Any] | None, tokenizer: str | None,
 
 
 def data_sha256(*arrays: Any) -> str:
-    """sha256 of token arrays (numpy, memmap or tensor), read in 64 MB pieces."""
+    """sha256 of token arrays (numpy, memmap, tensor, or a view made of several parts such
+    as `utils.data.TokenView`), read in 64 MB pieces: never a copy of a whole corpus."""
     import numpy as np
 
     digest = hashlib.sha256()
     for array in arrays:
-        if array is None:
-            digest.update(b"none")
-            continue
-        if hasattr(array, "numpy") and not isinstance(array, np.ndarray):
-            array = array.detach().cpu().numpy()
-        flat = np.ascontiguousarray(np.asarray(array)).reshape(-1)
-        digest.update(f"{flat.dtype.str}:{flat.size};".encode())
-        step = max(1, (64 << 20) // max(1, flat.itemsize))
-        for start in range(0, flat.size, step):
-            digest.update(flat[start:start + step].tobytes())
+        parts = getattr(array, "parts", None) or [array]
+        for part in parts:
+            if part is None:
+                digest.update(b"none")
+                continue
+            if hasattr(part, "numpy") and not isinstance(part, np.ndarray):
+                part = part.detach().cpu().numpy()
+            flat = np.asarray(part).reshape(-1)
+            digest.update(f"{flat.dtype.str}:{flat.size};".encode())
+            step = max(1, (64 << 20) // max(1, flat.itemsize))
+            for start in range(0, flat.size, step):
+                digest.update(np.ascontiguousarray(flat[start:start + step]).tobytes())
     return digest.hexdigest()
 
 
@@ -170,15 +170,6 @@ def read_metrics_log(path: str | Path, limit_bytes: int = 256 << 20) -> list[dic
             records.pop(key, None)
             records[key] = record
     return sorted(records.values(), key=lambda r: (r["step"], r.get("kind") == "eval"))
-
-
-def run_ids_in(names: Iterable[str]) -> set[str]:
-    """Run ids named by metrics logs among `names` (file names in a checkpoint folder)."""
-    found = set()
-    for name in names:
-        if name.startswith(METRICS_LOG_PREFIX) and name.endswith(METRICS_LOG_SUFFIX):
-            found.add(name[len(METRICS_LOG_PREFIX):-len(METRICS_LOG_SUFFIX)])
-    return found
 
 
 class RunLock:

@@ -71,6 +71,8 @@ from utils.training.engine.optim import build_optimizer, lr_at
 from utils.training.engine.precision import PrecisionChoice, resolve_precision
 from utils.training.engine.recovery import (
     CheckpointWarning,
+    describe_runs,
+    list_runs,
     plan_resume,
     resume_candidates,
 )
@@ -131,13 +133,15 @@ class Trainer:
     `utils.plots.LiveLossPlot`). `tokenizer_name` is recorded in checkpoints.
     `data_sha256`: the corpus's hash when the caller knows it (part of the run's
     fingerprint); otherwise the token arrays are hashed once when a run needs it.
+    `init_from`: where the initial weights came from (e.g. "gpt2"; None: scratch), also
+    part of the fingerprint: the same settings from other weights are another run.
     """
 
     def __init__(self, model: nn.Module, config: TrainingConfig | None = None,
                  train_data: BatchLoader | Any = None, val_data: BatchLoader | Any = None, *,
                  callbacks: Callback | Iterable[Callback] | None = (), tokenizer_name: str | None = None,
                  context_length: int | None = None, progress: bool = True,
-                 data_sha256: str | None = None) -> None:
+                 data_sha256: str | None = None, init_from: str | None = None) -> None:
         if train_data is None:
             raise ValueError("Trainer needs train_data: a BatchLoader or an array of token ids")
         self.config = config or TrainingConfig()
@@ -162,6 +166,7 @@ class Trainer:
         self.run_id: str | None = None  # set when a run starts or is resumed
         self.finished = False  # fit() found the run already trained to total_steps
         self._data_sha256 = data_sha256
+        self.init_from = None if init_from in (None, "", "scratch") else str(init_from)
         self._fingerprint: str | None = None
         self._lock: RunLock | None = None
         self._log: MetricsLog | None = None
@@ -306,7 +311,7 @@ class Trainer:
                 self._data_sha256 = data_sha256(self.train_loader.tokens, val)
             self._fingerprint = run_fingerprint(
                 model_config_dict(unwrap_model(self.model)), self.tokenizer_name,
-                self._data_sha256, self.config.to_dict())
+                self._data_sha256, {**self.config.to_dict(), "init_from": self.init_from})
         return self._fingerprint
 
     def load_checkpoint(self, checkpoint: str | Path) -> dict[str, Any]:
@@ -331,8 +336,12 @@ class Trainer:
         self.metrics_history = [dict(entry) for entry in state.get("metrics_history") or []]
         if self.metrics_history:
             self._elapsed_before = float(self.metrics_history[-1].get("elapsed_s") or 0.0)
-        run_id = state.get("run_id")
+        run_id, fingerprint = state.get("run_id"), state.get("run_fingerprint")
         self.run_id = run_id if isinstance(run_id, str) and run_id else None
+        if self.run_id is not None and isinstance(fingerprint, str):
+            # A run keeps the identity it got at step 0, whatever this session changed
+            # (a larger step budget, a resume with other flags).
+            self._fingerprint = fingerprint
         self.best_val_loss = self._best_val_loss_of_run(path)
         return state
 
@@ -381,8 +390,12 @@ class Trainer:
         """
         self._setup()
         self.finished = False
-        if not self._start_or_resume(resume_from):
-            return self.metrics_history
+        try:
+            if not self._start_or_resume(resume_from):
+                return self.metrics_history
+        except BaseException:
+            self._release_run()
+            raise
         self._stop_step = self.total_steps if stop_at_step is None \
             else min(stop_at_step, self.total_steps)
         if self._stop_step <= self.global_step and stop_at_step is not None:
@@ -441,8 +454,10 @@ class Trainer:
         folder = self.config.checkpoint_dir
         if resume_from == "auto" and self.run_id is None and folder:
             plan = plan_resume(folder, self.fingerprint, self.total_steps)
-            self._say(plan.message)
-            if plan.action in ("resume", "finished"):
+            if plan.action == "resume":
+                self._lock_run(plan.run.run_id)  # before anything changes: it may be in use
+            if plan.action != "new":
+                self._say(plan.message)
                 self._load_newest_readable(plan.run.run_id)
             if plan.action == "finished":
                 self.finished = True
@@ -457,20 +472,38 @@ class Trainer:
             self.load_checkpoint(resume_from)
             self._say(f"resuming at step {self.global_step} from {resume_from}")
         if self.run_id is None:
-            if self.global_step > 0:
-                self._say("the checkpoint carries no run id (written before runs existed): "
-                          "it continues as a new run; its older files stay as they are")
             self.run_id = self.dist.broadcast(new_run_id())
-        self._lock_run()
+            self._announce_new_run()
+        self._lock_run(self.run_id)
         return True
 
-    def _lock_run(self) -> None:
+    def _announce_new_run(self) -> None:
+        """Say that a run starts (or that an old-format checkpoint continues as one), and
+        which runs are already in the folder: they stay untouched."""
+        if self.global_step > 0:
+            self._say(f"the checkpoint carries no run id (written before runs existed): it "
+                      f"continues as run {self.run_id}; its older files stay as they are")
+            return
+        others = list_runs(self.config.checkpoint_dir) if self.config.checkpoint_dir else []
+        message = f"starting a new run {self.run_id}"
+        if others:
+            message += (f"; runs already in {self.config.checkpoint_dir} stay untouched: "
+                        f"{describe_runs(others)}")
+        self._say(message)
+
+    def _release_run(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _lock_run(self, run_id: str) -> None:
+        """Hold the run's lock while training it (released by `_finish`)."""
         if not (self.config.checkpoint_dir and self.dist.is_main) or self._lock is not None:
             return
-        lock = RunLock(self.config.checkpoint_dir, self.run_id)
+        lock = RunLock(self.config.checkpoint_dir, run_id)
         if not lock.acquire():
             raise RunInUseError(
-                f"run {self.run_id} in {self.config.checkpoint_dir} is being trained by "
+                f"run {run_id} in {self.config.checkpoint_dir} is being trained by "
                 "another process right now. Fix: wait for it to finish, stop it, or start a "
                 "separate run (resume_from=None) or use another checkpoint folder.")
         self._lock = lock
@@ -703,9 +736,7 @@ class Trainer:
             if self._log is not None:
                 self._log.close()
                 self._log = None
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
+            self._release_run()
             if not failed:  # after a failure other ranks may not reach these collectives
                 self._fail_together(error)
                 self.dist.barrier()

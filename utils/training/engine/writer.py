@@ -329,6 +329,19 @@ class CheckpointWriter:
         self.notices: list[str] = []
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._adopt_local_checkpoints()
+
+    def _adopt_local_checkpoints(self) -> None:
+        """Checkpoints of this run that an earlier session could only write locally are
+        copied back, like this session's own, at the first write that reaches the folder."""
+        if self.run_id is None or not self.fallback_dir.is_dir():
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            infos = list_checkpoints(self.fallback_dir, run=self.run_id)
+        self.local_only = sorted((info.path for info in infos
+                                  if CHECKPOINT_NAME_RE.match(info.filename)),
+                                 key=lambda path: path.name)
 
     def submit(self, state: dict[str, Any], is_best: bool = False) -> None:
         started = time.perf_counter()

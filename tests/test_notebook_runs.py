@@ -1,0 +1,146 @@
+"""The whole crash-recovery manual is "reconnect, Run all": tested as in Colab.
+
+With the `google.colab` stand-in (tests/colab_stub), a kernel runs the notebook top to
+bottom and is SIGKILLed during Cell 32 after two checkpoints reached the stand-in Drive.
+A fresh kernel then runs the whole notebook again with the same parameters (papermill).
+It must finish the same run: one run in the folder, a continuous metrics log, and final
+weights bitwise equal to a notebook run that was never interrupted (CPU, fp32). Running it
+a third time reports the finished run instead of training it again.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.notebook_helpers import (
+    NOTEBOOK_PATH,
+    REPO_ROOT,
+    NotebookKernel,
+    colab_environment,
+    executed_cells,
+)
+from utils.training.engine.recovery import list_checkpoints, list_runs
+from utils.training.engine.runs import metrics_log_path, read_metrics_log
+
+MAX_STEPS, EXTRA = 24, 4
+PARAMETERS = {
+    "QUICK_MODE": False, "MODEL_PRESET": "tiny", "TOKENIZER": "byte", "CONTEXT_LENGTH": 32,
+    "BATCH_SIZE": 2, "MAX_STEPS": MAX_STEPS, "WARMUP_STEPS": 2, "EVAL_INTERVAL": 4,
+    "EVAL_BATCHES": 1, "CHECKPOINT_INTERVAL": 4, "RESUME_EXTRA_STEPS": EXTRA,
+    "CHECKPOINT_DIR": "",  # as in Colab: the Drive project folder
+}
+
+
+def drive_checkpoints(root: Path) -> Path:
+    return root / "mydrive" / "gpt2-training" / "checkpoints"
+
+
+def run_all(root: Path, monkeypatch) -> dict[int, dict]:
+    """Runtime -> Run all, in a fresh kernel (papermill), with root's stand-in Drive."""
+    import papermill
+
+    root.mkdir(exist_ok=True)
+    for name, value in colab_environment(root).items():
+        monkeypatch.setenv(name, value)
+    executed = root / f"executed-{time.monotonic_ns()}.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOK_PATH), str(executed), cwd=str(REPO_ROOT), kernel_name="python3",
+        parameters={**PARAMETERS, "OUTPUT_DIR": str(root / "outputs")}, progress_bar=False)
+    cells = executed_cells(executed)
+    assert all(cell["ran"] and not cell["error"] for cell in cells.values()), \
+        {number: cell["text"][-1500:] for number, cell in cells.items() if cell["error"]}
+    return cells
+
+
+def final_weights(folder: Path, step: int) -> dict:
+    [info] = [i for i in list_checkpoints(folder) if i.global_step == step
+              and i.filename.startswith("checkpoint_")]
+    return torch.load(info.path, weights_only=True)["model_state_dict"]
+
+
+@pytest.mark.slow
+def test_kill_during_training_then_run_all_finishes_the_same_run(tmp_path, monkeypatch):
+    reference_root, root = tmp_path / "reference", tmp_path / "crashed"
+    run_all(reference_root, monkeypatch)
+
+    # "Run all", killed (SIGKILL: no clean-up) in Cell 32 after two checkpoints on Drive
+    folder = drive_checkpoints(root)
+    doomed = NotebookKernel(env={**colab_environment(root),
+                                 "UTILS_TEST_CHECKPOINT_SLEEP": "0.5"})
+    try:
+        before_training = [n for n in sorted(doomed.cells) if n < 32]
+        doomed.run_cells(before_training, {**PARAMETERS, "OUTPUT_DIR": str(root / "outputs")})
+        doomed.start(doomed.cells[32])
+        deadline = time.monotonic() + 300
+        while len(list(folder.glob("checkpoint_*.pt.json"))) < 2:
+            assert time.monotonic() < deadline, "no two checkpoints within 5 minutes"
+            time.sleep(0.05)
+        doomed.kill()
+    finally:
+        doomed.shutdown()
+    [crashed_run] = list_runs(folder)
+    assert crashed_run.steps < MAX_STEPS
+
+    # reconnect, Run all: the same run continues and finishes, every later cell works
+    cells = run_all(root, monkeypatch)
+    assert f"resuming run {crashed_run.run_id} at step {crashed_run.steps}" in cells[32]["text"]
+    assert f"resumed from step {MAX_STEPS} to step {MAX_STEPS + EXTRA}" in cells[37]["text"]
+    [run] = list_runs(folder)
+    assert run.run_id == crashed_run.run_id and run.steps == MAX_STEPS + EXTRA
+    records = read_metrics_log(metrics_log_path(folder, run.run_id))
+    assert [r["step"] for r in records if r["kind"] == "train"] == \
+        list(range(1, MAX_STEPS + EXTRA + 1))
+    reference = final_weights(drive_checkpoints(reference_root), MAX_STEPS + EXTRA)
+    resumed = final_weights(folder, MAX_STEPS + EXTRA)
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference), \
+        "the crashed-and-resumed notebook differs from the uninterrupted one"
+
+    # Run all once more: the run is reported as finished, not trained again
+    cells = run_all(root, monkeypatch)
+    assert f"run {run.run_id} already finished at step {MAX_STEPS + EXTRA}" in cells[32]["text"]
+    assert [r.run_id for r in list_runs(folder)] == [run.run_id]
+
+
+@pytest.mark.slow
+def test_drive_disconnecting_mid_run_costs_no_training(tmp_path, monkeypatch):
+    """The stand-in Drive is unmounted during Cell 32 (as `drive.flush_and_unmount()` does):
+    training goes on into the local fallback folder and says so; once Drive is back, the
+    next training session copies the local-only checkpoints back to Drive."""
+    import threading
+
+    monkeypatch.setenv("UTILS_FALLBACK_CHECKPOINT_ROOT", str(tmp_path / "local"))
+    environment = {**colab_environment(tmp_path), "UTILS_TEST_CHECKPOINT_SLEEP": "0.4",
+                   "UTILS_FALLBACK_CHECKPOINT_ROOT": str(tmp_path / "local")}
+    folder, link = drive_checkpoints(tmp_path), tmp_path / "content" / "drive" / "MyDrive"
+    kernel = NotebookKernel(env=environment)
+    try:
+        kernel.run_cells([n for n in sorted(kernel.cells) if n < 32],
+                         {**PARAMETERS, "OUTPUT_DIR": str(tmp_path / "outputs")})
+        result: dict = {}
+        training = threading.Thread(target=lambda: result.update(
+            zip(("status", "text"), kernel.run(kernel.cells[32]), strict=True)))
+        training.start()
+        deadline = time.monotonic() + 300
+        while not list(folder.glob("checkpoint_*.pt.json")):
+            assert time.monotonic() < deadline, "no checkpoint on the stand-in Drive"
+            time.sleep(0.05)
+        link.unlink()  # Drive disconnects: <mount>/MyDrive is gone
+        training.join(timeout=600)
+        assert result["status"] == "ok", result["text"]
+        assert "written locally" in result["text"]
+        assert "exist only on this machine" in result["text"]
+        text = kernel.run_cell(33)  # recovery sees the local folder while Drive is away
+        assert f"latest checkpoint at step {MAX_STEPS}" in text
+
+        link.symlink_to(tmp_path / "mydrive", target_is_directory=True)  # Drive is back
+        kernel.run_cells([15, 37])
+        steps = {info.global_step for info in list_checkpoints(folder)
+                 if not info.local_only}
+        assert {MAX_STEPS, MAX_STEPS + EXTRA} <= steps  # copied back, then trained on
+    finally:
+        kernel.shutdown()
