@@ -317,7 +317,9 @@ def recipe_section(args: argparse.Namespace) -> str:
         f"batch 12, {iterations} iterations, AdamW lr 1e-3 -> 1e-4 (cosine, 100 "
         f"warm-up), betas (0.9, 0.99), clipping 1.0, evaluation every 250 iterations on 20 "
         f"batches, fp32, `Trainer.fit` with no checkpoint folder. FLOPs per token "
-        f"{flops / 1e6:.2f} M; CPU peak: {peak_source}.",
+        f"{flops / 1e6:.2f} M; CPU peak: {peak_source}, measured as the fit started (a "
+        f"figure well below this machine's quiet one means the fit shared the CPU, and its "
+        f"wall time says little).",
         "",
         "| | ours (this run) | nanoGPT (anchors README, quiet machine) |",
         "|---|---:|---:|",

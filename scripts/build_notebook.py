@@ -53,14 +53,20 @@ def md(text: str) -> None:
 TRAINING_FORM_FIELDS = {"MAX_STEPS": "max_steps", "BATCH_SIZE": "batch_size",
                         "LEARNING_RATE": "learning_rate", "WARMUP_STEPS": "warmup_steps",
                         "EVAL_INTERVAL": "eval_interval", "EVAL_BATCHES": "eval_batches",
-                        "CHECKPOINT_INTERVAL": "checkpoint_interval", "SEED": "seed"}
+                        "CHECKPOINT_INTERVAL": "checkpoint_interval",
+                        "PRECISION": "precision", "COMPILE": "compile",
+                        "ACTIVATION_CHECKPOINTING": "activation_checkpointing", "SEED": "seed"}
 
 
 def training_form_line(variable: str) -> str:
-    from utils.config import setting_default
+    from utils.config import PRECISIONS, setting_default
 
-    value = setting_default(TRAINING_FORM_FIELDS[variable])
-    kind = "number" if isinstance(value, float) else "integer"
+    setting = TRAINING_FORM_FIELDS[variable]
+    value = setting_default(setting)
+    if setting == "precision":  # a drop-down of the choices
+        return f"{variable} = {value!r}  # @param {list(PRECISIONS)}".replace("'", '"')
+    kind = ("boolean" if isinstance(value, bool) else "number" if isinstance(value, float)
+            else "integer")
     return f'{variable} = {value!r}  # @param {{type:"{kind}"}}'
 
 
@@ -343,13 +349,14 @@ from utils.notebook import check_form, friendly_errors
 
 with friendly_errors():
     check_form(globals(), "LEARNING_RATE", "WARMUP_STEPS", "EVAL_INTERVAL", "EVAL_BATCHES",
-               "CHECKPOINT_INTERVAL")
+               "CHECKPOINT_INTERVAL", "PRECISION", "COMPILE", "ACTIVATION_CHECKPOINTING")
     training_config = TrainingConfig(
         learning_rate=LEARNING_RATE, min_learning_rate=LEARNING_RATE / 10,
         warmup_steps=WARMUP_STEPS, max_steps=MAX_STEPS, batch_size=BATCH_SIZE,
         eval_interval=EVAL_INTERVAL, eval_batches=EVAL_BATCHES,
-        checkpoint_interval=CHECKPOINT_INTERVAL, checkpoint_dir=CHECKPOINT_DIR, seed=SEED,
-        device=device)
+        checkpoint_interval=CHECKPOINT_INTERVAL, checkpoint_dir=CHECKPOINT_DIR,
+        precision=PRECISION, compile=COMPILE, activation_checkpointing=ACTIVATION_CHECKPOINTING,
+        seed=SEED, device=device)
 for field, value in training_config.to_dict().items():
     print(f"{field:>26}: {value}")
 ''')
