@@ -299,17 +299,24 @@ for field, value in model_config.to_dict().items():
 ''')
 
 code(12, "Memory Check", '''
-# Weights, gradients and AdamW state of the model Cell 13 builds (MODEL_PRESET from scratch,
-# or INIT_FROM's GPT-2 size) against the free memory, before anything is allocated.
+# Weights, gradients, AdamW state and the activations of one BATCH_SIZE x CONTEXT_LENGTH
+# batch in the precision training will use, for the model Cell 13 builds (MODEL_PRESET from
+# scratch, or INIT_FROM's GPT-2 size), against the free memory, before anything is
+# allocated. Too much: the message suggests a batch size and accumulation that fit.
 from utils.notebook import check_form, friendly_errors, init_model_config
-from utils.pretrained.memory import available_ram_bytes, check_memory
+from utils.pretrained.memory import available_device_bytes, check_memory
+from utils.training.engine.precision import choose_precision_for
 
 with friendly_errors("INIT_FROM"):
-    check_form(globals(), "INIT_FROM")
+    check_form(globals(), "INIT_FROM", "PRECISION", "ACTIVATION_CHECKPOINTING")
     init_config, init_name = init_model_config(INIT_FROM, model_config, MODEL_PRESET)
-    needed = check_memory(init_config, device=device, training=True, name=init_name)
-print(f"✅ training {init_name} needs about {needed / 2**30:.2f} GiB "
-      f"(weights, gradients, AdamW); {available_ram_bytes() / 2**30:.1f} GiB RAM free")
+    precision = choose_precision_for(device, PRECISION).name
+    needed = check_memory(init_config, device=device, training=True, name=init_name,
+                          batch_size=BATCH_SIZE, context_length=CONTEXT_LENGTH,
+                          precision=precision, activation_checkpointing=ACTIVATION_CHECKPOINTING)
+print(f"✅ training: {init_name} needs about {needed / 2**30:.2f} GiB on batches of "
+      f"{BATCH_SIZE} x {CONTEXT_LENGTH} tokens in {precision} (weights, gradients, AdamW, "
+      f"activations); {available_device_bytes(device) / 2**30:.1f} GiB free on {device}")
 ''')
 
 code(13, "Initialize Model", '''

@@ -172,3 +172,11 @@ def test_bf16_autocast_runs_on_cpu():
     fp32, _ = choose_precision("cpu", None, "auto")
     with fp32.autocast():
         assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.float32
+
+
+def test_planning_query_neither_warns_nor_touches_tf32(monkeypatch):
+    tf32 = _fake_cuda(monkeypatch, T4, "Tesla T4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert P.choose_precision_for("cuda", "bf16").name == "fp16"
+    assert P.choose_precision_for("cpu").name == "fp32" and tf32 == []

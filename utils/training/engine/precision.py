@@ -159,11 +159,7 @@ def resolve_precision(device: str | torch.device, requested: str = "auto",
     """
     device = torch.device(device)
     requested = _check_requested(requested)
-    capability = name = None
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        capability = tuple(torch.cuda.get_device_capability(index))
-        name = torch.cuda.get_device_name(index)
+    capability, name = _cuda_identity(device)
     choice, warning = choose_precision(device.type, capability, requested, name)
     if resumed and requested == "auto" and resumed.get("device_type") == device.type:
         stored = str(resumed["name"])
@@ -182,3 +178,19 @@ def resolve_precision(device: str | torch.device, requested: str = "auto",
     if device.type == "cuda":
         enable_tf32()
     return choice
+
+
+def choose_precision_for(device: str | torch.device, requested: str = "auto") -> PrecisionChoice:
+    """What `resolve_precision` would choose on `device`, without warning or enabling TF32:
+    for planning (the notebook's memory check runs before the Trainer exists)."""
+    device = torch.device(device)
+    capability, name = _cuda_identity(device)
+    return choose_precision(device.type, capability, requested, name)[0]
+
+
+def _cuda_identity(device: torch.device) -> tuple[tuple[int, int] | None, str | None]:
+    """(compute capability, name) of a CUDA device; (None, None) for any other device."""
+    if device.type != "cuda":
+        return None, None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return tuple(torch.cuda.get_device_capability(index)), torch.cuda.get_device_name(index)
