@@ -19,7 +19,7 @@ from utils.training.engine.checkpoint import (
     FALLBACK_ROOT_ENV,
     fallback_dir_for,
 )
-from utils.training.engine.recovery import list_checkpoints
+from utils.training.engine.recovery import list_checkpoints, recover_training_results
 from utils.training.engine.writer import DRIVE_ROOT_ENV, CheckpointWriter
 
 
@@ -84,6 +84,8 @@ def test_read_only_then_unmounted_drive_costs_no_training(tmp_path, small_drive,
     infos = list_checkpoints(folder, include_invalid=True)  # recovery sees the local folder
     assert infos and all(info.valid and info.local_only for info in infos)
     assert max(info.global_step for info in infos) == 24
+    # the metrics logged while Drive was gone went to the local folder's log at the end
+    assert recover_training_results(folder)["last_logged_step"] == 24
     again = finish(start(folder, out, env=env))  # "Run all" again: the run is complete
     assert "already finished at step 24" in again
 

@@ -98,8 +98,10 @@ class MetricsLog:
     are written by the next append or flush that works; `close()` says if some never were.
     """
 
-    def __init__(self, folder: str | Path, run_id: str, flush_seconds: float = 5.0) -> None:
+    def __init__(self, folder: str | Path, run_id: str, flush_seconds: float = 5.0,
+                 fallback_folder: str | Path | None = None) -> None:
         self.path = metrics_log_path(folder, run_id)
+        self.fallback = metrics_log_path(fallback_folder, run_id) if fallback_folder else None
         self.flush_seconds = flush_seconds
         self._pending: list[str] = []
         self._handle = None
@@ -143,7 +145,15 @@ class MetricsLog:
             self._handle = None
 
     def close(self) -> None:
-        if not self.flush():
+        """Flush; lines the folder still refuses go to the fallback folder's log (beside the
+        checkpoints written there), so recovery finds them."""
+        if not self.flush() and self.fallback is not None:
+            self.path, self._warned = self.fallback, True
+            self._drop_handle()
+            with contextlib.suppress(OSError):
+                self.fallback.parent.mkdir(parents=True, exist_ok=True)
+            self.flush()
+        if self._pending:
             warnings.warn(f"{len(self._pending)} metrics line(s) could not be written to "
                           f"{self.path}", stacklevel=2)
         self._drop_handle()

@@ -55,6 +55,7 @@ from utils.training.engine.errors import (
     ArchitectureMismatchError,
     CheckpointError,
     CheckpointWriteError,
+    CorruptCheckpointError,
     NoCheckpointsError,
     RunInUseError,
     TrainingDivergedError,
@@ -73,6 +74,7 @@ from utils.training.engine.recovery import (
     CheckpointWarning,
     describe_runs,
     list_runs,
+    no_checkpoints_error,
     plan_resume,
     resume_candidates,
 )
@@ -358,19 +360,23 @@ class Trainer:
 
     def _load_newest_readable(self, run: str) -> Path:
         """Resume the run's newest checkpoint; skip (and say so) any that cannot be read."""
-        candidates = resume_candidates(self.config.checkpoint_dir, run=run)
-        for info in candidates:
+        skipped = []
+        for info in resume_candidates(self.config.checkpoint_dir, run=run):
             try:
                 self.load_checkpoint(info.path)
                 return info.path
+            except ArchitectureMismatchError:
+                raise
             except (CheckpointError, OSError) as error:
-                if isinstance(error, ArchitectureMismatchError):
-                    raise
+                skipped.append(f"{info.filename}: {error}")
                 warnings.warn(f"skipping checkpoint {info.path}: {error}; trying the next "
                               "newest", CheckpointWarning, stacklevel=3)
-        from utils.training.engine.recovery import no_checkpoints_error
-
-        raise no_checkpoints_error(self.config.checkpoint_dir)
+        if not skipped:
+            raise no_checkpoints_error(self.config.checkpoint_dir)
+        raise CorruptCheckpointError(
+            f"no checkpoint of run {run} in {self.config.checkpoint_dir} could be read ("
+            + "; ".join(skipped) + "). Fix: start a new run (resume_from=None, --new-run), "
+            "or copy the run's checkpoints again.")
 
     # ---------------------------------------------------------------- training
     def fit(self, resume_from: str | Path | None = "auto",
@@ -517,7 +523,8 @@ class Trainer:
             print(f"removed {len(removed)} unfinished checkpoint write(s) from an earlier "
                   f"run: {', '.join(p.name for p in removed)}")
         Path(config.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        self._log = MetricsLog(config.checkpoint_dir, self.run_id)
+        self._log = MetricsLog(config.checkpoint_dir, self.run_id,
+                               fallback_folder=fallback_dir_for(config.checkpoint_dir))
         return CheckpointWriter(config.checkpoint_dir, config.keep_last, config.keep_best,
                                 background=config.background_checkpointing,
                                 run_id=self.run_id)
