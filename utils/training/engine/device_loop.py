@@ -118,7 +118,9 @@ OOM_SETTINGS = (
 
 def is_out_of_memory(error: BaseException) -> bool:
     """CUDA's (or MPS's) out-of-memory error, whichever class this torch raises."""
-    if isinstance(error, torch.OutOfMemoryError):
+    # torch.OutOfMemoryError since torch 2.5; torch.cuda.OutOfMemoryError before
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    if isinstance(error, oom):
         return True
     return isinstance(error, RuntimeError) and "out of memory" in str(error)
 
