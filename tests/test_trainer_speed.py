@@ -320,3 +320,16 @@ def _no_cuda_reads(monkeypatch):
     """A CPU run must never ask CUDA anything (this machine has no GPU)."""
     monkeypatch.setattr(torch.cuda, "get_device_capability",
                         functools.partial(pytest.fail, "asked CUDA for its capability"))
+
+
+def test_out_of_memory_message_suggests_a_plan_for_the_gpu():
+    from utils.config import GPT2_CONFIGS
+    from utils.training.engine.device_loop import out_of_memory_message
+
+    settings = {"batch_size": 16, "gradient_accumulation_steps": 1, "precision": "fp16",
+                "activation_checkpointing": False, "context_length": 1024}
+    message = out_of_memory_message(torch.OutOfMemoryError("CUDA out of memory."), settings,
+                                    GPT2_CONFIGS["medium"], 15 * 2**30)
+    # gpt2-medium on a 15 GB T4 in fp16: 4 sequences per micro-batch, 4 micro-batches
+    assert "batch_size=4, gradient_accumulation_steps=4" in message
+    assert "batch_size=16" in message and "CUDA out of memory." in message
