@@ -1,7 +1,7 @@
-"""Training on this CPU: the Trainer's throughput against torch.mm's FLOP/s, and nanoGPT's
-shakespeare_char CPU recipe end to end.
+"""Training on this CPU: the Trainer's throughput against torch.mm's FLOP/s, nanoGPT's
+shakespeare_char CPU recipe end to end, and activation checkpointing's memory.
 
-    python bench/train.py [--repeats 5] [--part all|throughput|recipe] [--save]
+    python bench/train.py [--repeats 5] [--part all|throughput|recipe|memory] [--save]
 
 Part "throughput" (section `train`):
 
@@ -28,6 +28,9 @@ beyond the model's own step: a bare PyTorch loop over the same model (forward + 
 backward, clipping, fused AdamW) is the floor, measured interleaved with `Trainer.train_step`
 and with the same step run as three Q/K/V products instead of one fused product. Skipped,
 with a message, when the anchors folder is absent (a user's machine has no ../shared).
+
+Part "memory" (section `train_memory`): peak RSS and step time of the throughput part's
+model at batch 16 with and without `activation_checkpointing`, each in fresh processes.
 """
 
 from __future__ import annotations
