@@ -194,6 +194,8 @@ CORPUS = [
      ["text file"], BOTH),
     ("JSON file", write_bytes('{"vocab_size": 50257, "n_layer": 12}'), NotACheckpointError,
      ["JSON file"], BOTH),
+    ("deeply nested JSON text", write_bytes("[" * 100_000 + "]" * 100_000), NotACheckpointError,
+     ["text file"], BOTH),
     ("checkpoint sidecar JSON", sidecar_json, NotACheckpointError, ["sidecar", "no weights"], BOTH),
     ("HTML download page", write_bytes("<!DOCTYPE html><html><body>Google Drive can't scan"),
      NotACheckpointError, ["HTML page", "download"], BOTH),
@@ -244,6 +246,18 @@ CORPUS = [
      InvalidWeightsError, ["NaN or Inf"], BOTH),
     ("integer weights", with_tensor("final_norm.scale", lambda t: t.long()),
      InvalidWeightsError, ["torch.int64"], BOTH),
+    ("bool weights (would load as all 1.0)", with_tensor("final_norm.scale", lambda t: t.bool()),
+     InvalidWeightsError, ["torch.bool"], BOTH),
+    ("complex weights", with_tensor("final_norm.shift", lambda t: t.to(torch.complex64)),
+     InvalidWeightsError, ["torch.complex64"], BOTH),
+    ("fp8 weights (the first forward would crash)",
+     with_tensor("transformer_blocks.0.attention.W_query.weight",
+                 lambda t: t.to(torch.float8_e4m3fn)),
+     InvalidWeightsError, ["torch.float8_e4m3fn"], BOTH),
+    ("stride-0 tensor (a small file posing as a big model)",
+     with_tensor("transformer_blocks.0.feed_forward.net.0.weight",
+                 lambda t: t[:1, :1].clone().expand(t.shape)),
+     InvalidWeightsError, ["stride-0", "feed_forward.net.0.weight"], BOTH),
     ("wrong shape", with_tensor("position_embedding.weight", lambda t: t[:8]),
      ArchitectureMismatchError, ["position_embedding.weight (checkpoint [8, 16] vs model [16, 16])"], BOTH),
     ("an extra block", extra_block, ArchitectureMismatchError,
@@ -310,3 +324,32 @@ def test_the_unsafe_payload_really_would_write_the_file(tmp_path):
         model, checkpoint = load_pretrained_model(tmp_path / "c.pt", device="cpu",
                                                   trust_checkpoint=True)
     assert (tmp_path / MARKER).exists() and checkpoint["extra"] == 0  # os.system's exit code
+
+
+def test_stride_0_files_really_are_small(tmp_path):
+    """Guards the stride-0 case: the file holds one number per tensor, not the shape."""
+    big = ModelConfig(64, 16, 512, 2, 2, 0.0)
+    state = {key: tensor[(slice(0, 1),) * tensor.dim()].clone().expand(tensor.shape)
+             for key, tensor in GPTModel(big).state_dict().items()}
+    state["lm_head.weight"] = state["token_embedding.weight"]
+    torch.save({"model_state_dict": state, "config": big.to_dict()}, tmp_path / "c.pt")
+    parameters = sum(tensor.numel() for tensor in state.values())
+    assert (tmp_path / "c.pt").stat().st_size * 100 < parameters * 4
+    with pytest.raises(InvalidWeightsError, match="stride-0"):
+        load_pretrained_model(tmp_path / "c.pt", device="cpu")
+
+
+def test_float64_weights_are_cast_to_float32_with_a_note(tmp_path, target_model):
+    state = good_state()
+    state["model_state_dict"] = {key: tensor.double()
+                                 for key, tensor in state["model_state_dict"].items()}
+    torch.save(state, tmp_path / "fp64.pt")
+    model, checkpoint = load_pretrained_model(tmp_path / "fp64.pt", device="cpu")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert "float64 weights were cast to float32" in checkpoint["load_notes"]
+    model(torch.zeros(1, 4, dtype=torch.long))  # the first forward works
+    report = load_model_weights(target_model, tmp_path / "fp64.pt", device="cpu")
+    assert {p.dtype for p in target_model.parameters()} == {torch.float32}
+    assert any("float64" in note for note in report.notes), report.notes
+    expected = good_state()["model_state_dict"]
+    assert all(torch.equal(target_model.state_dict()[k], v) for k, v in expected.items())

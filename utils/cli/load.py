@@ -36,19 +36,53 @@ def run(args: argparse.Namespace) -> int:
     from utils.config import ModelConfig
     from utils.reports import full_load_report
     from utils.training.engine.loading import load_pretrained_model
-    from utils.training.engine.recovery import select_checkpoint
+
+    config = ModelConfig.from_preset(args.preset) if args.preset else None
+
+    def load(path):
+        return load_pretrained_model(path, device=args.device, mode=args.mode,
+                                     trust_checkpoint=args.trust_checkpoint, config=config)
 
     infos = None
     if args.checkpoint_dir:
         from utils.training.engine.recovery import list_checkpoints
 
         infos = list_checkpoints(args.checkpoint_dir)
-        path, method = select_checkpoint(checkpoint_dir=args.checkpoint_dir, infos=infos)
+        path, method, (model, checkpoint) = _best_that_loads(args.checkpoint_dir, infos, load)
     else:
         path, method = args.checkpoint, "manual override (--checkpoint)"
-    config = ModelConfig.from_preset(args.preset) if args.preset else None
-    model, checkpoint = load_pretrained_model(path, device=args.device, mode=args.mode,
-                                              trust_checkpoint=args.trust_checkpoint,
-                                              config=config)
+        model, checkpoint = load(path)
     print(full_load_report(path, method, model, checkpoint, infos))
     return 0
+
+
+def _best_that_loads(folder, infos, load):
+    """(path, method, load(path)) for the best checkpoint of the folder that loads; one
+    that listed fine but does not read (damaged since) is skipped with a warning naming it."""
+    import warnings
+
+    from utils.training.engine.errors import CorruptCheckpointError
+    from utils.training.engine.recovery import (
+        CheckpointWarning,
+        no_checkpoints_error,
+        printable_name,
+        select_checkpoint,
+    )
+
+    path, method = select_checkpoint(checkpoint_dir=folder, infos=infos)
+    candidates = [path, *(info.path for info in infos if info.path != path)]
+    skipped: list[str] = []
+    for number, candidate in enumerate(candidates):
+        try:
+            loaded = load(candidate)
+        except (CorruptCheckpointError, OSError) as error:
+            if number == len(candidates) - 1:
+                raise
+            skipped.append(printable_name(candidate.name))
+            warnings.warn(f"skipping checkpoint {printable_name(str(candidate))}: {error}; "
+                          "trying the next best", CheckpointWarning, stacklevel=2)
+            continue
+        if skipped:
+            method = f"next best by val_loss ({', '.join(skipped)} did not load)"
+        return candidate, method, loaded
+    raise no_checkpoints_error(folder)

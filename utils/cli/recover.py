@@ -49,7 +49,7 @@ def format_checkpoint_table(infos: Sequence[Any]) -> str:
                f"{number(info.learning_rate, '.2e'):>9}  {when:<19}  "
                f"{printable_name(info.filename)}")
         if not getattr(info, "valid", True):
-            row += f"  [invalid: {info.error}]"
+            row += f"  [invalid: {' '.join(str(info.error).split())}]"
         lines.append(row)
     return "\n".join(lines)
 

@@ -18,7 +18,7 @@ import torch
 
 from utils.config import GPT2_CONFIGS
 from utils.pretrained.mapping import get_weight_mapping, is_ignored_hf_key, normalize_hf_key
-from utils.training.engine.errors import UnrecognizedCheckpointError
+from utils.training.engine.errors import CheckpointConfigError, UnrecognizedCheckpointError
 
 # Wrappers that add a prefix to every key: torch.compile (`_orig_mod.`) and
 # DistributedDataParallel / DataParallel (`module.`); they can nest in either order.
@@ -284,14 +284,24 @@ def convert_nanogpt_to_custom(state_dict: Mapping[str, torch.Tensor], config: Ma
 
 
 def hf_config_to_model_config(hf_config: Mapping[str, Any]) -> dict[str, Any]:
-    """A Hugging Face GPT-2 `config.json` as a ModelConfig dict."""
+    """A Hugging Face GPT-2 `config.json` as a ModelConfig dict (each value checked for its
+    type here; ModelConfig checks the ranges)."""
+    def value(key: str, default: Any, kind: type) -> Any:
+        found = hf_config.get(key, default)
+        allowed, wanted = ((int, float), "a number") if kind is float else (int, "a whole number")
+        if isinstance(found, bool) or not isinstance(found, allowed):
+            raise CheckpointConfigError(
+                f"config.json: {key} is {str(found)[:40]!r}, not {wanted}. Fix: the "
+                "config.json beside the weights is damaged; save or download it again.")
+        return kind(found)
+
     return {
-        "vocab_size": int(hf_config.get("vocab_size", 50257)),
-        "context_length": int(hf_config.get("n_positions", hf_config.get("n_ctx", 1024))),
-        "embedding_dimension": int(hf_config.get("n_embd", 768)),
-        "number_of_heads": int(hf_config.get("n_head", 12)),
-        "number_of_layers": int(hf_config.get("n_layer", 12)),
-        "dropout_rate": float(hf_config.get("resid_pdrop", 0.1)),
+        "vocab_size": value("vocab_size", 50257, int),
+        "context_length": value("n_positions", hf_config.get("n_ctx", 1024), int),
+        "embedding_dimension": value("n_embd", 768, int),
+        "number_of_heads": value("n_head", 12, int),
+        "number_of_layers": value("n_layer", 12, int),
+        "dropout_rate": value("resid_pdrop", 0.1, float),
         "use_attention_bias": True,
     }
 

@@ -46,9 +46,10 @@ from utils.pretrained.memory import check_memory
 from utils.training.engine.errors import (
     ArchitectureMismatchError,
     CorruptCheckpointError,
+    InvalidWeightsError,
     UnsafeCheckpointError,
 )
-from utils.training.engine.reading import read_json_file
+from utils.training.engine.reading import read_json_file, safetensors_header
 
 HUB_REPOS = {"small": "openai-community/gpt2", "medium": "openai-community/gpt2-medium",
              "large": "openai-community/gpt2-large", "xl": "openai-community/gpt2-xl"}
@@ -82,7 +83,7 @@ def _weight_files_in_folder(folder: Path) -> list[Path]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.exists():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            shards = _shard_names(index)
             missing = [s for s in shards if not (folder / s).exists()]
             if missing:
                 raise FileNotFoundError(f"{folder} lacks shard(s) {missing} named in {index_name}")
@@ -94,6 +95,20 @@ def _weight_files_in_folder(folder: Path) -> list[Path]:
         f"no model.safetensors or pytorch_model.bin in {folder}; save the model there with "
         "`save_pretrained` or `export_to_hf`"
     )
+
+
+def _shard_names(index: Path) -> list[str]:
+    """The shard files an index names; read only as a small regular JSON file (a FIFO or a
+    link to /dev/zero cannot hang or fill memory), each a plain name in the same folder."""
+    data = read_json_file(index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(name, str) and name and Path(name).name == name
+            for name in weight_map.values()):
+        raise CorruptCheckpointError(
+            f"{index} is not a usable shard index (a small JSON file whose weight_map names "
+            "shard files in the same folder). Fix: save or download the model again.")
+    return sorted(set(weight_map.values()))
 
 
 def download_from_hub(name: str) -> Path:
@@ -120,20 +135,10 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
 
 
 def read_safetensors_header(file: Path) -> tuple[int, dict[str, dict]]:
-    """`(data start, {name: {"dtype", "shape", "data_offsets"}})` of a .safetensors file."""
-    with open(file, "rb") as handle:
-        prefix = handle.read(8)
-        length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else -1
-        raw = handle.read(length) if 0 < length < 100_000_000 else b""
-    try:
-        header = json.loads(raw)
-    except ValueError:
-        header = None
-    if not isinstance(header, dict):
-        raise CorruptCheckpointError(f"{file} is not a safetensors file (bad header); "
-                                     "download or export it again")
-    header.pop("__metadata__", None)
-    return 8 + length, header
+    """`(data start, {name: {"dtype", "shape", "data_offsets"}})` of a .safetensors file,
+    its offsets checked (`reading.safetensors_header`): sorted, non-overlapping, inside the
+    file, as long as the shapes say; a deeply nested or broken header is refused."""
+    return safetensors_header(file)
 
 
 def _unpooled_empty(shape: list[int], dtype: torch.dtype) -> torch.Tensor:
@@ -185,10 +190,33 @@ def iter_safetensors(file: Path, temporary: Callable[[str], bool] | None = None
 def _read_all(files: Iterable[Path], temporary: Callable[[str], bool] | None
               ) -> Iterator[tuple[str, torch.Tensor]]:
     for file in files:
-        if file.suffix == ".safetensors":
-            yield from iter_safetensors(file, temporary)
-        else:
-            yield from _load_torch_file(file).items()
+        tensors = (iter_safetensors(file, temporary) if file.suffix == ".safetensors"
+                   else _load_torch_file(file).items())
+        for name, tensor in tensors:
+            check_weight(file, name, tensor)
+            yield name, tensor
+
+
+def check_weight(file: Path, name: str, tensor: torch.Tensor) -> None:
+    """Refuse what `load` refuses: weights that are not floating point (a bool or int
+    tensor would be cast quietly), stride-0 views (a small file posing as a big model) and
+    NaN/Inf (a diverged or damaged model)."""
+    if not tensor.is_floating_point() or tensor.element_size() < 2:
+        raise InvalidWeightsError(
+            f"{file}: tensor {name} has dtype {tensor.dtype}; GPT-2 weights are float32, "
+            "float16, bfloat16 or float64. Fix: the file is not a GPT-2 model's weights; use "
+            "another file.")
+    if any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape,
+                                                             strict=True)):
+        raise InvalidWeightsError(
+            f"{file}: tensor {name} of shape {list(tensor.shape)} repeats one stored value "
+            "(a broadcast / stride-0 view, not real weights). Fix: use another file.")
+    wide = torch.float32 if tensor.element_size() < 4 else None
+    if not bool(torch.isfinite(tensor.sum(dtype=wide))) and not bool(
+            torch.isfinite(tensor).all()):
+        raise InvalidWeightsError(
+            f"{file}: tensor {name} holds NaN or Inf values, so the converted model would be "
+            "useless. Fix: get the weights again from where they came from.")
 
 
 def iter_hf_tensors(files: Iterable[Path], prefetch: bool = True,

@@ -17,14 +17,21 @@ stored CRC32C, so a corrupt download is reported instead of loaded.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from utils.training.engine.errors import CorruptCheckpointError
+from utils.training.engine.errors import (
+    ArchitectureMismatchError,
+    CheckpointConfigError,
+    CorruptCheckpointError,
+    NotACheckpointError,
+)
 
 # --------------------------------------------------------------------------- CRC32C
 
@@ -284,10 +291,30 @@ def _block_handle(buffer: bytes, pos: int = 0) -> tuple[int, int, int]:
     return offset, size, pos
 
 
+SMALL_FILE_LIMIT = 16 << 20  # hparams.json, checkpoint, encoder.json, vocab.bpe: far below
+
+
+def read_regular_file(path: str | Path, limit: int | None = None) -> bytes:
+    """The bytes of `path` when it is a regular file (of at most `limit` bytes): a FIFO or
+    a link to /dev/zero put among the release's files is refused, not read forever."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or (limit is not None and info.st_size > limit):
+            size_rule = "" if limit is None else f" of at most {limit:,} bytes"
+            raise NotACheckpointError(
+                f"{path} is not a regular file{size_rule} (a FIFO, device or something else "
+                "put there); it was not read. Fix: download OpenAI's release again.")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read()
+    finally:
+        os.close(fd)
+
+
 def read_bundle_index(index_path: str | Path) -> tuple[BundleHeader, dict[str, BundleEntry]]:
     """Parse a `.index` file into its header and `{variable name: BundleEntry}`."""
     path = Path(index_path)
-    data = path.read_bytes()
+    data = read_regular_file(path)
     if len(data) < FOOTER_SIZE or int.from_bytes(data[-8:], "little") != TABLE_MAGIC:
         raise CorruptCheckpointError(
             f"{path} is not a TensorFlow checkpoint index (no SSTable magic number at its end; "
@@ -322,7 +349,8 @@ def _checkpoint_prefix(model_dir: Path) -> Path:
     """The prefix named in the `checkpoint` file (`model.ckpt` in OpenAI's release)."""
     state = model_dir / "checkpoint"
     if state.exists():
-        match = re.search(r'model_checkpoint_path:\s*"([^"]+)"', state.read_text())
+        text = read_regular_file(state, SMALL_FILE_LIMIT).decode("utf-8", "replace")
+        match = re.search(r'model_checkpoint_path:\s*"([^"]+)"', text)
         if match:
             prefix = Path(match.group(1))
             return prefix if prefix.is_absolute() else model_dir / prefix
@@ -354,7 +382,7 @@ def read_tf_variables(model_dir: str | Path) -> dict[str, np.ndarray]:
                 f"checkpoint data shard {shard_path.name} is missing from {model_dir}; "
                 "download it again (the index refers to it)"
             )
-        shards[shard] = shard_path.read_bytes()
+        shards[shard] = read_regular_file(shard_path)
     return {name: _read_tensor(entry, shards[entry.shard_id], index_path)
             for name, entry in entries.items()}
 
@@ -393,10 +421,21 @@ def load_hparams(model_dir: str | Path) -> dict[str, int]:
     path = Path(model_dir) / "hparams.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; OpenAI's release has one per model size")
-    hparams = json.loads(path.read_text())
+    try:
+        hparams = json.loads(read_regular_file(path, SMALL_FILE_LIMIT))
+    except (ValueError, RecursionError):
+        hparams = None
+    if not isinstance(hparams, dict):
+        raise CheckpointConfigError(f"{path} is not a JSON object. Fix: download it again.")
     missing = [key for key in HPARAM_KEYS if key not in hparams]
     if missing:
         raise ValueError(f"{path} lacks {missing}; expected keys {list(HPARAM_KEYS)}")
+    bad = [key for key in HPARAM_KEYS if isinstance(hparams[key], bool)
+           or not isinstance(hparams[key], int) or hparams[key] < 1]
+    if bad:
+        raise CheckpointConfigError(
+            f"{path}: {bad[0]} is {str(hparams[bad[0]])[:40]!r}, not a whole number >= 1. "
+            "Fix: the file is damaged; download it again.")
     return hparams
 
 
@@ -408,8 +447,15 @@ def load_tf_checkpoint(model_dir: str | Path) -> tuple[dict[str, int], dict[str,
     ..., `ln_f`. Weights are [in, out], like Hugging Face's Conv1D.
     """
     hparams = load_hparams(model_dir)
+    variables = read_tf_variables(model_dir)
+    layers = {match.group(1) for name in variables
+              if (match := re.match(r"model/h(\d+)/", name))}
+    if len(layers) != hparams["n_layer"]:  # checked before a list of n_layer is made
+        raise ArchitectureMismatchError(
+            f"{Path(model_dir) / 'hparams.json'} says n_layer={hparams['n_layer']} but the "
+            f"checkpoint holds {len(layers)} blocks. Fix: download the release again.")
     params: dict[str, Any] = {"blocks": [{} for _ in range(hparams["n_layer"])]}
-    for name, array in read_tf_variables(model_dir).items():
+    for name, array in variables.items():
         if not name.startswith("model/"):
             continue  # e.g. a global step counter: not a weight
         parts = name[len("model/"):].split("/")
@@ -495,8 +541,9 @@ def tokenizer_from_encoder(model_dir: str | Path, name: str | None = None):
 
     model_dir = Path(model_dir)
     decode = _byte_decoder()
-    encoder = json.loads((model_dir / "encoder.json").read_text(encoding="utf-8"))
-    merges = (model_dir / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:]
+    encoder = json.loads(read_regular_file(model_dir / "encoder.json", SMALL_FILE_LIMIT))
+    merges = read_regular_file(model_dir / "vocab.bpe", SMALL_FILE_LIMIT).decode(
+        "utf-8").split("\n")[1:]
     # GPT-2's first 256 ranks are the single bytes in the byte decoder's order.
     ranks = {bytes([b]): rank for rank, b in enumerate(decode.values())}
     for line in filter(None, merges):

@@ -31,8 +31,12 @@ import torch
 from torch import nn
 
 from utils.config import ModelConfig
-from utils.training.engine.errors import CheckpointWriteError, CorruptCheckpointError
-from utils.training.engine.reading import read_checkpoint, read_json_file
+from utils.training.engine.errors import (
+    CheckpointWriteError,
+    CorruptCheckpointError,
+    NotACheckpointError,
+)
+from utils.training.engine.reading import read_checkpoint, read_json_file, sniff_file
 
 FORMAT_VERSION = 1
 BEST_MODEL_NAME = "best_model.pt"
@@ -298,6 +302,10 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, create_parents: boo
                     ) -> Path:
     """Durably write `state` to `path` (a file name, or a folder to name it in) + its sidecar.
 
+    `path` is a file name only when it ends in a checkpoint suffix (.pt, .pth, .ckpt, .bin);
+    anything else is a folder, even with a dot in its name (`runs/v1.2`). An existing file
+    is replaced only when it is a checkpoint (or an empty/truncated one); someone's other
+    file (`corpus.txt`, a text file named `.pt`) is refused, never overwritten.
     In a folder the checkpoint gets DESIGN.md's name and never replaces an existing file.
     `create_parents=False` creates at most the folder itself: when a mounted drive goes
     away, its path must fail, not be recreated on the local disk under the mount point.
@@ -305,7 +313,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, create_parents: boo
     `__cause__` is the OSError); the temporary file is removed, no earlier file is touched.
     """
     path = Path(path)
-    in_folder = path.is_dir() or not path.suffix
+    in_folder = _is_folder_target(path)
     folder = path if in_folder else path.parent
     try:
         folder.mkdir(parents=create_parents, exist_ok=True)
@@ -328,6 +336,47 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, create_parents: boo
         # The checkpoint itself is complete and listable (listing falls back to reading it).
         raise _write_failure(sidecar_path(path), error) from error
     return path
+
+
+CHECKPOINT_FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+
+
+def make_checkpoint_folder(folder: str | Path, create_parents: bool = True) -> Path:
+    """Create the checkpoint folder (and its parents unless `create_parents=False`); a file
+    already at that path is refused, never replaced by checkpoints."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise CheckpointWriteError(
+            f"checkpoint_dir {folder} is a file, not a folder; it was left untouched. Fix: "
+            "name a folder for the checkpoints (it is created if missing).")
+    path.mkdir(parents=create_parents, exist_ok=True)
+    return path
+
+
+def _is_folder_target(path: Path) -> bool:
+    """Whether `save_checkpoint` should name a checkpoint inside `path`; raises
+    `CheckpointWriteError` when `path` is a file that is not a checkpoint."""
+    if path.is_dir():
+        return True
+    if not (path.exists() or path.is_symlink()):
+        return path.suffix.lower() not in CHECKPOINT_FILE_SUFFIXES
+    if path.suffix.lower() in CHECKPOINT_FILE_SUFFIXES and path.is_file() \
+            and _replaceable(path):
+        return False
+    raise CheckpointWriteError(
+        f"{path} is an existing file that is not a checkpoint; it was left untouched. Fix: "
+        "give a new .pt file name, or a folder for the checkpoints (created if missing).")
+
+
+def _replaceable(path: Path) -> bool:
+    """An existing checkpoint file (even an empty or truncated one) may be replaced."""
+    try:
+        sniff_file(path)
+    except NotACheckpointError:
+        return False
+    except CorruptCheckpointError:
+        return True  # empty or truncated: a checkpoint write that failed earlier
+    return True
 
 
 def load_checkpoint_file(path: str | Path, mmap: bool = True) -> dict[str, Any]:

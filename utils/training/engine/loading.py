@@ -403,6 +403,8 @@ def load_model_weights(model: nn.Module | None, checkpoint_path: str | Path,
     if not state_dict:
         _raise_mismatch(report)  # nothing fits at all: surely the wrong checkpoint
     check_weights(state_dict, str(path))
+    if any(tensor.dtype == torch.float64 for tensor in state_dict.values()):
+        report.notes.append("float64 weights were cast to the model's dtype")
     staged = _stage(model, state_dict, target)
     _swap_in(model, staged)  # plain assignments from here on: nothing left to fail
     if recognized.metadata.get("gelu_approximate") == "none":

@@ -157,7 +157,7 @@ def sniff_file(path: Path) -> str:
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "pickle"
     if len(head) >= 9 and head[8:9] == b"{":
-        _check_safetensors_length(path, int.from_bytes(head[:8], "little"), size)
+        safetensors_header(path)
         return "safetensors"
     for magic, kind, fix in FOREIGN_MAGIC:
         if head.startswith(magic):
@@ -169,16 +169,24 @@ def sniff_file(path: Path) -> str:
 SAFETENSORS_HEADER_LIMIT = 100 << 20
 
 
-def _check_safetensors_length(path: Path, header_length: int, size: int) -> None:
-    """The header must fit in the file, and its tensors' byte ranges must be sorted,
-    non-overlapping, inside the file and as long as their shapes say: a file that lies
-    about them is refused before safetensors maps anything."""
-    if header_length > min(size - 8, SAFETENSORS_HEADER_LIMIT):
-        raise TruncatedCheckpointError(
-            f"{path} is a truncated safetensors file: its header claims {header_length:,} "
-            f"bytes, the file has {size:,}. Fix: copy or download it again completely.")
+def safetensors_header(path: str | Path) -> tuple[int, dict[str, Any]]:
+    """`(data start, {name: {"dtype", "shape", "data_offsets"}})` of a safetensors file,
+    checked before anything is mapped: the header must fit in the file and be flat JSON
+    (a deeply nested one is refused, not a RecursionError), and its tensors' byte ranges
+    sorted, non-overlapping, inside the file and as long as their shapes say."""
+    path = Path(path)
     with open(path, "rb") as handle:
-        handle.seek(8)
+        size = os.fstat(handle.fileno()).st_size
+        header_length = int.from_bytes(handle.read(8), "little")
+        if size < 9 or header_length > SAFETENSORS_HEADER_LIMIT:
+            raise NotACheckpointError(
+                f"{path} is not a safetensors file: its first 8 bytes give no plausible "
+                f"header length ({header_length:,}). Fix: pass the model's .safetensors, "
+                ".bin or .pt file, or download it again.")
+        if header_length > size - 8:
+            raise TruncatedCheckpointError(
+                f"{path} is a truncated safetensors file: its header claims {header_length:,} "
+                f"bytes, the file has {size:,}. Fix: copy or download it again completely.")
         raw = handle.read(header_length)
     try:
         header = json.loads(raw)
@@ -186,8 +194,11 @@ def _check_safetensors_length(path: Path, header_length: int, size: int) -> None
         raise CorruptCheckpointError(
             f"{path} looks like a safetensors file but its header cannot be read (not valid JSON, "
             f"{type(error).__name__}). Fix: copy or download it again.") from None
-    ranges = _tensor_ranges(path, header)
-    data_size = size - 8 - header_length
+    _check_ranges(path, _tensor_ranges(path, header), size - 8 - header_length)
+    return 8 + header_length, {k: v for k, v in header.items() if k != "__metadata__"}
+
+
+def _check_ranges(path: Path, ranges: list[tuple[str, int, int]], data_size: int) -> None:
     end = 0
     for name, start, stop in sorted(ranges, key=lambda item: item[1]):
         if start < end:
@@ -197,8 +208,8 @@ def _check_safetensors_length(path: Path, header_length: int, size: int) -> None
         end = stop
     if end > data_size:
         raise TruncatedCheckpointError(
-            f"{path} is a truncated safetensors file: it needs {8 + header_length + end:,} "
-            f"bytes, the file has {size:,}. Fix: copy or download it again completely.")
+            f"{path} is a truncated safetensors file: it needs {end:,} bytes of tensor data, "
+            f"the file has {data_size:,}. Fix: copy or download it again completely.")
 
 
 _SAFETENSORS_ITEM_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4,
@@ -286,7 +297,7 @@ def _describe_foreign_file(path: Path, head: bytes, size: int) -> str:
     if stripped[:1] in "{[" and size < 10_000_000:
         try:
             data = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             data = None
         if data is not None:
             if isinstance(data, dict) and {"epoch", "val_loss"} & set(data):

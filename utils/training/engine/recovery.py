@@ -105,8 +105,8 @@ def _integer(meta: dict, key: str) -> int | None:
     value = meta.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"field {key!r} is {value!r}, not a whole number")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"field {key!r} is {str(value)[:40]!r}, not a whole number >= 0")
     return value
 
 
@@ -132,6 +132,17 @@ def _text(meta: dict, key: str, limit: int = 200) -> str | None:
     return value
 
 
+def _timestamp(meta: dict, key: str) -> str | None:
+    """ISO 8601 text that names a real moment (a naive year-1 time cannot be made aware)."""
+    value = _text(meta, key)
+    try:
+        if value is not None and parse_timestamp(value) is not None:
+            parse_timestamp(value).timestamp()
+    except (ValueError, OverflowError, OSError):
+        raise ValueError(f"field {key!r} is {value!r}, not a usable time") from None
+    return value
+
+
 def _identifier(meta: dict, key: str) -> str | None:
     value = _text(meta, key, limit=64)
     if value is not None and not set(value) <= _ID_CHARS:
@@ -149,7 +160,7 @@ def _info_from_metadata(path: Path, meta: dict[str, Any], size_bytes: int) -> Ch
         train_loss=_number(meta, "train_loss"),
         val_loss=_number(meta, "val_loss"),
         learning_rate=_number(meta, "learning_rate"),
-        timestamp=_text(meta, "timestamp"),
+        timestamp=_timestamp(meta, "timestamp"),
         size_bytes=size_bytes,
         run_id=_identifier(meta, "run_id"),
         run_fingerprint=_identifier(meta, "run_fingerprint"),
@@ -189,8 +200,8 @@ def _checkpoint_info(path: Path) -> tuple[CheckpointInfo, dict[str, Any] | None]
     try:
         checkpoint = load_checkpoint_file(path, mmap=True)
         return _info_from_metadata(path, checkpoint, size), None
-    except (CheckpointError, OSError) as error:
-        return _invalid(path, str(error), size), None
+    except (CheckpointError, OSError, RecursionError) as error:
+        return _invalid(path, str(error) or type(error).__name__, size), None
     except ValueError as error:
         return _invalid(path, f"its metadata is unusable: {error}", size), None
 
@@ -426,13 +437,19 @@ def no_checkpoints_error(checkpoint_dir: str | Path) -> NoCheckpointsError:
 
 def resume_path(resume_from: str | Path, checkpoint_dir: str | Path = "checkpoints") -> Path:
     """The checkpoint to resume from: `resume_from` itself, or for "latest" the newest
-    valid checkpoint of the newest run in `checkpoint_dir` (`NoCheckpointsError` if none)."""
+    checkpoint of the newest run in `checkpoint_dir` that reads (a newer one that does not
+    is skipped with a `CheckpointWarning` naming it; `NoCheckpointsError` if none)."""
     if str(resume_from) != "latest":
         return Path(resume_from)
-    info = latest_checkpoint(checkpoint_dir)
-    if info is None:
-        raise no_checkpoints_error(checkpoint_dir)
-    return info.path
+    for info in resume_candidates(checkpoint_dir):
+        try:
+            load_checkpoint_file(info.path, mmap=True)  # metadata only: tensors stay on disk
+        except (CheckpointError, OSError) as error:
+            warnings.warn(f"skipping checkpoint {printable_name(str(info.path))}: {error}; "
+                          "trying the next newest", CheckpointWarning, stacklevel=2)
+            continue
+        return info.path
+    raise no_checkpoints_error(checkpoint_dir)
 
 
 # --------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from utils.training.engine.checkpoint import (
     FORMAT_VERSION,
     fallback_dir_for,
     load_checkpoint_file,
+    make_checkpoint_folder,
     model_config_dict,
     read_sidecar,
     timestamp_now,
@@ -522,7 +523,7 @@ class Trainer:
         if removed:
             print(f"removed {len(removed)} unfinished checkpoint write(s) from an earlier "
                   f"run: {', '.join(p.name for p in removed)}")
-        Path(config.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        make_checkpoint_folder(config.checkpoint_dir)  # a file there is refused, not replaced
         self._log = MetricsLog(config.checkpoint_dir, self.run_id,
                                fallback_folder=fallback_dir_for(config.checkpoint_dir))
         return CheckpointWriter(config.checkpoint_dir, config.keep_last, config.keep_best,
