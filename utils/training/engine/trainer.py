@@ -591,8 +591,9 @@ class Trainer:
 
     def _log_progress(self, losses: LossMeter, speed: ThroughputMeter, bar) -> None:
         """Read the loss window (the sync point), check it, update the bar and the log."""
+        window = losses.log_steps
         loss = losses.read_log(self._reduce)
-        self._check_finite(loss)
+        self._check_finite(loss, window)
         rates = speed.mark(self.global_step)
         postfix = {"loss": f"{loss:.4f}", "lr": f"{self._lr_of_last_step():.2e}"}
         if rates["tokens_per_s"] is not None:
@@ -643,14 +644,17 @@ class Trainer:
         self.global_step += 1
         return loss
 
-    def _check_finite(self, loss: float) -> None:
+    def _check_finite(self, loss: float, window: int = 1) -> None:
         """Stop before a diverged state can be evaluated, saved or replace a good checkpoint
-        (the loss is read at every log point and before every evaluation)."""
+        (the loss is read at every log point and before every evaluation; `window` is the
+        number of steps that reading averaged)."""
         if math.isfinite(loss):
             return
         where = self.config.checkpoint_dir
+        step = self.global_step
+        when = f"at step {step}" if window <= 1 else f"between steps {step - window + 1} and {step}"
         raise TrainingDivergedError(
-            f"training diverged by step {self.global_step}: the loss is {loss}. Nothing was "
+            f"training diverged {when}: the loss is {loss}. Nothing was "
             f"saved from this state{f'; the checkpoints in {where} are intact' if where else ''}."
             f" Fix: lower learning_rate (now {self.config.learning_rate}) or raise "
             f"warmup_steps (now {self.config.warmup_steps}), then train again.")
