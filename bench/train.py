@@ -1,6 +1,9 @@
-"""Training throughput of the Trainer on this CPU, against torch.mm's FLOP/s.
+"""Training on this CPU: the Trainer's throughput against torch.mm's FLOP/s, nanoGPT's
+shakespeare_char CPU recipe end to end, and activation checkpointing's memory.
 
-    python bench/train.py [--repeats 5] [--save]
+    python bench/train.py [--repeats 5] [--part all|throughput|recipe|memory] [--save]
+
+Part "throughput" (section `train`):
 
 Model: 6 layers, 6 heads, 384 wide, context 256, vocabulary 50304, no dropout, fp32;
 batch 8 (2048 tokens per step); AdamW, gradient clipping, as `Trainer.fit` runs them
@@ -15,6 +18,19 @@ both alike; the aim is achieved FLOP/s >= 70% of torch.mm's.
 A square 2048³ product is the friendliest shape there is; the step's own products are
 thinner (the output head, 62% of the FLOPs, is 2048x384 @ 384x50304). The table also gives
 torch.mm's rate on that shape, as a second yardstick; the aim stays the square one.
+
+Part "recipe" (section `train_recipe`): nanoGPT's published CPU recipe on tiny shakespeare
+(../shared/anchors/README.md: characters, 4 layers, 4 heads, 128 wide, context 64, batch 12,
+2000 iterations, lr 1e-3 -> 1e-4 cosine after 100 warm-up, betas (0.9, 0.99), weight decay
+0.1, clipping 1.0, no dropout, evaluation every 250 iterations on 20 batches) run by
+`Trainer.fit`; it reports the wall time, the final validation loss, and what the loop costs
+beyond the model's own step: a bare PyTorch loop over the same model (forward + loss,
+backward, clipping, fused AdamW) is the floor, measured interleaved with `Trainer.train_step`
+and with the same step run as three Q/K/V products instead of one fused product. Skipped,
+with a message, when the anchors folder is absent (a user's machine has no ../shared).
+
+Part "memory" (section `train_memory`): peak RSS and step time of the throughput part's
+model at batch 16 with and without `activation_checkpointing`, each in fresh processes.
 """
 
 from __future__ import annotations
@@ -27,7 +43,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import command_line, machine_info, median_time, publish_section  # noqa: E402
+from bench.common import (  # noqa: E402
+    REPO_ROOT,
+    command_line,
+    machine_info,
+    median_time,
+    publish_section,
+)
 
 AIM_FRACTION = 0.70
 # Written from torch.profiler runs of one step (self CPU time, record_shapes=True) when the
@@ -75,9 +97,26 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--repeats", type=int, default=5, help="measured training steps")
     parser.add_argument("--threads", type=int, nargs="+", default=None,
                         help="torch thread counts to measure (default: 1 and torch's default)")
-    parser.add_argument("--save", action="store_true", help="write bench/results/train.md")
+    parser.add_argument("--part", choices=("all", "throughput", "recipe", "memory"),
+                        default="all", help="which part to run (default: all)")
+    parser.add_argument("--step-repeats", type=int, default=30,
+                        help="recipe: interleaved steps per contender for the loop's cost")
+    parser.add_argument("--iterations", type=int, default=RECIPE_ITERATIONS,
+                        help="recipe: optimizer steps (nanoGPT's figures are for 2000)")
+    parser.add_argument("--save", action="store_true",
+                        help="write bench/results/train.md and train_recipe.md")
     args = parser.parse_args(argv)
+    sections = []
+    if args.part in ("all", "memory"):
+        sections.append(memory_section(args))
+    if args.part in ("all", "recipe"):
+        sections.append(recipe_section(args))
+    if args.part in ("all", "throughput"):
+        sections.append(throughput_section(args))
+    return "\n\n".join(sections)
 
+
+def throughput_section(args: argparse.Namespace) -> str:
     import numpy as np
     import torch
 
@@ -153,6 +192,246 @@ def main(argv: list[str] | None = None) -> str:
     lines += ["", f"Aim: at least {AIM_FRACTION:.0%} of torch.mm's (2048³) FLOP/s: {verdicts}."]
     lines += ["", PROFILE_NOTES]
     return publish_section("train", "\n".join(lines), args.save)
+
+
+ANCHOR_TEXT = REPO_ROOT.parent / "shared" / "anchors" / "data" / "tinyshakespeare.txt"
+# nanoGPT's own code on this machine type (../shared/anchors/README.md)
+NANOGPT_STEP_S, NANOGPT_WALL_S, NANOGPT_VAL_LOSS = 0.0517, 92.0, 1.886
+RECIPE_ITERATIONS = 2000
+
+
+def shakespeare_char(path: Path = ANCHOR_TEXT):
+    """(train ids, val ids, vocabulary size) as nanoGPT's prepare.py makes them: the sorted
+    set of characters, first 90% train, last 10% validation; None without the file."""
+    import numpy as np
+
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    chars = sorted(set(text))
+    lookup = np.zeros(max(map(ord, chars)) + 1, dtype=np.uint16)
+    lookup[[ord(c) for c in chars]] = np.arange(len(chars), dtype=np.uint16)
+    ids = lookup[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)]
+    split = int(len(ids) * 0.9)
+    return ids[:split], ids[split:], len(chars)
+
+
+def recipe_configs(vocab_size: int, iterations: int = RECIPE_ITERATIONS):
+    from utils.config import ModelConfig, TrainingConfig
+
+    # nanoGPT's recipe has no bias anywhere; our blocks keep out_proj / MLP biases and the
+    # LayerNorm shifts (GPT-2's layout): +0.2% parameters, noise in the step time.
+    model_config = ModelConfig(vocab_size=vocab_size, context_length=64, embedding_dimension=128,
+                               number_of_heads=4, number_of_layers=4, dropout_rate=0.0,
+                               use_attention_bias=False)
+    training_config = TrainingConfig(
+        learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=100, max_steps=iterations,
+        batch_size=12, weight_decay=0.1, betas=(0.9, 0.99), grad_clip=1.0, eval_interval=250,
+        eval_batches=20, checkpoint_dir=None, device="cpu", seed=1337)
+    return model_config, training_config
+
+
+def plain_step_fn(model, loader, config):
+    """The floor: one optimizer step of a bare loop, as nanoGPT's train.py runs it on a CPU
+    (forward + loss, backward, clipping, fused AdamW step, zero_grad), same batches."""
+    import torch
+
+    from utils.training.engine.trainer import build_optimizer, language_model_loss
+
+    optimizer = build_optimizer(model, config, torch.device("cpu"))
+    parameters = list(model.parameters())
+
+    def step() -> None:
+        inputs, targets = next(loader)
+        loss = language_model_loss(model, inputs, targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()  # nanoGPT reads the loss every step (log_interval=1)
+
+    return step
+
+
+def recipe_section(args: argparse.Namespace) -> str:
+    data = shakespeare_char()
+    if data is None:
+        message = (f"recipe skipped: {ANCHOR_TEXT} is absent (the anchors live in the "
+                   f"project's ../shared folder, not on a user's machine)")
+        print(message)
+        return message
+    import torch
+
+    from bench.common import interleaved_median_times
+    from utils.data import BatchLoader
+    from utils.model import GPTModel
+    from utils.model.layers import MultiHeadAttention
+    from utils.training.engine.throughput import model_flops_per_token, peak_flops
+    from utils.training.engine.trainer import Trainer
+
+    train_ids, val_ids, vocab = data
+    iterations = args.iterations
+    model_config, training_config = recipe_configs(vocab, iterations)
+
+    # 1. The step: Trainer.train_step vs the bare floor, fused vs three Q/K/V products.
+    torch.manual_seed(0)
+    model = GPTModel(model_config)
+    trainer = Trainer(model, training_config, train_ids, val_ids, progress=False)
+    floor_model = GPTModel(model_config)
+    floor_model.load_state_dict(model.state_dict())
+    floor_loader = BatchLoader(train_ids, 12, 64, seed=7)
+    floor = plain_step_fn(floor_model, floor_loader, training_config)
+
+    def unfused_floor() -> None:
+        MultiHeadAttention.fuse_qkv = False
+        try:
+            floor()
+        finally:
+            MultiHeadAttention.fuse_qkv = True
+
+    times = interleaved_median_times(
+        {"floor": floor, "floor_unfused_qkv": unfused_floor, "trainer": trainer.train_step},
+        repeats=args.step_repeats, warmup=3)
+    floor_s, unfused_s, trainer_s = (times[k][0] for k in
+                                     ("floor", "floor_unfused_qkv", "trainer"))
+
+    # 2. The recipe end to end, from a fresh model and Trainer: what a user runs.
+    torch.manual_seed(0)
+    model = GPTModel(model_config)
+    trainer = Trainer(model, training_config, train_ids, val_ids, progress=False)
+    start = time.perf_counter()
+    history = trainer.fit()
+    wall_s = time.perf_counter() - start
+    final = history[-1]
+    evaluation_s = _evaluation_seconds(trainer)
+
+    tokens_per_step = 12 * 64
+    flops = model_flops_per_token(model)
+    peak, peak_source = peak_flops("cpu")
+    per_step_s = wall_s / iterations
+    lines = [
+        "## nanoGPT's shakespeare_char CPU recipe end to end (bench/train.py)",
+        "",
+        f"Command: `{command_line()}`  ",
+        f"Machine: {machine_info()}; the CPU was shared with other jobs while this ran, so "
+        f"compare ratios measured in this run, not absolute times across runs.",
+        "",
+        f"Tiny shakespeare, {vocab} characters, 4 layers x 4 heads x 128 wide, context 64, "
+        f"batch 12, {iterations} iterations, AdamW lr 1e-3 -> 1e-4 (cosine, 100 "
+        f"warm-up), betas (0.9, 0.99), clipping 1.0, evaluation every 250 iterations on 20 "
+        f"batches, fp32, `Trainer.fit` with no checkpoint folder. FLOPs per token "
+        f"{flops / 1e6:.2f} M; CPU peak: {peak_source}, measured as the fit started (a "
+        f"figure well below this machine's quiet one means the fit shared the CPU, and its "
+        f"wall time says little).",
+        "",
+        "| | ours (this run) | nanoGPT (anchors README, quiet machine) |",
+        "|---|---:|---:|",
+        f"| end to end, {iterations} iterations | {wall_s:.1f} s | {NANOGPT_WALL_S:.0f} s |",
+        f"| final validation loss | {final['val_loss']:.3f} | {NANOGPT_VAL_LOSS} |",
+        f"| one optimizer step (median) | {trainer_s * 1e3:.1f} ms (Trainer.train_step) | "
+        f"{NANOGPT_STEP_S * 1e3:.1f} ms |",
+        "",
+        f"Medians of {args.step_repeats} interleaved steps each, same shapes and batches:",
+        "",
+        "| step | ms | vs floor |",
+        "|---|---:|---:|",
+        f"| bare loop, fused Q/K/V (the floor) | {floor_s * 1e3:.1f} | 1.00 |",
+        f"| bare loop, three Q/K/V products | {unfused_s * 1e3:.1f} | {unfused_s / floor_s:.2f} |",
+        f"| `Trainer.train_step` | {trainer_s * 1e3:.1f} | {trainer_s / floor_s:.2f} |",
+        "",
+        f"End to end, {per_step_s * 1e3:.1f} ms per iteration over {iterations}: "
+        f"{evaluation_s:.1f} s of it in {len(history)} evaluations; the rest, "
+        f"{(wall_s - evaluation_s) / iterations * 1e3:.1f} ms per iteration, is "
+        f"{(wall_s - evaluation_s) / iterations / floor_s:.2f}x the floor's step "
+        f"(the loop's own cost: data, schedule, progress, metrics). Throughput "
+        f"{tokens_per_step / per_step_s:,.0f} tokens/s end to end, MFU against the measured "
+        f"torch.mm peak {tokens_per_step / per_step_s * flops / peak:.1%}.",
+    ]
+    return publish_section("train_recipe", "\n".join(lines), args.save)
+
+
+MEMORY_SHAPES = dict(vocab_size=50304, context_length=256, embedding_dimension=384,
+                     number_of_heads=6, number_of_layers=6, dropout_rate=0.0)
+
+
+def measure_checkpointing(checkpointing: bool, batch: int, steps: int) -> dict:
+    """Run in a fresh process: `steps` Trainer steps with or without activation
+    checkpointing; the process's peak RSS comes back (bench.common.run_isolated) with the
+    median step time."""
+    import numpy as np
+    import torch
+
+    from utils.config import ModelConfig, TrainingConfig
+    from utils.model import GPTModel
+    from utils.training.engine.trainer import Trainer
+
+    torch.manual_seed(0)
+    model = GPTModel(ModelConfig(**MEMORY_SHAPES))
+    tokens = np.random.default_rng(0).integers(0, 50304, 200_000).astype(np.uint16)
+    trainer = Trainer(model, TrainingConfig(max_steps=100, batch_size=batch, warmup_steps=2,
+                                            checkpoint_dir=None, device="cpu",
+                                            activation_checkpointing=checkpointing),
+                      tokens, progress=False)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        trainer.train_step()
+        times.append(time.perf_counter() - start)
+    return {"step_s": statistics.median(times[1:] or times)}
+
+
+def memory_section(args: argparse.Namespace) -> str:
+    """Peak memory of a training step with and without activation checkpointing."""
+    from bench.common import run_isolated
+    from utils.config import ModelConfig
+    from utils.pretrained.memory import GIB, training_memory
+
+    batch, steps = 16, 3
+    rows = {}
+    for checkpointing in (False, True, False, True):  # alternating: drift hits both
+        result = run_isolated("bench.train:measure_checkpointing", checkpointing, batch, steps)
+        rows.setdefault(checkpointing, []).append(result)
+    config = ModelConfig(**MEMORY_SHAPES)
+    lines = [
+        "## Activation checkpointing: memory and time (bench/train.py --part memory)",
+        "",
+        f"Command: `{command_line()}`  ",
+        f"Machine: {machine_info()}; the CPU was shared with other jobs.",
+        "",
+        f"GPTModel 6 layers x 384 wide, context 256, vocabulary 50304, fp32, batch {batch}, "
+        f"`Trainer.train_step` x {steps} in a fresh process each (two processes per "
+        f"setting, alternating); peak RSS is the whole process's (Python, torch, weights, "
+        f"AdamW state, data).",
+        "",
+        "| activation checkpointing | peak RSS (MB) | step (s, median) | estimated activations "
+        "(MB, utils/pretrained/memory.py) |",
+        "|---|---:|---:|---:|",
+    ]
+    for checkpointing in (False, True):
+        peak = statistics.median(r["peak_rss_mb"] for r in rows[checkpointing])
+        step = statistics.median(r["step_s"] for r in rows[checkpointing])
+        estimate = training_memory(config, batch, precision="fp32",
+                                   activation_checkpointing=checkpointing)
+        lines.append(f"| {'on' if checkpointing else 'off'} | {peak:,.0f} | {step:.2f} | "
+                     f"{estimate.activations / GIB * 1024:,.0f} |")
+    off = statistics.median(r["peak_rss_mb"] for r in rows[False])
+    on = statistics.median(r["peak_rss_mb"] for r in rows[True])
+    step_ratio = (statistics.median(r["step_s"] for r in rows[True])
+                  / statistics.median(r["step_s"] for r in rows[False]))
+    lines += ["", f"Checkpointing saves {off - on:,.0f} MB of peak memory here "
+              f"({on / off:.0%} of the plain step's peak; less than the activation estimate's "
+              f"difference because the peak also holds the output head's gradients and logit "
+              f"block) at {step_ratio:.2f}x the step time (expected about 1.3x: one extra "
+              f"forward pass per block; a median of {2 * steps - 2} steps on a shared CPU)."]
+    return publish_section("train_memory", "\n".join(lines), args.save)
+
+
+def _evaluation_seconds(trainer) -> float:
+    """Time `trainer.evaluate()` once and scale to the run's evaluations (the same 20
+    validation batches each time): the part of the wall time that is not training."""
+    start = time.perf_counter()
+    trainer.evaluate()
+    return (time.perf_counter() - start) * len(trainer.metrics_history)
 
 
 if __name__ == "__main__":

@@ -53,14 +53,20 @@ def md(text: str) -> None:
 TRAINING_FORM_FIELDS = {"MAX_STEPS": "max_steps", "BATCH_SIZE": "batch_size",
                         "LEARNING_RATE": "learning_rate", "WARMUP_STEPS": "warmup_steps",
                         "EVAL_INTERVAL": "eval_interval", "EVAL_BATCHES": "eval_batches",
-                        "CHECKPOINT_INTERVAL": "checkpoint_interval", "SEED": "seed"}
+                        "CHECKPOINT_INTERVAL": "checkpoint_interval",
+                        "PRECISION": "precision", "COMPILE": "compile",
+                        "ACTIVATION_CHECKPOINTING": "activation_checkpointing", "SEED": "seed"}
 
 
 def training_form_line(variable: str) -> str:
-    from utils.config import setting_default
+    from utils.config import PRECISIONS, setting_default
 
-    value = setting_default(TRAINING_FORM_FIELDS[variable])
-    kind = "number" if isinstance(value, float) else "integer"
+    setting = TRAINING_FORM_FIELDS[variable]
+    value = setting_default(setting)
+    if setting == "precision":  # a drop-down of the choices
+        return f"{variable} = {value!r}  # @param {list(PRECISIONS)}".replace("'", '"')
+    kind = ("boolean" if isinstance(value, bool) else "number" if isinstance(value, float)
+            else "integer")
     return f'{variable} = {value!r}  # @param {{type:"{kind}"}}'
 
 
@@ -293,17 +299,24 @@ for field, value in model_config.to_dict().items():
 ''')
 
 code(12, "Memory Check", '''
-# Weights, gradients and AdamW state of the model Cell 13 builds (MODEL_PRESET from scratch,
-# or INIT_FROM's GPT-2 size) against the free memory, before anything is allocated.
+# Weights, gradients, AdamW state and the activations of one BATCH_SIZE x CONTEXT_LENGTH
+# batch in the precision training will use, for the model Cell 13 builds (MODEL_PRESET from
+# scratch, or INIT_FROM's GPT-2 size), against the free memory, before anything is
+# allocated. Too much: the message suggests a batch size and accumulation that fit.
 from utils.notebook import check_form, friendly_errors, init_model_config
-from utils.pretrained.memory import available_ram_bytes, check_memory
+from utils.pretrained.memory import available_device_bytes, check_memory
+from utils.training.engine.precision import choose_precision_for
 
 with friendly_errors("INIT_FROM"):
-    check_form(globals(), "INIT_FROM")
+    check_form(globals(), "INIT_FROM", "PRECISION", "ACTIVATION_CHECKPOINTING")
     init_config, init_name = init_model_config(INIT_FROM, model_config, MODEL_PRESET)
-    needed = check_memory(init_config, device=device, training=True, name=init_name)
-print(f"✅ training {init_name} needs about {needed / 2**30:.2f} GiB "
-      f"(weights, gradients, AdamW); {available_ram_bytes() / 2**30:.1f} GiB RAM free")
+    precision = choose_precision_for(device, PRECISION).name
+    needed = check_memory(init_config, device=device, training=True, name=init_name,
+                          batch_size=BATCH_SIZE, context_length=CONTEXT_LENGTH,
+                          precision=precision, activation_checkpointing=ACTIVATION_CHECKPOINTING)
+print(f"✅ training: {init_name} needs about {needed / 2**30:.2f} GiB on batches of "
+      f"{BATCH_SIZE} x {CONTEXT_LENGTH} tokens in {precision} (weights, gradients, AdamW, "
+      f"activations); {available_device_bytes(device) / 2**30:.1f} GiB free on {device}")
 ''')
 
 code(13, "Initialize Model", '''
@@ -343,13 +356,14 @@ from utils.notebook import check_form, friendly_errors
 
 with friendly_errors():
     check_form(globals(), "LEARNING_RATE", "WARMUP_STEPS", "EVAL_INTERVAL", "EVAL_BATCHES",
-               "CHECKPOINT_INTERVAL")
+               "CHECKPOINT_INTERVAL", "PRECISION", "COMPILE", "ACTIVATION_CHECKPOINTING")
     training_config = TrainingConfig(
         learning_rate=LEARNING_RATE, min_learning_rate=LEARNING_RATE / 10,
         warmup_steps=WARMUP_STEPS, max_steps=MAX_STEPS, batch_size=BATCH_SIZE,
         eval_interval=EVAL_INTERVAL, eval_batches=EVAL_BATCHES,
-        checkpoint_interval=CHECKPOINT_INTERVAL, checkpoint_dir=CHECKPOINT_DIR, seed=SEED,
-        device=device)
+        checkpoint_interval=CHECKPOINT_INTERVAL, checkpoint_dir=CHECKPOINT_DIR,
+        precision=PRECISION, compile=COMPILE, activation_checkpointing=ACTIVATION_CHECKPOINTING,
+        seed=SEED, device=device)
 for field, value in training_config.to_dict().items():
     print(f"{field:>26}: {value}")
 ''')

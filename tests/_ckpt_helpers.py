@@ -36,6 +36,8 @@ def make_state(step: int, val_loss: float | None, seed: int = 0, run_id: str | N
         "optimizer_state_dict": optimizer.state_dict(),
         "scheduler_state_dict": {"last_epoch": step},
         "scaler_state_dict": None,
+        "precision": {"name": "fp32", "requested": "auto", "device_type": "cpu",
+                      "reason": "auto: fp32 on cpu"},
         "config": TINY.to_dict(),
         "training_config": TrainingConfig(max_steps=100).to_dict(),
         "epoch": 0,

@@ -23,7 +23,8 @@ SAMPLES = {
     "max_steps": 7, "batch_size": 3, "gradient_accumulation_steps": 2,
     "learning_rate": 1e-3, "min_learning_rate": 2e-4, "warmup_steps": 5,
     "weight_decay": 0.05, "grad_clip": 0.5, "eval_interval": 4, "eval_batches": 2,
-    "precision": "bf16", "compile": True, "seed": 11, "device": "cpu",
+    "precision": "bf16", "compile": True, "activation_checkpointing": True, "log_interval": 3,
+    "seed": 11, "device": "cpu",
     "checkpoint_interval": 6, "checkpoint_dir": "elsewhere", "keep_last": 5, "keep_best": 2,
 }
 

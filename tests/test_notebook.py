@@ -279,19 +279,20 @@ def test_cell_35_keeps_the_checkpoint_that_cell_34_loaded(capsys):
 @pytest.mark.parametrize("init_from, name, preset", [
     ("gpt2-medium", "gpt2-medium", "medium"), ("Scratch", "tiny", "tiny")])
 def test_cell_12_checks_the_memory_of_the_model_cell_13_builds(init_from, name, preset, capsys):
-    """MODEL_PRESET is tiny but INIT_FROM loads GPT-2 medium: Cell 12 must check medium."""
-    import torch
-
-    from utils.pretrained.memory import SAFETY_FACTOR, estimate_memory_bytes
+    """MODEL_PRESET is tiny but INIT_FROM loads GPT-2 medium: Cell 12 must check medium,
+    activations of a BATCH_SIZE x CONTEXT_LENGTH batch in the precision training uses
+    included (fp32 on this CPU)."""
+    from utils.pretrained.memory import SAFETY_FACTOR, training_memory
 
     namespace = {"MODEL_PRESET": "tiny", "INIT_FROM": init_from, "device": "cpu",
-                 "model_config": GPT2_CONFIGS["tiny"]}
+                 "model_config": GPT2_CONFIGS["tiny"], "BATCH_SIZE": 8, "CONTEXT_LENGTH": 256,
+                 "PRECISION": "auto", "ACTIVATION_CHECKPOINTING": False}
     try:
         exec(notebook_cells()[12], namespace)
         text = capsys.readouterr().out
     except nb.StopRun as stop:  # too big for this machine: the guidance names it too
         text = stop.guidance
-    needed = estimate_memory_bytes(GPT2_CONFIGS[preset], torch.float32, True) * SAFETY_FACTOR
+    needed = training_memory(GPT2_CONFIGS[preset], 8, 256, "fp32").total * SAFETY_FACTOR
     assert f"{name} needs about" in text, text
     assert (f"{needed / 2**30:.2f} GiB" in text) or (f"{needed / 2**30:.1f} GiB" in text), text
 

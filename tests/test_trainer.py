@@ -171,12 +171,16 @@ def test_resume_errors_name_the_cause(tmp_path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
 
 
-def test_half_precision_on_cpu_falls_back_to_fp32_with_a_warning(tmp_path):
+def test_explicit_half_precision_on_cpu_is_honoured(tmp_path):
+    # explicit values win (issue 10): fp16 autocast with the CPU's GradScaler
     config = _config(tmp_path, precision="fp16", max_steps=1, checkpoint_dir=None)
     trainer = Trainer(GPTModel(TINY), config, _repeating_tokens(), progress=False)
-    with pytest.warns(UserWarning, match="fp32"):
-        trainer.fit()
-    assert trainer.precision == "fp32" and not trainer.scaler.is_enabled()
+    trainer.fit()
+    assert trainer.precision == "fp16" and trainer.scaler.is_enabled()
+    auto = Trainer(GPTModel(TINY), _config(tmp_path, max_steps=1, checkpoint_dir=None),
+                   _repeating_tokens(), progress=False)
+    auto.fit()
+    assert auto.precision == "fp32" and not auto.scaler.is_enabled()
 
 
 # ---------------------------------------------------------------- command line

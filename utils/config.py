@@ -124,7 +124,7 @@ PRESET_ALIASES = {
     "1558M": "xl",
 }
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def _setting(default: Any, meaning: str) -> Any:
@@ -169,8 +169,14 @@ class TrainingConfig:
     keep_best: int | None = _setting(1, "best checkpoints by val_loss to keep as well")
     background_checkpointing: bool = _setting(
         True, "write checkpoints on a background thread while training goes on")
-    precision: str = _setting("fp32", "fp32 | bf16 | fp16 (bf16/fp16: autocast on CUDA)")
-    compile: bool = _setting(False, "compile the model with torch.compile")
+    precision: str = _setting(
+        "auto", "auto | fp32 | bf16 | fp16; auto: fp32 on CPU, bf16 on CUDA >= 8.0, fp16 below")
+    compile: bool = _setting(
+        False, "torch.compile for training and evaluation (the warm-up time is printed)")
+    activation_checkpointing: bool = _setting(
+        False, "recompute each block in the backward pass: far less memory, ~1/3 more compute")
+    log_interval: int = _setting(
+        10, "optimizer steps between reads of the loss (progress bar, metrics log)")
     seed: int = _setting(1337, "random seed of batch order and dropout (CLI: initial weights too)")
     device: str | None = _setting(None, "cpu | cuda | cuda:1 | mps; unset: the best available")
 
@@ -248,7 +254,7 @@ def _check_training_values(config: TrainingConfig) -> tuple[float, float]:
              "two numbers in [0, 1)", c.betas)
     _require(c.grad_clip is None or (_is_number(c.grad_clip) and c.grad_clip >= 0),
              "grad_clip", "a finite number >= 0 or None", c.grad_clip)
-    for name, minimum in (("eval_interval", 1), ("eval_batches", 1),
+    for name, minimum in (("eval_interval", 1), ("eval_batches", 1), ("log_interval", 1),
                           ("checkpoint_interval", 1), ("keep_last", 0), ("keep_best", 0)):
         _check_count(c, name, minimum)
     _require(c.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", c.precision)

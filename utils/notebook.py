@@ -224,6 +224,12 @@ def _presets() -> set[str]:
     return set(GPT2_CONFIGS) | set(PRESET_ALIASES)
 
 
+def _precisions() -> set[str]:
+    from utils.config import PRECISIONS
+
+    return set(PRECISIONS)
+
+
 def _tokenizers() -> set[str]:
     import tiktoken
 
@@ -238,7 +244,9 @@ FORM_FIELDS: dict[str, Any] = {
     "INIT_FROM": _text, "DATA_PATH": _text, "TOKENIZER": _choice(_tokenizers),
     "CONTEXT_LENGTH": _whole(2), "MAX_STEPS": _whole(1), "BATCH_SIZE": _whole(1),
     "LEARNING_RATE": _positive_number, "WARMUP_STEPS": _whole(0), "EVAL_INTERVAL": _whole(1),
-    "EVAL_BATCHES": _whole(1), "CHECKPOINT_INTERVAL": _whole(1), "CHECKPOINT_DIR": _text,
+    "EVAL_BATCHES": _whole(1), "CHECKPOINT_INTERVAL": _whole(1),
+    "PRECISION": _choice(_precisions), "COMPILE": _flag,
+    "ACTIVATION_CHECKPOINTING": _flag, "CHECKPOINT_DIR": _text,
     "CHECKPOINT_OVERRIDE": _text, "RUN_ID": _text, "RESUME_EXTRA_STEPS": _whole(1),
     "PROMPT": _text,
     "OUTPUT_DIR": _text, "SEED": _whole(0),

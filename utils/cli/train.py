@@ -31,7 +31,9 @@ TRAINING_FLAGS = {
     "min_learning_rate": "--min-lr", "warmup_steps": "--warmup-steps",
     "weight_decay": "--weight-decay", "grad_clip": "--grad-clip",
     "eval_interval": "--eval-interval", "eval_batches": "--eval-batches",
-    "precision": "--precision", "compile": "--compile", "seed": "--seed", "device": "--device",
+    "precision": "--precision", "compile": "--compile",
+    "activation_checkpointing": "--activation-checkpointing", "log_interval": "--log-interval",
+    "seed": "--seed", "device": "--device",
     "checkpoint_interval": "--checkpoint-interval", "checkpoint_dir": "--checkpoint-dir",
     "keep_last": "--keep-last", "keep_best": "--keep-best",
 }
@@ -112,7 +114,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         add_setting(run_group, field)
     add_setting(run_group, "min_learning_rate", note="with --lr: lr/10")
     for field in ("warmup_steps", "weight_decay", "grad_clip", "eval_interval",
-                  "eval_batches", "precision", "compile", "seed", "device"):
+                  "eval_batches", "precision", "compile", "activation_checkpointing",
+                  "log_interval", "seed", "device"):
         add_setting(run_group, field)
     checkpoints = parser.add_argument_group("checkpoints")
     for field in ("checkpoint_interval", "checkpoint_dir", "keep_last", "keep_best"):

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from utils.config import ModelConfig
@@ -37,6 +38,20 @@ class GPTModel(nn.Module):
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
         self.tie_weights()
         self.apply(self._init_weights)
+        # Recompute each block's activations in the backward pass instead of keeping them
+        # (`set_activation_checkpointing`): memory for one block's activations instead of
+        # all of them, for about one extra forward pass of compute.
+        self.activation_checkpointing = False
+
+    def set_activation_checkpointing(self, enabled: bool = True) -> GPTModel:
+        """Switch per-block activation checkpointing on or off; returns the model.
+
+        It only acts when gradients are being computed: evaluation and generation run
+        exactly as without it. Gradients equal the plain path's (dropout masks are replayed
+        from the saved RNG state).
+        """
+        self.activation_checkpointing = bool(enabled)
+        return self
 
     def tie_weights(self) -> None:
         """Point the head at the embedding (again after `load_state_dict(assign=True)`)."""
@@ -84,8 +99,15 @@ class GPTModel(nn.Module):
             )
         positions = torch.arange(start, start + length, device=input_ids.device)
         x = self.embedding_dropout(self.token_embedding(input_ids) + self.position_embedding(positions))
+        checkpointing = (self.activation_checkpointing and kv_cache is None
+                         and torch.is_grad_enabled())
         for block in self.transformer_blocks:
-            x = block(x, kv_cache)
+            if checkpointing:
+                # use_reentrant=False: the supported variant; it works when the input needs
+                # no grad, with keyword arguments, and nests with torch.compile
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, kv_cache)
         if kv_cache is not None:
             kv_cache.length += length
         if last_position_only:

@@ -31,6 +31,7 @@ _EXPORTS = {
     "ArchitectureMismatchError": "errors",
     "ModelNotInitializedError": "errors",
     "TrainingDivergedError": "errors",
+    "TrainingOutOfMemoryError": "errors",
     "validation_loss": "evaluation",
 }
 

@@ -46,16 +46,17 @@ TEMP_SUFFIX = ".tmp"
 CHECKPOINT_NAME_RE = re.compile(
     r"^checkpoint_epoch(\d{4,})_step(\d{6,})_(\d{8}_\d{6})(?:_([0-9a-z]{1,16}))?\.pt$")
 
-# Keys every checkpoint dict carries (DESIGN.md); `scaler_state_dict` is None without fp16.
+# Keys every checkpoint dict carries (DESIGN.md); `scaler_state_dict` is None without fp16;
+# `precision` is the resolved choice (precision.PrecisionChoice.to_dict(): name, reason, ...).
 CHECKPOINT_KEYS = (
     "format_version", "model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
     "scaler_state_dict", "config", "training_config", "epoch", "global_step", "train_loss",
     "val_loss", "learning_rate", "timestamp", "metrics_history", "rng_state", "data_state",
-    "tokenizer", "run_id", "run_fingerprint",
+    "tokenizer", "run_id", "run_fingerprint", "precision",
 )
 # One `metrics_history` entry per evaluation.
 METRIC_FIELDS = ("step", "epoch", "train_loss", "val_loss", "perplexity", "learning_rate",
-                 "tokens_seen", "elapsed_s", "timestamp")
+                 "tokens_seen", "elapsed_s", "tokens_per_s", "mfu", "timestamp")
 # Scalars copied into the sidecar so listing never has to open the large file.
 SIDECAR_KEYS = ("format_version", "epoch", "global_step", "train_loss", "val_loss",
                 "learning_rate", "timestamp", "tokenizer", "config", "run_id",

@@ -70,5 +70,10 @@ class TrainingDivergedError(RuntimeError):
     """The training loss became NaN or Inf; no checkpoint was written from that state."""
 
 
+class TrainingOutOfMemoryError(RuntimeError):
+    """CUDA ran out of memory while training; the message names the setting to change and
+    every checkpoint written before is intact."""
+
+
 class RunInUseError(CheckpointError):
     """Another process is training the same run in the same folder right now."""

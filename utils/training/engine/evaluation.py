@@ -66,16 +66,19 @@ def evaluate(model: nn.Module, loader: BatchLoader, batches: int = 20,
     device = torch.device(device) if device else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total = 0.0
+    # summed on the device and read once: a host sync per batch would stall a GPU's queue
+    # (float64 as the Python float sum was; MPS has no float64)
+    total = torch.zeros((), device=device,
+                        dtype=torch.float32 if device.type == "mps" else torch.float64)
     try:
         for index in range(batches):
             inputs, targets = loader.get_batch(index)
             with autocast or contextlib.nullcontext():
                 loss = language_model_loss(model, inputs.to(device), targets.to(device))
-            total += loss.item()
+            total += loss.detach().to(total.dtype)
     finally:
         model.train(was_training)
-    return total / batches
+    return total.item() / batches
 
 
 def validation_settings(config: TrainingConfig | dict | None = None) -> dict[str, int]:

@@ -39,6 +39,12 @@ from utils.training.engine.checkpoint import (
     read_sidecar,
     timestamp_now,
 )
+from utils.training.engine.device_loop import (
+    DevicePrefetcher,
+    LossMeter,
+    is_out_of_memory,
+    out_of_memory_message,
+)
 from utils.training.engine.distributed import (
     DistributedContext,
     cleanup_distributed,
@@ -54,6 +60,7 @@ from utils.training.engine.errors import (
     NoCheckpointsError,
     RunInUseError,
     TrainingDivergedError,
+    TrainingOutOfMemoryError,
 )
 from utils.training.engine.evaluation import (  # noqa: F401  (names once defined here)
     VALIDATION_SEED_OFFSET,
@@ -63,6 +70,7 @@ from utils.training.engine.evaluation import (  # noqa: F401  (names once define
     perplexity,
 )
 from utils.training.engine.optim import build_optimizer, lr_at
+from utils.training.engine.precision import PrecisionChoice, resolve_precision
 from utils.training.engine.recovery import (
     CheckpointWarning,
     describe_runs,
@@ -79,6 +87,7 @@ from utils.training.engine.runs import (
     new_run_id,
     run_fingerprint,
 )
+from utils.training.engine.throughput import ThroughputMeter, model_flops_per_token, peak_flops
 from utils.training.engine.writer import CheckpointWriter, remove_stale_temp_files
 
 Callback = Callable[[dict[str, Any]], None]
@@ -164,6 +173,9 @@ class Trainer:
         self._fingerprint: str | None = None
         self._lock: RunLock | None = None
         self._log: MetricsLog | None = None
+        self._precision_said = False  # the precision choice is printed once per Trainer
+        self._compiled: nn.Module | None = None  # torch.compile(model), built once
+        self._report_compile_time = False
 
     # ---------------------------------------------------------------- data
     def _context_length(self, data: Any) -> int:
@@ -222,27 +234,38 @@ class Trainer:
             return
         self.device = self.dist.device
         self.model.to(self.device)
-        self.autocast, self.scaler = self._precision()
+        self._use_precision(resolve_precision(self.device, self.config.precision))
+        if self.config.activation_checkpointing:
+            self._enable_activation_checkpointing()
         self.optimizer = build_optimizer(self.model, self.config, self.device)
         total = self.total_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_at(step, self.config, total) / self.config.learning_rate)
+        # batch s+1 is gathered, pinned and copied while step s computes (CUDA only)
+        self.batches = DevicePrefetcher(self.train_loader, self.device)
 
-    def _precision(self) -> tuple[contextlib.AbstractContextManager, torch.amp.GradScaler]:
-        requested, kind = self.config.precision, self.device.type
-        if requested != "fp32" and kind != "cuda":
-            warnings.warn(f"precision {requested!r} needs a CUDA GPU; training in fp32 on "
-                          f"{kind}", stacklevel=3)
-            requested = "fp32"
-        if requested == "bf16" and not torch.cuda.is_bf16_supported():
-            warnings.warn("this GPU has no bf16; using fp16 with loss scaling", stacklevel=3)
-            requested = "fp16"
-        self.precision = requested
-        scaler = torch.amp.GradScaler("cuda", enabled=requested == "fp16")
-        if requested == "fp32":
-            return contextlib.nullcontext(), scaler
-        dtype = torch.bfloat16 if requested == "bf16" else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype), scaler
+    def _use_precision(self, choice: PrecisionChoice) -> None:
+        """Autocast and GradScaler for `choice` (`precision` is its name: fp32/bf16/fp16)."""
+        self.precision_choice = choice
+        self.precision = choice.name
+        self.autocast = choice.autocast()
+        self.scaler = choice.grad_scaler()
+
+    def _enable_activation_checkpointing(self) -> None:
+        model = unwrap_model(self.model)
+        if hasattr(model, "set_activation_checkpointing"):  # GPTModel
+            model.set_activation_checkpointing(True)
+        elif hasattr(model, "gradient_checkpointing_enable"):  # Hugging Face
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            warnings.warn(f"activation_checkpointing=True: {type(model).__name__} has no "
+                          "switch for it; training without", stacklevel=3)
+
+    def _say_precision(self) -> None:
+        if not self._precision_said:
+            self._precision_said = True
+            self._say(f"precision: {self.precision} ({self.precision_choice.reason})")
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, float | None]:
@@ -250,8 +273,9 @@ class Trainer:
         self._setup()
         if self.val_loader is None:
             return {"val_loss": None, "perplexity": None}
-        local = evaluate(self.model, self.val_loader, self.config.eval_batches, self.device,
-                         self.autocast)
+        model = self._compiled if self._compiled is not None else self.model
+        local = evaluate(model, self.val_loader, self.config.eval_batches, self.device,
+                         self.precision_choice.autocast())
         loss = self.dist.all_reduce_mean(local)
         return {"val_loss": loss, "perplexity": perplexity(loss)}
 
@@ -264,6 +288,7 @@ class Trainer:
             "optimizer_state_dict": self.optimizer.state_dict(),
             "scheduler_state_dict": self.scheduler.state_dict(),
             "scaler_state_dict": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "precision": self.precision_choice.to_dict(),
             "config": model_config_dict(unwrap_model(self.model)),
             "training_config": _plain(self.config.to_dict()),
             "epoch": self.epoch,
@@ -302,6 +327,10 @@ class Trainer:
         model.load_state_dict(state["model_state_dict"], strict=True)
         self.optimizer.load_state_dict(state["optimizer_state_dict"])
         self.scheduler.load_state_dict(state["scheduler_state_dict"])
+        stored = state.get("precision")
+        if isinstance(stored, dict):  # "auto" keeps the precision the run started with
+            self._use_precision(resolve_precision(self.device, self.config.precision,
+                                                  resumed=stored))
         if self.scaler.is_enabled() and state.get("scaler_state_dict"):
             self.scaler.load_state_dict(state["scaler_state_dict"])
         self.train_loader.load_state_dict(state["data_state"])
@@ -381,20 +410,47 @@ class Trainer:
                              f"{self.global_step}")
         elif self.global_step == 0:
             seed_everything(self.config.seed)  # same seed on every rank: identical dropout
+        self._say_precision()
         writer = self._make_writer()
         training_model = self.model
         if self.config.compile:
-            training_model = torch.compile(training_model)
+            # compiled once per Trainer; self.model stays the plain module, so state dicts
+            # (checkpoints, loading, resuming) never see the wrapper's `_orig_mod.` prefix
+            if self._compiled is None:
+                self._compiled = torch.compile(self.model)
+                self._report_compile_time = True  # after the first step (compiles lazily)
+            training_model = self._compiled
         training_model = self.dist.wrap(training_model)
         bar = self._progress_bar()
         failed = True
         try:
             self._train_loop(training_model, writer, bar)
             failed = False
+        except Exception as error:
+            if is_out_of_memory(error):
+                raise TrainingOutOfMemoryError(self._out_of_memory_message(error)) from error
+            raise
         finally:
             bar.close()
             self._finish(writer, failed)
         return self.metrics_history
+
+    def _out_of_memory_message(self, error: BaseException) -> str:
+        model = unwrap_model(self.model)
+        config = getattr(model, "config", None)
+        gpu_bytes = None
+        with contextlib.suppress(Exception):  # the message must not fail in its turn
+            gpu_bytes = torch.cuda.get_device_properties(self.device).total_memory
+        settings = {"batch_size": self.config.batch_size,
+                    "gradient_accumulation_steps": self.config.gradient_accumulation_steps,
+                    "precision": self.precision,
+                    "activation_checkpointing": self.config.activation_checkpointing,
+                    "context_length": self.context_length}
+        from utils.config import ModelConfig
+
+        return out_of_memory_message(error, settings,
+                                     config if isinstance(config, ModelConfig) else None,
+                                     gpu_bytes)
 
     def _say(self, message: str) -> None:
         if self.dist.is_main:
@@ -481,49 +537,90 @@ class Trainer:
                     desc="training", dynamic_ncols=True,
                     disable=not (self.progress and self.dist.is_main))
 
+    def _throughput_meter(self) -> ThroughputMeter:
+        """Tokens/s and MFU (FLOPs per token as nanoGPT counts them; the device's peak)."""
+        try:
+            flops = model_flops_per_token(self.model, self.context_length)
+        except (AttributeError, StopIteration, TypeError):  # a model without GPT-2's config
+            flops = 0
+        peak = peak_flops(self.device, self.precision)[0] if flops else None
+        return ThroughputMeter(self.tokens_per_step, flops, peak)
+
+    def _reduce(self, value: float) -> float:
+        """Mean over ranks (one all-reduce) of a value read at a log point."""
+        return self.dist.all_reduce_mean(value) if self.dist.enabled else value
+
     def _train_loop(self, training_model: nn.Module, writer: CheckpointWriter | None,
                     bar) -> None:
-        loss_sum, loss_count = 0.0, 0  # training losses since the last evaluation
+        # The loss stays on the device: it is read (one host sync, and under DDP one
+        # all-reduce) every `log_interval` steps and at evaluations, never per step.
+        losses = LossMeter(self.device)
+        speed = self._throughput_meter()
         session_start, session_step = time.perf_counter(), self.global_step
+        speed.start(session_step)
         total = self._stop_step
         while self.global_step < total:
-            loss = self._train_step(training_model)
+            losses.add(self._train_step(training_model))
             self.global_step += 1
-            self._check_finite(loss)
+            if self._report_compile_time:  # one sync, once per Trainer: what compiling cost
+                self._report_compile_time = False
+                self._say_warmup(session_start)
             if writer is not None and self.global_step == session_step + 1:
                 # optimizer state exists now: allocate checkpoint buffers off the critical path
                 writer.prepare({"model_state_dict": unwrap_model(self.model).state_dict(),
                                 "optimizer_state_dict": self.optimizer.state_dict()})
-            loss_sum, loss_count = loss_sum + loss, loss_count + 1
-            seconds = time.perf_counter() - session_start
-            tokens_per_s = (self.global_step - session_step) * self.tokens_per_step / seconds
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self._lr_of_last_step():.2e}",
-                            tok_s=f"{tokens_per_s:,.0f}", refresh=False)
-            self._log_step(loss, tokens_per_s)
             checkpoint_due = self._checkpoint_due()
-            if checkpoint_due or self.global_step % self.config.eval_interval == 0 \
-                    or self.global_step == total:
-                record = self._record(loss_sum / loss_count, seconds)
-                loss_sum, loss_count = 0.0, 0
+            record_due = (checkpoint_due or self.global_step % self.config.eval_interval == 0
+                          or self.global_step == total)
+            if record_due or self.global_step % self.config.log_interval == 0:
+                self._log_progress(losses, speed, bar)
+            if record_due:
+                seconds = time.perf_counter() - session_start
+                record = self._record(losses.read_record(self._reduce), seconds, speed)
                 if checkpoint_due:
                     self._checkpoint(record, writer)
+                speed.start(self.global_step)  # evaluation and checkpointing are not training
 
-    def _train_step(self, training_model: nn.Module) -> float:
-        """One optimizer step over `gradient_accumulation_steps` micro-batches; mean loss."""
+    def _say_warmup(self, session_start: float) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # wait for the first step to finish
+        self._say(f"torch.compile warm-up: the first step took "
+                  f"{time.perf_counter() - session_start:.1f} s (compilation included; "
+                  f"later steps run compiled)")
+
+    def _log_progress(self, losses: LossMeter, speed: ThroughputMeter, bar) -> None:
+        """Read the loss window (the sync point), check it, update the bar and the log."""
+        window = losses.log_steps
+        loss = losses.read_log(self._reduce)
+        self._check_finite(loss, window)
+        rates = speed.mark(self.global_step)
+        postfix = {"loss": f"{loss:.4f}", "lr": f"{self._lr_of_last_step():.2e}"}
+        if rates["tokens_per_s"] is not None:
+            postfix["tok_s"] = f"{rates['tokens_per_s']:,.0f}"
+        if rates["mfu"] is not None:
+            postfix["mfu"] = f"{rates['mfu']:.1%}"
+        bar.set_postfix(postfix, refresh=False)
+        if self._log is not None:
+            self._log.append({"kind": "train", "step": self.global_step, "epoch": self.epoch,
+                              "train_loss": loss, "learning_rate": self._lr_of_last_step(),
+                              "tokens_per_s": rates["tokens_per_s"], "mfu": rates["mfu"],
+                              "timestamp": timestamp_now()})
+
+    def _train_step(self, training_model: nn.Module) -> torch.Tensor:
+        """One optimizer step over `gradient_accumulation_steps` micro-batches; returns the
+        mean loss as a 0-d tensor on the device (reading it is the caller's choice)."""
         accumulation = self.config.gradient_accumulation_steps
         training_model.train()
         total = torch.zeros((), device=self.device)
         for micro in range(accumulation):
-            inputs, targets = next(self.train_loader)
-            inputs = inputs.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
+            inputs, targets = next(self.batches)
             # DDP averages gradients across ranks only on the last micro-batch
             last = micro == accumulation - 1
             sync = contextlib.nullcontext() if last or not self.dist.enabled \
                 else training_model.no_sync()
             with sync:
-                with self.autocast:
+                with self.precision_choice.autocast():
                     loss = language_model_loss(training_model, inputs, targets) / accumulation
                 self.scaler.scale(loss).backward()
             total += loss.detach()
@@ -536,32 +633,31 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return self.dist.all_reduce_mean(total.item()) if self.dist.enabled else total.item()
+        return total
 
     def train_step(self) -> float:
-        """One optimizer step outside `fit()` (benchmarks, custom loops); returns its loss.
-        No evaluation, no checkpoint, no DDP wrapper."""
+        """One optimizer step outside `fit()` (benchmarks, custom loops); returns its loss
+        (read at once: this is the one place a per-step sync is asked for). No evaluation,
+        no checkpoint, no DDP wrapper."""
         self._setup()
-        loss = self._train_step(self.model)
+        loss = self._train_step(self.model).item()
         self.global_step += 1
         return loss
 
-    def _check_finite(self, loss: float) -> None:
-        """Stop before a diverged state can be evaluated, saved or replace a good checkpoint."""
+    def _check_finite(self, loss: float, window: int = 1) -> None:
+        """Stop before a diverged state can be evaluated, saved or replace a good checkpoint
+        (the loss is read at every log point and before every evaluation; `window` is the
+        number of steps that reading averaged)."""
         if math.isfinite(loss):
             return
         where = self.config.checkpoint_dir
+        step = self.global_step
+        when = f"at step {step}" if window <= 1 else f"between steps {step - window + 1} and {step}"
         raise TrainingDivergedError(
-            f"training diverged at step {self.global_step}: the loss is {loss}. Nothing was "
+            f"training diverged {when}: the loss is {loss}. Nothing was "
             f"saved from this state{f'; the checkpoints in {where} are intact' if where else ''}."
             f" Fix: lower learning_rate (now {self.config.learning_rate}) or raise "
             f"warmup_steps (now {self.config.warmup_steps}), then train again.")
-
-    def _log_step(self, loss: float, tokens_per_s: float) -> None:
-        if self._log is not None:
-            self._log.append({"kind": "train", "step": self.global_step, "epoch": self.epoch,
-                              "train_loss": loss, "learning_rate": self._lr_of_last_step(),
-                              "tokens_per_s": tokens_per_s, "timestamp": timestamp_now()})
 
     def _lr_of_last_step(self) -> float:
         return lr_at(max(0, self.global_step - 1), self.config, self.total_steps)
@@ -575,9 +671,11 @@ class Trainer:
                     and step % config.checkpoint_interval == 0)
                 or (config.checkpoint_every_epoch and step % self.steps_per_epoch == 0))
 
-    def _record(self, train_loss: float, session_seconds: float) -> dict[str, Any]:
+    def _record(self, train_loss: float, session_seconds: float,
+                speed: ThroughputMeter | None = None) -> dict[str, Any]:
         """Evaluate, append a metrics record, tell the callbacks; returns the record."""
         evaluation = self.evaluate()
+        rates = speed.rates() if speed is not None else {"tokens_per_s": None, "mfu": None}
         record = {
             "step": self.global_step,
             "epoch": self.epoch,
@@ -587,6 +685,8 @@ class Trainer:
             "learning_rate": self._lr_of_last_step(),
             "tokens_seen": self.global_step * self.tokens_per_step,
             "elapsed_s": self._elapsed_before + session_seconds,
+            "tokens_per_s": rates["tokens_per_s"],
+            "mfu": rates["mfu"],
             "timestamp": timestamp_now(),
         }
         self.metrics_history.append(record)

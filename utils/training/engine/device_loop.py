@@ -1,0 +1,158 @@
+"""Pieces of a training loop that keeps the GPU busy: no host sync per step, batches that
+arrive before they are needed, and an out-of-memory error that says what to change.
+
+- `LossMeter` sums the loss on the device; the host reads it (one sync, and under DDP one
+  all-reduce) only when asked, at log intervals and evaluations. `loss.item()` every step
+  would make the CPU wait for the GPU's queue to drain before it could enqueue the next
+  step, leaving the GPU idle for the Python overhead of every step.
+- `DevicePrefetcher` hands out batch s while batch s+1 is already being gathered, pinned and
+  copied (CUDA only): the copy from pinned memory is asynchronous, so the CPU goes on to
+  enqueue the forward pass instead of waiting for the transfer. The loader's `step` counts
+  only the batches handed out, so a checkpoint's data state resumes exactly.
+- `out_of_memory_message` turns CUDA's OOM into the settings that lower memory, with a
+  batch size and accumulation that fit (utils/pretrained/memory.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from utils.data import BatchLoader
+
+
+class LossMeter:
+    """Running sums of the training loss on the device, read on demand.
+
+    Two windows: the log window (progress bar, read every `log_interval` steps) and the
+    evaluation window (the `train_loss` of each metrics record). `add` never syncs.
+    """
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        dtype = torch.float32 if self.device.type == "mps" else torch.float64  # MPS: no float64
+        self._log = torch.zeros((), device=self.device, dtype=dtype)
+        self._record = torch.zeros((), device=self.device, dtype=dtype)
+        self.log_steps = 0
+        self.record_steps = 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        """Add one optimizer step's mean loss (a 0-d tensor on the device)."""
+        loss = loss.detach().to(self._log.dtype)
+        self._log += loss
+        self._record += loss
+        self.log_steps += 1
+        self.record_steps += 1
+
+    def read_log(self, reduce: Callable[[float], float] | None = None) -> float | None:
+        """Mean loss since the last `read_log` (None if no step), then restart the window.
+        `reduce` (e.g. DDP's all-reduce mean) runs here, never per step."""
+        if not self.log_steps:
+            return None
+        value = (self._log / self.log_steps).item()  # the one host sync of the window
+        self._log.zero_()
+        self.log_steps = 0
+        return reduce(value) if reduce else value
+
+    def read_record(self, reduce: Callable[[float], float] | None = None) -> float | None:
+        """Mean loss since the last `read_record` (the metrics record's `train_loss`)."""
+        if not self.record_steps:
+            return None
+        value = (self._record / self.record_steps).item()
+        self._record.zero_()
+        self.record_steps = 0
+        return reduce(value) if reduce else value
+
+
+def pin_memory_available() -> bool:
+    """Pinned (page-locked) host memory exists only with a CUDA runtime."""
+    return torch.cuda.is_available()
+
+
+class DevicePrefetcher:
+    """Batches of `loader` on `device`, the next one prepared while the current computes.
+
+    On CUDA each batch is pinned and copied with `non_blocking=True` one step ahead; the
+    copy is queued on the current stream before the step's kernels, so it is ordered
+    correctly without any explicit synchronisation, and the caching host allocator keeps
+    the pinned buffer until the copy has run. Elsewhere it is a plain `.to(device)`.
+    """
+
+    def __init__(self, loader: BatchLoader, device: torch.device | str) -> None:
+        self.loader = loader
+        self.device = torch.device(device)
+        self.asynchronous = self.device.type == "cuda" and pin_memory_available()
+        self._ready: tuple[int, torch.Tensor, torch.Tensor] | None = None
+
+    def _fetch(self, step: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        inputs, targets = self.loader.get_batch(step)
+        if self.asynchronous:
+            inputs, targets = inputs.pin_memory(), targets.pin_memory()
+        return (step, inputs.to(self.device, non_blocking=self.asynchronous),
+                targets.to(self.device, non_blocking=self.asynchronous))
+
+    def __iter__(self) -> DevicePrefetcher:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        step = self.loader.step
+        if self._ready is not None and self._ready[0] == step:
+            _, inputs, targets = self._ready
+        else:  # first call, or the loader was moved (a resume): fetch now
+            _, inputs, targets = self._fetch(step)
+        self.loader.step = step + 1  # only batches handed out count (exact resume)
+        self._ready = self._fetch(step + 1) if self.asynchronous else None
+        return inputs, targets
+
+
+# The settings that lower training memory, in the order worth trying.
+OOM_SETTINGS = (
+    "batch_size (with gradient_accumulation_steps raised to keep the batch per step)",
+    "activation_checkpointing=True (recompute each block in the backward pass)",
+    "precision='auto' (bf16/fp16 halve the activations on a GPU)",
+    "a shorter context_length or a smaller model preset",
+)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's (or MPS's) out-of-memory error, whichever class this torch raises."""
+    # torch.OutOfMemoryError since torch 2.5; torch.cuda.OutOfMemoryError before
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    if isinstance(error, oom):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error)
+
+
+def out_of_memory_message(error: BaseException, settings: dict[str, Any],
+                          model_config: Any = None, memory_bytes: int | None = None) -> str:
+    """A message for an OOM during training that names the setting to change.
+
+    `settings`: the run's batch_size, gradient_accumulation_steps, precision (resolved),
+    activation_checkpointing, context_length. With a GPT-2 `model_config` and the GPU's
+    `memory_bytes`, a batch size and accumulation that fit are suggested.
+    """
+    batch = settings.get("batch_size")
+    accumulation = settings.get("gradient_accumulation_steps", 1)
+    lines = [
+        f"CUDA ran out of memory while training with batch_size={batch}, "
+        f"gradient_accumulation_steps={accumulation}, precision={settings.get('precision')!r}, "
+        f"activation_checkpointing={settings.get('activation_checkpointing', False)}, "
+        f"context_length={settings.get('context_length')}.",
+        "Every checkpoint written before this point is intact; resume from the newest one "
+        "after changing a setting.",
+    ]
+    if model_config is not None and memory_bytes and batch:
+        from utils.pretrained.memory import InsufficientMemoryError, suggest_batch_size
+
+        precision = settings.get("precision") or "fp32"
+        try:
+            plan = suggest_batch_size(model_config, memory_bytes, batch * accumulation,
+                                      settings.get("context_length"), precision)
+            lines.append(f"Estimated to fit this GPU: {plan.describe()}.")
+        except (InsufficientMemoryError, ValueError) as failure:
+            lines.append(f"No batch size fits by the estimate: {failure}")
+    lines.append("Settings that lower memory, in order: " + "; ".join(OOM_SETTINGS) + ".")
+    lines.append(f"(original error: {str(error).splitlines()[0] if str(error) else type(error).__name__})")
+    return "\n".join(lines)
