@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "utils"
 # The checkpoint layer bottom-up (CLAUDE.md explains each), then training on top of it.
 ENGINE_ORDER = ["errors", "distributed", "reading", "checkpoint", "runs", "recovery", "writer",
-                "loading", "evaluation", "compare", "optim", "rng", "trainer"]
+                "loading", "evaluation", "compare", "optim", "rng", "precision", "throughput",
+                "device_loop", "trainer"]
 
 
 def module_name(path: Path) -> str:
