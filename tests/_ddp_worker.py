@@ -1,10 +1,10 @@
 """Run under `torchrun --nproc_per_node=2` by tests/test_distributed.py.
 
-    torchrun ... tests/_ddp_worker.py FRESH_DIR FRESH_OUT RESUME_DIR RESUME_OUT
+    torchrun ... tests/_ddp_worker.py CHECKPOINT_DIR OUT [latest]
 
-Job 1 trains from scratch into FRESH_DIR; job 2 resumes the newest checkpoint in
-RESUME_DIR (written by a single process). Rank 0 saves each job's final parameters and
-history to the OUT files.
+Trains from scratch into CHECKPOINT_DIR, or with `latest` resumes its newest checkpoint
+(written by a single process, for the resume test). One training per torchrun job, as
+`python -m utils train` does. Rank 0 saves the final parameters and history to OUT.
 """
 
 from __future__ import annotations
@@ -30,6 +30,5 @@ def run(checkpoint_dir: str, out: str, resume: str | None) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    fresh_dir, fresh_out, resume_dir, resume_out = sys.argv[1:5]
-    run(fresh_dir, fresh_out, None)
-    run(resume_dir, resume_out, "latest")
+    checkpoint_dir, out, *resume = sys.argv[1:]
+    run(checkpoint_dir, out, resume[0] if resume else None)

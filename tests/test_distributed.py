@@ -53,12 +53,13 @@ def runs(tmp_path_factory):
     fresh_dir = root / "ddp"
     outputs = root / "fresh.pt", root / "resumed.pt"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(REPO / "tests" / "_ddp_worker.py"), str(fresh_dir), str(outputs[0]),
-         str(resume_dir), str(outputs[1])],
-        capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for job in ([str(fresh_dir), str(outputs[0])],
+                [str(resume_dir), str(outputs[1]), "latest"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone",
+             "--nproc_per_node=2", str(REPO / "tests" / "_ddp_worker.py"), *job],
+            capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     fresh, resumed = (torch.load(path, weights_only=True) for path in outputs)
     return {"reference": reference, "fresh": fresh, "resumed": resumed,
             "fresh_dir": fresh_dir, "resume_dir": resume_dir, "root": root}
