@@ -69,16 +69,10 @@ from utils.training.engine.evaluation import (  # noqa: F401  (names once define
     logits_of,
     perplexity,
 )
+from utils.training.engine.listing import CheckpointWarning, describe_runs, list_runs
 from utils.training.engine.optim import build_optimizer, lr_at
 from utils.training.engine.precision import PrecisionChoice, resolve_precision
-from utils.training.engine.recovery import (
-    CheckpointWarning,
-    describe_runs,
-    list_runs,
-    no_checkpoints_error,
-    plan_resume,
-    resume_candidates,
-)
+from utils.training.engine.recovery import no_checkpoints_error, plan_resume, resume_candidates
 from utils.training.engine.rng import rng_state, seed_everything, set_rng_state
 from utils.training.engine.runs import (
     MetricsLog,

@@ -42,7 +42,7 @@ from utils.training.engine.checkpoint import (
     write_sidecar,
 )
 from utils.training.engine.errors import CheckpointWriteError
-from utils.training.engine.recovery import CheckpointInfo, list_checkpoints
+from utils.training.engine.listing import CheckpointInfo, list_checkpoints
 
 # Where Google Drive is mounted in Colab; UTILS_DRIVE_ROOT adds another (tests, stand-ins).
 DRIVE_ROOTS = ("/content/drive",)
