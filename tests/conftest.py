@@ -27,8 +27,9 @@ def tiny_config() -> ModelConfig:
 
 
 @pytest.fixture(scope="session")
-def uninterrupted_weights(tmp_path_factory):
-    """The uninterrupted run, in this process, single-threaded like the workers."""
+def uninterrupted_run(tmp_path_factory):
+    """(final state dict, metrics history) of tests/_train_worker.py's run, never
+    interrupted: in this process, single-threaded like the workers."""
     import torch
 
     from tests import _train_worker as worker
@@ -37,7 +38,23 @@ def uninterrupted_weights(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         trainer = worker.make_trainer(tmp_path_factory.mktemp("reference"))
-        trainer.fit(resume_from=None)
+        history = trainer.fit(resume_from=None)
     finally:
         torch.set_num_threads(threads)
-    return trainer.model.state_dict()
+    return trainer.model.state_dict(), history
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_weights(uninterrupted_run):
+    return uninterrupted_run[0]
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models run fastest single-threaded, above all on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,13 +7,12 @@ user errors escaped as tracebacks. Every case here starts `sys.executable -m uti
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests._cli_helpers import LAUNCHERS, assert_one_error_line, run_cli
 from utils.cli.convert import pretrained_checkpoint
 from utils.config import ModelConfig
 from utils.model import GPTModel
@@ -43,27 +42,6 @@ def files(tmp_path_factory) -> dict[str, Path]:
     return found | {"root": root, "keep": root / "full" / "keep.txt"}
 
 
-# How the command line can start: `python -m utils`, or what a console-script shim (or any
-# program) does, import `main` from `utils.__main__` and exit with its return value.
-LAUNCHERS = {"python -m utils": ["-m", "utils"],
-             "console script": ["-c", "import sys; from utils.__main__ import main; "
-                                      "sys.exit(main())"]}
-
-
-def run_cli(args: list[str], launcher: str = "python -m utils") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *LAUNCHERS[launcher], *args], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300)
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess, *expected: str) -> str:
-    """Exit code 2, stderr exactly one line `error: ...` holding `expected`; returns it."""
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for text in expected:
-        assert text.lower() in lines[0].lower(), lines[0]
-    return lines[0]
 
 
 TRAIN = ["train", "--data", "{corpus}", "--tokenizer", "byte", "--layers", "1", "--heads", "2",
@@ -134,7 +112,7 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input_is_one_error_line_and_exit_2(files, name):
     argv, expected = CASES[name]
-    assert_one_error_line(run_cli([arg.format(**files) for arg in argv]), *expected)
+    assert_one_error_line(run_cli(*[arg.format(**files) for arg in argv]), *expected)
 
 
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
@@ -143,12 +121,13 @@ def test_bad_input_is_one_error_line_and_exit_2(files, name):
 def test_our_own_refusals_are_one_line_however_started(files, launcher, name):
     """These raise `UserError`, which used to exist twice under `python -m utils`."""
     argv, expected = CASES[name]
-    assert_one_error_line(run_cli([arg.format(**files) for arg in argv], launcher), *expected)
+    command = [arg.format(**files) for arg in argv]
+    assert_one_error_line(run_cli(*command, launcher=launcher), *expected)
 
 
 def test_lr_minus_one_is_reported_as_lr_not_min_lr(files):
-    line = assert_one_error_line(run_cli([arg.format(**files) for arg in TRAIN]
-                                         + ["--lr", "-1"]))
+    line = assert_one_error_line(run_cli(*[arg.format(**files) for arg in TRAIN],
+                                         "--lr", "-1"))
     assert "min" not in line
 
 
@@ -157,11 +136,11 @@ def test_refusals_leave_the_files_as_they_were(files):
     its checkpoint over a file given as --checkpoint-dir)."""
     before = {path: path.read_bytes() for path in (files["converted"], files["model"],
                                                    files["keep"])}
-    assert_one_error_line(run_cli(["convert", str(TF_FIXTURE), "-o", str(files["converted"])]))
-    assert_one_error_line(run_cli(["export", "--checkpoint", str(files["converted"]),
-                                   "--format", "hf", "-o", str(files["full"])]))
-    assert_one_error_line(run_cli([arg.format(**files) for arg in TRAIN]
-                                  + ["--checkpoint-dir", str(files["model"])]))
+    assert_one_error_line(run_cli("convert", TF_FIXTURE, "-o", files["converted"]))
+    assert_one_error_line(run_cli("export", "--checkpoint", files["converted"],
+                                  "--format", "hf", "-o", files["full"]))
+    assert_one_error_line(run_cli(*[arg.format(**files) for arg in TRAIN],
+                                  "--checkpoint-dir", files["model"]))
     assert {path: path.read_bytes() for path in before} == before
     assert sorted(p.name for p in files["full"].iterdir()) == ["keep.txt"]
 
@@ -173,7 +152,7 @@ def test_refusals_leave_the_files_as_they_were(files):
     (["export", "--format", "onnx"], "argument --format: invalid choice: 'onnx'"),
 ])
 def test_flag_typos_get_argparse_message_and_exit_2(argv, message):
-    result = run_cli(argv)
+    result = run_cli(*argv)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     [error] = [line for line in result.stderr.splitlines() if "error:" in line]
     assert message in error

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from tests._ckpt_helpers import make_state
+from tests._cli_helpers import assert_one_error_line, run_cli
 from tests._train_worker import make_trainer
 from utils.config import ConfigError, ModelConfig, TrainingConfig
 from utils.model import GPTModel
@@ -43,19 +44,6 @@ HF_TINY = ModelConfig(vocab_size=64, context_length=16, embedding_dimension=16,
                       use_attention_bias=True)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "utils", *map(str, args)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300)
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess, *expected: str) -> str:
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for text in expected:
-        assert text in lines[0], lines[0]
-    return lines[0]
 
 
 # --------------------------------------------------------------------------------------

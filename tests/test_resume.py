@@ -62,17 +62,10 @@ def _assert_only_valid_checkpoints(checkpoint_dir: Path) -> None:
     assert not any(info.filename.startswith(".") for info in infos)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The uninterrupted run, in this process, single-threaded like the workers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        trainer = worker.make_trainer(tmp_path_factory.mktemp("reference"))
-        history = trainer.fit()
-    finally:
-        torch.set_num_threads(threads)
-    return trainer.model.state_dict(), history
+@pytest.fixture()
+def reference(uninterrupted_run):
+    """The uninterrupted run (tests/conftest.py)."""
+    return uninterrupted_run
 
 
 @pytest.mark.slow

@@ -23,13 +23,7 @@ TINY = ModelConfig(vocab_size=64, context_length=16, embedding_dimension=32, num
                    number_of_layers=2, dropout_rate=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded, above all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _repeating_tokens(n: int = 4000) -> np.ndarray:

@@ -1,0 +1,33 @@
+"""Run the command line as a user does (a real subprocess) and check its one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# How the command line can start: `python -m utils`, or what a console-script shim (or any
+# program) does, import `main` from `utils.__main__` and exit with its return value.
+LAUNCHERS = {"python -m utils": ["-m", "utils"],
+             "console script": ["-c", "import sys; from utils.__main__ import main; "
+                                      "sys.exit(main())"]}
+
+
+def run_cli(*args: object, launcher: str = "python -m utils",
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *LAUNCHERS[launcher], *map(str, args)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, *expected: str) -> str:
+    """Exit code 2, stderr exactly one line `error: ...` holding `expected` (any case);
+    returns that line."""
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for text in expected:
+        assert text.lower() in lines[0].lower(), lines[0]
+    return lines[0]
