@@ -10,7 +10,7 @@ importable from here too (its documented home).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +45,15 @@ class ResumePlan:
     action: str
     run: RunInfo | None
     message: str
-    others: list[RunInfo] = field(default_factory=list)
 
 
 def plan_resume(checkpoint_dir: str | Path, fingerprint: str, total_steps: int) -> ResumePlan:
     """Continue the newest run with this fingerprint if it is unfinished, report it if it
-    has finished, else start a new run (and say which runs are there, untouched)."""
+    has finished, else start a new run (the Trainer names the runs already there)."""
     runs = list_runs(checkpoint_dir)
     same = [run for run in runs if run.fingerprint == fingerprint]
     if not same:
-        return ResumePlan("new", None, "no run with these settings: starting a new one",
-                          others=runs)
+        return ResumePlan("new", None, "no run with these settings: starting a new one")
     run = same[0]
     if run.steps >= total_steps:
         return ResumePlan(
