@@ -30,6 +30,7 @@ import numpy as np
 
 from utils.data import sources
 from utils.data.sources import BUILTIN_SOURCE
+from utils.fileio import write_bytes_atomically
 from utils.tokenizer import ENDOFTEXT, get_tokenizer
 
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent.parent / ".cache" / "data"
@@ -302,18 +303,6 @@ def read_meta(meta_path: Path) -> dict[str, Any]:
         return {}
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _remove_stale_partials(cache_dir: Path) -> None:
     """Delete `.prep-<pid>-*.tmp` files of preparations whose process is gone (killed)."""
     for partial in cache_dir.glob(".prep-*.tmp"):
@@ -370,7 +359,7 @@ def prepare_stream(stream: TextStream, tokenizer: Any, cache_dir: Path, source: 
             "source": source, "num_characters": stream.characters,
             "num_documents": num_documents}
     with _writing_cache(cache_dir):
-        write_atomically(meta_path, json.dumps(meta, indent=1).encode())
+        write_bytes_atomically(meta_path, json.dumps(meta, indent=1).encode())
     return bin_path, meta
 
 
@@ -509,7 +498,7 @@ def tokenize_corpus(
         if identity is not None and _unchanged(plan, identity):
             with _writing_cache(cache_dir):
                 index.parent.mkdir(exist_ok=True)
-                write_atomically(index, json.dumps({"identity": identity,
+                write_bytes_atomically(index, json.dumps({"identity": identity,
                                                     "sha256": digest}).encode())
     meta = read_meta(meta_path)
     return TokenizedCorpus(tokens=np.memmap(bin_path, dtype=np.uint16, mode="r"),

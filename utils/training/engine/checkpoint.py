@@ -15,7 +15,6 @@ are read as the local time of the machine reading them.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import math
@@ -31,6 +30,11 @@ import torch
 from torch import nn
 
 from utils.config import ModelConfig
+from utils.fileio import (  # noqa: F401  (TEMP_SUFFIX: public here too)
+    TEMP_SUFFIX,
+    write_atomically,
+    write_bytes_atomically,
+)
 from utils.training.engine.errors import (
     CheckpointWriteError,
     CorruptCheckpointError,
@@ -41,7 +45,6 @@ from utils.training.engine.reading import read_checkpoint, read_json_file, sniff
 FORMAT_VERSION = 1
 BEST_MODEL_NAME = "best_model.pt"
 SIDECAR_SUFFIX = ".json"
-TEMP_SUFFIX = ".tmp"
 # The optional last part tells apart two checkpoints that would share a name.
 CHECKPOINT_NAME_RE = re.compile(
     r"^checkpoint_epoch(\d{4,})_step(\d{6,})_(\d{8}_\d{6})(?:_([0-9a-z]{1,16}))?\.pt$")
@@ -65,6 +68,12 @@ SIDECAR_KEYS = ("format_version", "epoch", "global_step", "train_loss", "val_los
 # Test hook: seconds to sleep between writing the temporary file and renaming it, so a test
 # can SIGKILL the process in the middle of a checkpoint write. Never set in normal use.
 _SLEEP_BEFORE_REPLACE_ENV = "UTILS_TEST_CHECKPOINT_SLEEP"
+
+
+def _test_pause() -> None:
+    delay = float(os.environ.get(_SLEEP_BEFORE_REPLACE_ENV, "0") or 0)
+    if delay > 0:
+        time.sleep(delay)
 # Where checkpoints go while the checkpoint folder fails (Drive disconnected, quota, ...).
 FALLBACK_ROOT_ENV = "UTILS_FALLBACK_CHECKPOINT_ROOT"
 
@@ -119,12 +128,6 @@ def sidecar_path(checkpoint_path: str | Path) -> Path:
     return checkpoint_path.with_name(checkpoint_path.name + SIDECAR_SUFFIX)
 
 
-def temp_path(final_path: Path) -> Path:
-    """Hidden temporary name in the same folder (same file system, so the rename is atomic).
-    The process id keeps two writers of the same name apart."""
-    return final_path.with_name(f".{final_path.name}.{os.getpid()}{TEMP_SUFFIX}")
-
-
 def fallback_dir_for(checkpoint_dir: str | Path) -> Path:
     """The local folder that takes checkpoints while `checkpoint_dir` fails: one per
     checkpoint folder, so recovery finds it from the checkpoint folder's path alone."""
@@ -138,68 +141,6 @@ def fallback_dir_for(checkpoint_dir: str | Path) -> Path:
 # --------------------------------------------------------------------------------------
 # Durable writes
 # --------------------------------------------------------------------------------------
-
-def fsync_directory(directory: Path) -> None:
-    """Make a rename durable; some file systems (and Windows) cannot open folders: skip there."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _publish(temporary: Path, final_path: Path, replace: bool) -> bool:
-    """Give the finished temporary file its final name. With `replace=False` an existing
-    file is never replaced (returns False instead): a hard link fails atomically when the
-    name is taken; where links are unsupported (some network mounts) a check comes first."""
-    if replace:
-        os.replace(temporary, final_path)
-        return True
-    try:
-        os.link(temporary, final_path)
-    except FileExistsError:
-        return False
-    except OSError as error:
-        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
-                               errno.EMLINK, errno.ENOSYS):
-            raise
-        if final_path.exists():
-            return False
-        os.replace(temporary, final_path)
-        return True
-    temporary.unlink(missing_ok=True)
-    return True
-
-
-def write_atomically(final_path: Path, write, replace: bool = True) -> bool:
-    """Call `write(file)` on a temporary file, fsync it and publish it as `final_path`.
-
-    `replace=False`: leave an existing `final_path` alone and return False.
-    """
-    temporary = temp_path(final_path)
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        delay = float(os.environ.get(_SLEEP_BEFORE_REPLACE_ENV, "0") or 0)
-        if delay > 0 and final_path.suffix == ".pt":
-            time.sleep(delay)
-        published = _publish(temporary, final_path, replace)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    if not published:
-        temporary.unlink(missing_ok=True)
-        return False
-    fsync_directory(final_path.parent)
-    return True
-
 
 def _write_failure(path: Path, error: BaseException) -> CheckpointWriteError:
     return CheckpointWriteError(
@@ -272,7 +213,7 @@ def _json_default(value: Any) -> Any:
 
 def write_sidecar(checkpoint_path: Path, metadata: dict[str, Any]) -> None:
     payload = json.dumps(metadata, indent=2, allow_nan=False, default=_json_default).encode()
-    write_atomically(sidecar_path(checkpoint_path), lambda handle: handle.write(payload))
+    write_bytes_atomically(sidecar_path(checkpoint_path), payload)
 
 
 def read_sidecar(checkpoint_path: str | Path) -> dict[str, Any] | None:
@@ -314,7 +255,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, create_parents: boo
     if _is_folder_target(path):
         return save_checkpoint_in(state, path, create_parents)
     return _save(state, path.parent, create_parents, path,
-                 lambda: write_atomically(path, lambda handle: _torch_save(state, handle))
+                 lambda: write_atomically(path, lambda handle: _torch_save(state, handle),
+                                          before_publish=_test_pause)
                  and path)
 
 
@@ -329,7 +271,7 @@ def save_checkpoint_in(state: dict[str, Any], folder: str | Path, create_parents
     def publish() -> Path:
         for name in _candidate_names(state):
             if write_atomically(folder / name, lambda handle: _torch_save(state, handle),
-                                replace=False):
+                                replace=False, before_publish=_test_pause):
                 return folder / name
         raise FileExistsError(f"every candidate name for step {state['global_step']} is "
                               f"taken in {folder}")

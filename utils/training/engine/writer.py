@@ -19,7 +19,6 @@ counts against the quota, so retention empties a file (truncates it) before unli
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 import warnings
@@ -29,16 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.fileio import TEMP_SUFFIX, copy_atomically, fsync_directory, temp_path
 from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
     CHECKPOINT_NAME_RE,
-    TEMP_SUFFIX,
     fallback_dir_for,
-    fsync_directory,
     read_sidecar,
     save_checkpoint_in,
     sidecar_path,
-    temp_path,
     write_sidecar,
 )
 from utils.training.engine.errors import CheckpointWriteError
@@ -170,50 +167,42 @@ def update_best_model(checkpoint_path: Path) -> Path:
     the old best stays in place until the rename. The sidecar names the source and its run.
     """
     best = checkpoint_path.with_name(BEST_MODEL_NAME)
-    temporary = temp_path(best)
-    temporary.unlink(missing_ok=True)
     try:
-        linked = False
-        if not on_google_drive(checkpoint_path):
-            try:
-                os.link(checkpoint_path, temporary)
-                linked = True
-            except OSError:
-                pass
-        if not linked:
-            _copy_file(checkpoint_path, temporary)
-        os.replace(temporary, best)
-        fsync_directory(best.parent)
+        if on_google_drive(checkpoint_path) or not _link_atomically(checkpoint_path, best):
+            copy_atomically(checkpoint_path, best)
         meta = read_sidecar(checkpoint_path) or {}
         meta["source"] = checkpoint_path.name
         write_sidecar(best, meta)
     except (OSError, RuntimeError, ValueError) as error:
-        temporary.unlink(missing_ok=True)
         raise CheckpointWriteError(f"could not update {best}: {error}") from error
     return best
 
 
-def _copy_file(source: Path, target: Path) -> None:
-    with open(source, "rb") as reader, open(target, "wb") as writer:
-        shutil.copyfileobj(reader, writer, length=16 << 20)
-        writer.flush()
-        os.fsync(writer.fileno())
+def _link_atomically(source: Path, target: Path) -> bool:
+    """Make `target` a hard link to `source` (replacing it atomically); False where the file
+    system has no hard links."""
+    temporary = temp_path(target)
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+    except OSError:
+        return False
+    try:
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_directory(target.parent)
+    return True
 
 
 def copy_checkpoint(source: Path, folder: Path) -> Path:
     """Copy a checkpoint and its sidecar into `folder` the crash-safe way (temp + rename)."""
     target = folder / source.name
-    temporary = temp_path(target)
-    try:
-        _copy_file(source, temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    copy_atomically(source, target)
     meta = read_sidecar(source)
     if meta is not None:
         write_sidecar(target, meta)
-    fsync_directory(folder)
     return target
 
 
