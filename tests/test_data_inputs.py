@@ -28,6 +28,20 @@ def write_llmc_shard(path, tokens, magic=LLMC_MAGIC, version=1, count=None):
 # --------------------------------------------------------------------------- text and built-in
 
 
+def write_nanogpt_char_folder(folder, text, train_tokens=None):
+    """nanoGPT's character-level layout: meta.pkl (itos/stoi), train.bin, and val.bin when
+    `train_tokens` splits the ids. Returns (chars, ids)."""
+    chars = sorted(set(text))
+    with open(folder / "meta.pkl", "wb") as handle:
+        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)),
+                     "stoi": {c: i for i, c in enumerate(chars)}}, handle)
+    ids = np.array([chars.index(c) for c in text], dtype=np.uint16)
+    ids[:train_tokens].tofile(folder / "train.bin")
+    if train_tokens is not None:
+        ids[train_tokens:].tofile(folder / "val.bin")
+    return chars, ids
+
+
 def test_text_file_loads_with_the_same_ids_and_split_as_before(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("Hello there.\nGeneral Kenobi!\n" * 50, encoding="utf-8")
@@ -69,13 +83,7 @@ def test_nanogpt_folder_is_mapped_not_retokenised(tmp_path):
 
 
 def test_nanogpt_character_level_uses_meta_pkl(tmp_path):
-    chars = sorted(set("hello world"))
-    itos = dict(enumerate(chars))
-    with open(tmp_path / "meta.pkl", "wb") as handle:
-        pickle.dump({"vocab_size": len(chars), "itos": itos,
-                     "stoi": {c: i for i, c in itos.items()}}, handle)
-    ids = np.array([chars.index(c) for c in "hello world" * 30], dtype=np.uint16)
-    ids.tofile(tmp_path / "train.bin")
+    chars, ids = write_nanogpt_char_folder(tmp_path, "hello world" * 30)
     data = load_data(tmp_path, val_fraction=0.2, split="document")  # no eot: falls back to blocks
     assert (data.vocab_size, data.tokenizer_name) == (len(chars), "char")
     assert len(data.train) + len(data.val) == len(ids)
@@ -260,14 +268,8 @@ def test_cli_trains_on_a_nanogpt_character_folder(tmp_path, capsys):
 
     from utils.__main__ import main
 
-    text = "to be or not to be, that is the question. " * 40
-    chars = sorted(set(text))
-    with open(tmp_path / "meta.pkl", "wb") as handle:
-        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)),
-                     "stoi": {c: i for i, c in enumerate(chars)}}, handle)
-    ids = np.array([chars.index(c) for c in text], dtype=np.uint16)
-    ids[:1500].tofile(tmp_path / "train.bin")
-    ids[1500:].tofile(tmp_path / "val.bin")
+    chars, ids = write_nanogpt_char_folder(
+        tmp_path, "to be or not to be, that is the question. " * 40, train_tokens=1500)
     folder = tmp_path / "ck"
     assert main(["train", "--data", str(tmp_path), "--layers", "1", "--heads", "2", "--dim",
                  "16", "--context", "16", "--max-steps", "2", "--batch-size", "2",
@@ -297,14 +299,8 @@ def _cell_source(number):
 
 def test_notebook_data_cells_take_a_nanogpt_folder_and_say_what_they_found(tmp_path, capsys):
     """Cells 6-10 as the notebook runs them, with DATA_PATH at a character-level folder."""
-    text = "the notebook reads nanoGPT data as it is. " * 20
-    chars = sorted(set(text))
-    with open(tmp_path / "meta.pkl", "wb") as handle:
-        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)),
-                     "stoi": {c: i for i, c in enumerate(chars)}}, handle)
-    ids = np.array([chars.index(c) for c in text], dtype=np.uint16)
-    ids[:700].tofile(tmp_path / "train.bin")
-    ids[700:].tofile(tmp_path / "val.bin")
+    chars, ids = write_nanogpt_char_folder(
+        tmp_path, "the notebook reads nanoGPT data as it is. " * 20, train_tokens=700)
     namespace = {"DATA_PATH": str(tmp_path), "TOKENIZER": "gpt2", "BATCH_SIZE": 2,
                  "CONTEXT_LENGTH": 8, "SEED": 0}
     for number in (6, 7, 8, 9, 10):

@@ -10,12 +10,14 @@ importable from here too (its documented home).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from utils.training.engine.checkpoint import METRIC_FIELDS, fallback_dir_for, load_checkpoint_file
 from utils.training.engine.errors import (
+    ArchitectureMismatchError,
     CheckpointError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -83,21 +85,36 @@ def no_checkpoints_error(checkpoint_dir: str | Path) -> NoCheckpointsError:
         f"at the folder that holds your checkpoint_*.pt files (in Colab, mount Drive first).")
 
 
+def load_newest_readable(checkpoint_dir: str | Path, load: Callable[[Path], Any],
+                         run: str = "latest") -> tuple[Path, Any]:
+    """`(path, load(path))` for the run's newest checkpoint that `load` can read; each newer
+    one that cannot is skipped with a `CheckpointWarning` naming it. An architecture
+    mismatch is not skipped (the model is wrong, not the file)."""
+    skipped = []
+    for info in resume_candidates(checkpoint_dir, run=run):
+        try:
+            return info.path, load(info.path)
+        except ArchitectureMismatchError:
+            raise
+        except (CheckpointError, OSError) as error:
+            skipped.append(f"{printable_name(info.filename)}: {error}")
+            warnings.warn(f"skipping checkpoint {printable_name(str(info.path))}: {error}; "
+                          "trying the next newest", CheckpointWarning, stacklevel=3)
+    if not skipped:
+        raise no_checkpoints_error(checkpoint_dir)
+    raise CorruptCheckpointError(
+        f"no checkpoint of run {run} in {checkpoint_dir} could be read ("
+        + "; ".join(skipped) + "). Fix: start a new run (resume_from=None, --new-run), "
+        "or copy the run's checkpoints again.")
+
+
 def resume_path(resume_from: str | Path, checkpoint_dir: str | Path = "checkpoints") -> Path:
     """The checkpoint to resume from: `resume_from` itself, or for "latest" the newest
-    checkpoint of the newest run in `checkpoint_dir` that reads (a newer one that does not
-    is skipped with a `CheckpointWarning` naming it; `NoCheckpointsError` if none)."""
+    checkpoint of the newest run in `checkpoint_dir` whose metadata reads (tensors stay on
+    disk); see `load_newest_readable`."""
     if str(resume_from) != "latest":
         return Path(resume_from)
-    for info in resume_candidates(checkpoint_dir):
-        try:
-            load_checkpoint_file(info.path, mmap=True)  # metadata only: tensors stay on disk
-        except (CheckpointError, OSError) as error:
-            warnings.warn(f"skipping checkpoint {printable_name(str(info.path))}: {error}; "
-                          "trying the next newest", CheckpointWarning, stacklevel=2)
-            continue
-        return info.path
-    raise no_checkpoints_error(checkpoint_dir)
+    return load_newest_readable(checkpoint_dir, lambda path: load_checkpoint_file(path))[0]
 
 
 # --------------------------------------------------------------------------------------

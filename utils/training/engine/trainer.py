@@ -54,9 +54,7 @@ from utils.training.engine.distributed import (
 )
 from utils.training.engine.errors import (
     ArchitectureMismatchError,
-    CheckpointError,
     CheckpointWriteError,
-    CorruptCheckpointError,
     NoCheckpointsError,
     RunInUseError,
     TrainingDivergedError,
@@ -69,10 +67,10 @@ from utils.training.engine.evaluation import (  # noqa: F401  (names once define
     logits_of,
     perplexity,
 )
-from utils.training.engine.listing import CheckpointWarning, describe_runs, list_runs
+from utils.training.engine.listing import describe_runs, list_runs
 from utils.training.engine.optim import build_optimizer, lr_at
 from utils.training.engine.precision import PrecisionChoice, resolve_precision
-from utils.training.engine.recovery import no_checkpoints_error, plan_resume, resume_candidates
+from utils.training.engine.recovery import load_newest_readable, plan_resume
 from utils.training.engine.rng import rng_state, seed_everything, set_rng_state
 from utils.training.engine.runs import (
     MetricsLog,
@@ -339,10 +337,10 @@ class Trainer:
             # A run keeps the identity it got at step 0, whatever this session changed
             # (a larger step budget, a resume with other flags).
             self._fingerprint = fingerprint
-        self.best_val_loss = self._best_val_loss_of_run(path)
+        self.best_val_loss = self._best_val_loss_of_run()
         return state
 
-    def _best_val_loss_of_run(self, path: Path) -> float:
+    def _best_val_loss_of_run(self) -> float:
         """The best val_loss this run recorded (best_model.pt follows the newest run)."""
         scores = [entry.get("val_loss") for entry in self.metrics_history]
         if self.config.checkpoint_dir:
@@ -354,24 +352,9 @@ class Trainer:
         return min(finite, default=math.inf)
 
     def _load_newest_readable(self, run: str) -> Path:
-        """Resume the run's newest checkpoint; skip (and say so) any that cannot be read."""
-        skipped = []
-        for info in resume_candidates(self.config.checkpoint_dir, run=run):
-            try:
-                self.load_checkpoint(info.path)
-                return info.path
-            except ArchitectureMismatchError:
-                raise
-            except (CheckpointError, OSError) as error:
-                skipped.append(f"{info.filename}: {error}")
-                warnings.warn(f"skipping checkpoint {info.path}: {error}; trying the next "
-                              "newest", CheckpointWarning, stacklevel=3)
-        if not skipped:
-            raise no_checkpoints_error(self.config.checkpoint_dir)
-        raise CorruptCheckpointError(
-            f"no checkpoint of run {run} in {self.config.checkpoint_dir} could be read ("
-            + "; ".join(skipped) + "). Fix: start a new run (resume_from=None, --new-run), "
-            "or copy the run's checkpoints again.")
+        """Resume the run's newest checkpoint that reads; say which newer ones were skipped."""
+        path, _ = load_newest_readable(self.config.checkpoint_dir, self.load_checkpoint, run)
+        return path
 
     # ---------------------------------------------------------------- training
     def fit(self, resume_from: str | Path | None = "auto",
