@@ -89,10 +89,11 @@ if __name__ == "__main__":
     main()
 
 
-def make_ddp_comparable_trainer(checkpoint_dir: str | Path, batch_size: int, steps: int = 10):
+def make_ddp_comparable_trainer(checkpoint_dir: str | Path, batch_size: int, steps: int = 10,
+                                device: str = "cpu"):
     """No dropout and a constant learning rate, so 2 ranks x batch b train like 1 x 2b,
     and a run stopped at any max_steps continues like a longer one."""
     return make_trainer(checkpoint_dir, steps=steps, batch_size=batch_size,
                         gradient_accumulation_steps=1, warmup_steps=0, learning_rate=1e-3,
                         min_learning_rate=1e-3, checkpoint_interval=5, eval_interval=5,
-                        keep_last=None, dropout=0.0)
+                        keep_last=None, dropout=0.0, device=device)

@@ -45,14 +45,25 @@ def _blockwise(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
                 probabilities = logits.exp_()
                 probabilities.scatter_add_(1, safe_targets[start:end],
                                            torch.full_like(losses[start:end, None], -1.0))
-                ignored = (~valid[start:end]).nonzero().squeeze(1)
-                probabilities.index_fill_(0, ignored, 0.0)
+                _zero_ignored_rows(probabilities, valid[start:end])
                 torch.mm(probabilities, w, out=grad_x[start:end])
                 # beta=0 on the first block: grad_w starts uninitialised
                 grad_w.addmm_(probabilities.t(), x[start:end], beta=1.0 if start else 0.0)
         count = valid.sum()
         loss = losses.masked_fill(~valid, 0.0).sum() / count
     return loss.to(hidden.dtype), count, grad_x, grad_w
+
+
+def _zero_ignored_rows(probabilities: torch.Tensor, valid: torch.Tensor) -> None:
+    """Zero the gradient rows of ignored targets, in place.
+
+    On a GPU a masked fill over the block (no host sync); on the CPU the rows are found
+    first, because a pass over the whole [512, vocab] block costs more than the search.
+    """
+    if probabilities.is_cuda:
+        probabilities.masked_fill_(~valid.unsqueeze(1), 0.0)
+    else:
+        probabilities.index_fill_(0, (~valid).nonzero().squeeze(1), 0.0)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

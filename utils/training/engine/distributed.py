@@ -107,7 +107,8 @@ def setup_distributed(requested_device: str | None = None) -> DistributedContext
         return DistributedContext(device=device)
     if device.type == "cuda":
         if device.index is None:  # one GPU per process
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+            _check_one_gpu_per_process(local_rank)
+            device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
     elif device.type == "cpu":
@@ -123,6 +124,18 @@ def setup_distributed(requested_device: str | None = None) -> DistributedContext
         # hangs) and left at exit.
         atexit.register(cleanup_distributed, context)
     return context
+
+
+def _check_one_gpu_per_process(local_rank: int) -> None:
+    """NCCL needs its own GPU for each process on a machine; two ranks on one GPU fail deep
+    inside NCCL ("Duplicate GPU detected"), so say what to change before joining."""
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1))
+        raise ValueError(
+            f"torchrun started {local_world} processes on this machine but it has {count} "
+            f"GPU(s): NCCL needs one GPU per process. Fix: --nproc_per_node={count} "
+            f"(or --device cpu to train on the CPU with gloo)")
 
 
 def cleanup_distributed(context: DistributedContext) -> None:
