@@ -70,6 +70,18 @@ def peak_memory_above(device, base: int) -> float:
     return (torch.cuda.max_memory_allocated(device) - base) / 2**30
 
 
+def print_profile(run, device, steps: int = 5) -> None:
+    """The kernels of `steps` steps of `run`, by total device time (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as recorded:
+        run(steps)
+        sync(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(recorded.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=70))
+
+
 def plain_loop(model, batches, choice, optimizer, grad_clip: float):
     """nanoGPT's step: autocast forward + loss, scaled backward, clip, step; no host sync."""
     import torch
@@ -117,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
     parser.add_argument("--compile", choices=("both", "on", "off"), default="both")
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help="vocabulary (default GPT-2's 50257; nanoGPT pads to 50304)")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the CUDA kernels of 5 Trainer steps by total time")
     parser.add_argument("--save", action="store_true", help="write bench/results/gpu.md")
     args = parser.parse_args(argv)
 
@@ -133,15 +149,18 @@ def main(argv: list[str] | None = None) -> int:
     from utils.config import ModelConfig, TrainingConfig
     from utils.model import GPTModel
     from utils.pretrained.memory import training_memory
-    from utils.training.engine.precision import resolve_precision
+    from utils.training.engine.precision import resolve_precision, tf32_matmuls
     from utils.training.engine.throughput import model_flops_per_token, peak_flops
     from utils.training.engine.trainer import Trainer, build_optimizer
 
     device = torch.device(args.device)
     choice = resolve_precision(device, "auto")
+    # the floor gets TF32 as the Trainer does (which sets it itself around its steps)
+    tf32_matmuls(device).__enter__()
     print(f"precision: {choice.name} ({choice.reason})")
+    sizes = {"vocab_size": args.vocab_size} if args.vocab_size else {}
     config = ModelConfig.from_preset(args.preset, context_length=max(args.context, 1),
-                                     dropout_rate=0.0)
+                                     dropout_rate=0.0, **sizes)
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, 4_000_000).astype(np.uint16)
     training = TrainingConfig(max_steps=10**6, batch_size=args.batch, warmup_steps=10,
                               eval_interval=10**6, checkpoint_dir=None, device=str(device),
@@ -199,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                          "warmup_s": warm[name], "memory_gib": step_memory[name],
                          "estimate_gib": estimate})
         print(f"peak: {peak_source}")
+        if args.profile:
+            print_profile(trainer_run, device)
         del floor_model, trainer_model, trainer, optimizer, runnable
         if device.type == "cuda":
             torch.cuda.empty_cache()

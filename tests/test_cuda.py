@@ -43,17 +43,27 @@ def _run(args: list[str], timeout: int = 300, **env: str) -> subprocess.Complete
                           env={**os.environ, **env})
 
 
-def test_auto_precision_is_what_the_card_runs_natively():
+def _tf32_on() -> bool:
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        return matmul.fp32_precision == "tf32"
+    return bool(matmul.allow_tf32)
+
+
+def test_auto_precision_is_what_the_card_runs_natively_with_tf32_while_training(tmp_path):
     from utils.training.engine.precision import resolve_precision
 
     choice = resolve_precision("cuda", "auto")
     expected = "bf16" if CAPABILITY >= (8, 0) else "fp16"
     assert choice.name == expected and choice.uses_grad_scaler == (expected == "fp16")
     assert torch.cuda.get_device_name() in choice.reason and "TF32" in choice.reason
-    matmul = torch.backends.cuda.matmul
-    tf32 = matmul.fp32_precision == "tf32" if hasattr(matmul, "fp32_precision") \
-        else matmul.allow_tf32
-    assert tf32
+    before = _tf32_on()
+    during = []
+    trainer = worker.make_trainer(tmp_path, steps=4, device="cuda")
+    trainer.callbacks.append(lambda record: during.append(_tf32_on()))
+    trainer.fit(resume_from=None)
+    assert during and all(during) and trainer.precision == expected
+    assert _tf32_on() == before  # full fp32 again outside training
 
 
 RESUME_SCRIPT = """
@@ -68,8 +78,8 @@ part = make_trainer(root + "/part", **settings)
 part.fit(resume_from=None, stop_at_step=10)
 rest = make_trainer(root + "/part", **settings)
 rest.fit()
-state = torch.load(sorted(__import__("glob").glob(root + "/part/*step10*.pt"))[0],
-                   weights_only=True)
+from utils.training.engine.listing import list_checkpoints
+state = torch.load(list_checkpoints(root + "/part")[-1].path, weights_only=True)
 equal = all(torch.equal(a, b) for a, b in zip(full.model.state_dict().values(),
                                                rest.model.state_dict().values()))
 print(json.dumps({"equal": equal, "resumed_at": 10, "precision": rest.precision,
@@ -130,8 +140,9 @@ def test_no_host_sync_per_optimizer_step(tmp_path):
     is read at log points and evaluations only, batches come from pinned memory."""
     if CAPABILITY < (8, 0):
         pytest.skip("fp16's GradScaler reads found_inf every step (a sync PyTorch makes)")
-    short, long = _sync_warnings(6, tmp_path), _sync_warnings(30, tmp_path)
-    assert short == long, f"{short} syncs in 6 steps but {long} in 30"
+    _sync_warnings(4, tmp_path)  # one-time work (kernels' first use) stays out of the count
+    short, long = _sync_warnings(10, tmp_path), _sync_warnings(40, tmp_path)
+    assert short == long, f"{short} syncs in 10 steps but {long} in 40"
 
 
 def test_prefetcher_hands_out_the_loaders_batches_from_pinned_memory():

@@ -64,44 +64,40 @@ def _fake_cuda(monkeypatch, capability, name):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     # a T4 says yes here (emulation): resolve_precision must not ask
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    enabled = []
-    monkeypatch.setattr(P, "enable_tf32", lambda: enabled.append(True))
-    return enabled
+
+
+def _tf32_flags() -> tuple[str, str, str]:
+    return (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
+            torch.backends.mkldnn.matmul.fp32_precision)
 
 
 def test_resolve_on_a_mocked_t4(monkeypatch):
-    tf32 = _fake_cuda(monkeypatch, T4, "Tesla T4")
+    _fake_cuda(monkeypatch, T4, "Tesla T4")
+    before = _tf32_flags()
     assert resolve_precision("cuda", "auto").name == "fp16"
     with pytest.warns(UserWarning, match="Tesla T4"):
         assert resolve_precision("cuda:0", "bf16").name == "fp16"
-    assert tf32 == [True, True]
+    assert _tf32_flags() == before  # choosing changes no global flag
 
 
 def test_resolve_on_a_mocked_a100(monkeypatch):
-    tf32 = _fake_cuda(monkeypatch, A100, "NVIDIA A100-SXM4-40GB")
+    _fake_cuda(monkeypatch, A100, "NVIDIA A100-SXM4-40GB")
     choice = resolve_precision("cuda", "auto")
-    assert choice.name == "bf16" and "A100" in choice.reason and tf32 == [True]
+    assert choice.name == "bf16" and "A100" in choice.reason
 
 
-def test_resolve_on_cpu_leaves_tf32_alone(monkeypatch):
-    calls = []
-    monkeypatch.setattr(P, "enable_tf32", lambda: calls.append(True))
-    assert resolve_precision("cpu").name == "fp32" and calls == []
-
-
-def test_enable_tf32_touches_cuda_flags_only():
-    mkldnn_before = torch.backends.mkldnn.matmul.fp32_precision
-    cuda_before = torch.backends.cuda.matmul.fp32_precision
-    conv_before = torch.backends.cudnn.conv.fp32_precision
-    try:
-        P.enable_tf32()
-        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
-        assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+def test_tf32_is_on_inside_the_block_only_and_for_cuda_only():
+    before = _tf32_flags()
+    with P.tf32_matmuls("cuda"):
+        assert _tf32_flags()[:2] == ("tf32", "tf32")
         # the CPU's matmuls keep full fp32 (set_float32_matmul_precision would change them)
-        assert torch.backends.mkldnn.matmul.fp32_precision == mkldnn_before
-    finally:
-        torch.backends.cuda.matmul.fp32_precision = cuda_before
-        torch.backends.cudnn.conv.fp32_precision = conv_before
+        assert _tf32_flags()[2] == before[2]
+    assert _tf32_flags() == before
+    with pytest.raises(RuntimeError), P.tf32_matmuls("cuda:0"):
+        raise RuntimeError("a failing step")
+    assert _tf32_flags() == before  # restored on the way out of an error too
+    with P.tf32_matmuls("cpu"):
+        assert _tf32_flags() == before
 
 
 def test_a_resume_keeps_the_stored_choice(monkeypatch):
@@ -174,9 +170,9 @@ def test_bf16_autocast_runs_on_cpu():
         assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.float32
 
 
-def test_planning_query_neither_warns_nor_touches_tf32(monkeypatch):
-    tf32 = _fake_cuda(monkeypatch, T4, "Tesla T4")
+def test_planning_query_does_not_warn(monkeypatch):
+    _fake_cuda(monkeypatch, T4, "Tesla T4")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert P.choose_precision_for("cuda", "bf16").name == "fp16"
-    assert P.choose_precision_for("cpu").name == "fp32" and tf32 == []
+    assert P.choose_precision_for("cpu").name == "fp32"

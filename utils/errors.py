@@ -24,11 +24,17 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     the other "this value cannot be used" errors; `CheckpointError` covers every checkpoint
     that cannot be found, read, trusted or used. `TypeError`, `KeyError` and the like are
     bugs, not user errors. `TrainingDivergedError` (the loss became NaN) names the setting
-    to change; `MemoryError` means the chosen sizes do not fit this machine.
+    to change, and so does `TrainingOutOfMemoryError` (CUDA ran out of memory while
+    training); `MemoryError` means the chosen sizes do not fit this machine.
     """
     from utils.config import ConfigError
-    from utils.training.engine.errors import CheckpointError, TrainingDivergedError
+    from utils.training.engine.errors import (
+        CheckpointError,
+        TrainingDivergedError,
+        TrainingOutOfMemoryError,
+    )
 
-    return (UserError, ConfigError, CheckpointError, TrainingDivergedError, ValueError,
+    return (UserError, ConfigError, CheckpointError, TrainingDivergedError,
+            TrainingOutOfMemoryError, ValueError,
             FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
             PermissionError, MemoryError)

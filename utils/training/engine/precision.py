@@ -14,7 +14,8 @@
 An explicit "fp32" / "bf16" / "fp16" wins, except "bf16" on CUDA below 8.0, which warns and
 uses fp16 (the emulation is a trap nobody asks for on purpose). On CUDA, fp32 matrix
 products are allowed TF32 in every case (the Ampere+ tensor cores' 10-bit-mantissa inputs
-with fp32 accumulation, what nanoGPT enables): it changes nothing on older cards.
+with fp32 accumulation, what nanoGPT enables) while training and evaluating
+(`tf32_matmuls`): it changes nothing on older cards.
 
 `choose_precision` is a pure function of (device type, compute capability, requested), so
 every branch is tested on a CPU; `resolve_precision` asks the device and applies the choice.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,27 +133,41 @@ def _with_tf32(choice: PrecisionChoice) -> PrecisionChoice:
                            choice.reason + "; TF32 matmuls on")
 
 
-def enable_tf32() -> None:
-    """Let CUDA's fp32 matrix products and convolutions use TF32 (Ampere and later).
+@contextlib.contextmanager
+def tf32_matmuls(device: str | torch.device) -> Iterator[None]:
+    """Inside the block, CUDA's fp32 matrix products and convolutions may use TF32 (Ampere
+    and later; nothing changes on older cards); after it, the previous setting is back.
 
-    Only the CUDA backends are touched: `torch.set_float32_matmul_precision("high")` would
-    also switch the CPU's oneDNN matmuls to a lower precision. torch >= 2.9 has a new flag
-    API and refuses to mix it with the legacy `allow_tf32` flags, so use the new one when it
-    exists.
+    Scoped to training and evaluation, so that code run after a training session in the
+    same process (comparing logits with Hugging Face's, checking a loaded model) keeps full
+    fp32. Only the CUDA backends are touched: `torch.set_float32_matmul_precision("high")`
+    would also switch the CPU's oneDNN matmuls. torch >= 2.9 has a new flag API and refuses
+    to mix it with the legacy `allow_tf32` flags, so the new one is used where it exists.
     """
-    matmul = torch.backends.cuda.matmul
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
     if hasattr(matmul, "fp32_precision"):
-        matmul.fp32_precision = "tf32"
-        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        saved = matmul.fp32_precision, conv.conv.fp32_precision
+        matmul.fp32_precision, conv.conv.fp32_precision = "tf32", "tf32"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision, conv.conv.fp32_precision = saved
     else:  # torch < 2.9
-        matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        saved = matmul.allow_tf32, conv.allow_tf32
+        matmul.allow_tf32, conv.allow_tf32 = True, True
+        try:
+            yield
+        finally:
+            matmul.allow_tf32, conv.allow_tf32 = saved
 
 
 def resolve_precision(device: str | torch.device, requested: str = "auto",
                       resumed: dict[str, Any] | None = None) -> PrecisionChoice:
-    """`choose_precision` for a real device: asks CUDA for its capability and name, warns
-    when a request is overridden, and enables TF32 on CUDA.
+    """`choose_precision` for a real device: asks CUDA for its capability and name, and
+    warns when a request is overridden (TF32 is `tf32_matmuls`'s job, where the work runs).
 
     `resumed`: a checkpoint's stored choice (`PrecisionChoice.to_dict()`). With
     `requested="auto"` on the same device type, a resumed run keeps that choice, so a run
@@ -175,14 +191,11 @@ def resolve_precision(device: str | torch.device, requested: str = "auto",
                                      f"run natively; {choice.reason}")
     if warning:
         warnings.warn(warning, stacklevel=2)
-    if device.type == "cuda":
-        enable_tf32()
     return choice
 
 
 def choose_precision_for(device: str | torch.device, requested: str = "auto") -> PrecisionChoice:
-    """What `resolve_precision` would choose on `device`, without warning or enabling TF32:
-    for planning (the notebook's memory check runs before the Trainer exists)."""
+    """What `resolve_precision` would choose on `device`, without warning: for planning (the notebook's memory check runs before the Trainer exists)."""
     device = torch.device(device)
     capability, name = _cuda_identity(device)
     return choose_precision(device.type, capability, requested, name)[0]

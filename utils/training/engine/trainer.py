@@ -69,7 +69,7 @@ from utils.training.engine.evaluation import (  # noqa: F401  (names once define
 )
 from utils.training.engine.listing import describe_runs, list_runs
 from utils.training.engine.optim import build_optimizer, lr_at
-from utils.training.engine.precision import PrecisionChoice, resolve_precision
+from utils.training.engine.precision import PrecisionChoice, resolve_precision, tf32_matmuls
 from utils.training.engine.recovery import load_newest_readable, plan_resume
 from utils.training.engine.rng import rng_state, seed_everything, set_rng_state
 from utils.training.engine.runs import (
@@ -266,8 +266,9 @@ class Trainer:
         if self.val_loader is None:
             return {"val_loss": None, "perplexity": None}
         model = self._compiled if self._compiled is not None else self.model
-        local = evaluate(model, self.val_loader, self.config.eval_batches, self.device,
-                         self.precision_choice.autocast())
+        with tf32_matmuls(self.device):
+            local = evaluate(model, self.val_loader, self.config.eval_batches, self.device,
+                             self.precision_choice.autocast())
         loss = self.dist.all_reduce_mean(local)
         return {"val_loss": loss, "perplexity": perplexity(loss)}
 
@@ -401,7 +402,8 @@ class Trainer:
         bar = self._progress_bar()
         failed = True
         try:
-            self._train_loop(training_model, writer, bar)
+            with tf32_matmuls(self.device):
+                self._train_loop(training_model, writer, bar)
             failed = False
         except Exception as error:
             if is_out_of_memory(error):
@@ -617,7 +619,8 @@ class Trainer:
         (read at once: this is the one place a per-step sync is asked for). No evaluation,
         no checkpoint, no DDP wrapper."""
         self._setup()
-        loss = self._train_step(self.model).item()
+        with tf32_matmuls(self.device):
+            loss = self._train_step(self.model).item()
         self.global_step += 1
         return loss
 
