@@ -1,7 +1,7 @@
 """A tiny training run used by the kill-and-resume tests (run as a script or imported).
 
     python tests/_train_worker.py CHECKPOINT_DIR OUT_FILE [--resume auto|none|latest]
-                                  [--lr LR] [--step-sleep SECONDS]
+                                  [--lr LR] [--step-sleep SECONDS] [--hold FILE]
 
 The same command run twice is what "Run all" after a crash does: `--resume auto` (the
 Trainer's default) continues the matching run. Prints `step N` after every optimizer step
@@ -48,17 +48,20 @@ def make_trainer(checkpoint_dir: str | Path, steps: int = STEPS, dropout: float 
     settings = dict(max_steps=steps, warmup_steps=4, learning_rate=3e-3,
                     min_learning_rate=3e-4, batch_size=4, gradient_accumulation_steps=2,
                     eval_interval=1, eval_batches=2, checkpoint_interval=3,
-                    checkpoint_dir=str(checkpoint_dir), keep_last=2, keep_best=1, seed=7)
+                    checkpoint_dir=str(checkpoint_dir), keep_last=2, keep_best=1, seed=7,
+                    device="cpu")  # bitwise comparisons with in-process CPU runs
     settings.update(overrides)
     train, val = tokens()
     return Trainer(model, TrainingConfig(**settings), train, val, tokenizer_name="byte",
                    progress=False)
 
 
-def step_reporter(sleep: float = 0.02):
+def step_reporter(sleep: float = 0.02, hold: str | None = None):
     def report_step(record: dict) -> None:
         print(f"step {record['step']}", flush=True)
         time.sleep(sleep)  # so a test's kill or fault lands within the next step or two
+        while hold and Path(hold).exists():  # the test decides when this run may go on
+            time.sleep(0.05)
     return report_step
 
 
@@ -69,12 +72,13 @@ def main() -> None:
     parser.add_argument("--resume", choices=["auto", "none", "latest"], default="none")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--step-sleep", type=float, default=0.02)
+    parser.add_argument("--hold", help="after each step, wait while this file exists")
     args = parser.parse_args()
     torch.set_num_threads(1)
     from utils.training.engine.errors import CheckpointError
 
     trainer = make_trainer(args.checkpoint_dir, learning_rate=args.lr)
-    trainer.callbacks.append(step_reporter(args.step_sleep))
+    trainer.callbacks.append(step_reporter(args.step_sleep, args.hold))
     try:
         history = trainer.fit(resume_from=None if args.resume == "none" else args.resume)
     except CheckpointError as error:

@@ -44,6 +44,8 @@ MEMORY_LIMIT = 4 << 30
 def limit_memory() -> None:
     """In the child: at most 4 GiB of address space, so a file that would be read without
     end (/dev/zero) ends in a MemoryError there instead of starving the machine."""
+    # a CUDA context cannot start in 4 GiB of address space: these children use the CPU
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 

@@ -453,8 +453,8 @@ def test_load_weights_cell_loads_the_selected_checkpoint_and_reports(two_checkpo
         assert title in out
     assert "manual override" in out.lower() and "→ [1]" in out
     saved = torch.load(path, weights_only=True)["model_state_dict"]
-    for name, tensor in model.state_dict().items():
-        assert torch.equal(tensor, saved[name]), name
+    for name, tensor in model.state_dict().items():  # moved to the GPU where there is one
+        assert torch.equal(tensor.cpu(), saved[name]), name
     assert not model.training
 
 
@@ -489,7 +489,7 @@ def test_cell_13_initialises_from_a_local_gpt2_folder(kernel, tmp_path):
     kernel.run_cells([1, 3, 4, 5, 6, 11, 13], {
         "QUICK_MODE": True, "TOKENIZER": "byte", "INIT_FROM": str(tmp_path / "gpt2-local"),
         "CHECKPOINT_DIR": str(tmp_path / "checkpoints")})
-    logits = kernel.value(f"model(torch.tensor({ids})).tolist()")
+    logits = kernel.value(f"model(torch.tensor({ids}, device=model.lm_head.weight.device)).tolist()")
     assert torch.allclose(torch.tensor(logits), expected, atol=1e-5, rtol=0)
     assert kernel.value("model_config.embedding_dimension") == 32  # the folder's, not Cell 11's
 

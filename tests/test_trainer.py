@@ -34,7 +34,7 @@ def _repeating_tokens(n: int = 4000) -> np.ndarray:
 def _config(tmp_path, **overrides) -> TrainingConfig:
     settings = dict(max_steps=12, warmup_steps=3, learning_rate=1e-2, min_learning_rate=1e-3,
                     batch_size=4, eval_interval=4, eval_batches=2, checkpoint_interval=6,
-                    checkpoint_dir=str(tmp_path), keep_last=None, seed=3)
+                    checkpoint_dir=str(tmp_path), keep_last=None, seed=3, device="cpu")
     settings.update(overrides)
     return TrainingConfig(**settings)
 

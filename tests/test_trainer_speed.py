@@ -36,7 +36,8 @@ def _trainer(folder, val: bool = True, model_config: ModelConfig = TINY,
     torch.manual_seed(0)
     settings = dict(max_steps=8, warmup_steps=2, learning_rate=1e-2, min_learning_rate=1e-3,
                     batch_size=4, eval_interval=4, eval_batches=2, checkpoint_interval=4,
-                    checkpoint_dir=str(folder) if folder else None, keep_last=None, seed=3)
+                    checkpoint_dir=str(folder) if folder else None, keep_last=None, seed=3,
+                    device="cpu")  # the CPU's numerics and sync counting, also on a GPU machine
     settings.update(overrides)
     train, validation = _tokens()
     return Trainer(GPTModel(model_config), TrainingConfig(**settings), train,

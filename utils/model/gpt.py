@@ -82,9 +82,13 @@ class GPTModel(nn.Module):
         """Logits `[B, T, vocab]` (`[B, 1, vocab]` with `last_position_only`, which skips the
         head's biggest matrix product for all but the last position when generating).
 
-        With `targets`, `(logits, loss)`; with `return_logits=False` too, `(None, loss)`
-        from the head and the loss fused block by block (utils/model/loss.py), which never
-        holds all the logits: what training needs, at a fraction of the memory traffic.
+        With `targets`, `(logits, loss)`; with `return_logits=False` too, `(None, loss)`:
+        what training needs. In fp32 the head and the loss run fused block by block
+        (utils/model/loss.py), which never holds all the logits, at a fraction of the memory
+        traffic. Under bf16/fp16 autocast the head runs as one 16-bit product (the fused
+        path's fp32 products would give up the tensor cores) and the loss in fp32, here
+        inside forward so that torch.compile fuses the upcast, log_softmax and the loss
+        into one pass over the logits instead of three.
         """
         if last_position_only and targets is not None:
             raise ValueError("last_position_only=True gives no loss; pass targets without it")
@@ -114,8 +118,12 @@ class GPTModel(nn.Module):
             x = x[:, -1:]
         x = self.final_norm(x)
         if not return_logits:
-            loss = linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight,
-                                        targets.reshape(-1), ignore_index=-1)
+            flat = x.reshape(-1, x.size(-1))
+            if torch.is_autocast_enabled(flat.device.type):
+                logits = self.lm_head(flat).float()
+                return None, F.cross_entropy(logits, targets.reshape(-1), ignore_index=-1)
+            loss = linear_cross_entropy(flat, self.lm_head.weight, targets.reshape(-1),
+                                        ignore_index=-1)
             return None, loss
         logits = self.lm_head(x)
         if targets is None:

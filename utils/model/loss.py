@@ -57,10 +57,11 @@ def _blockwise(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
 def _zero_ignored_rows(probabilities: torch.Tensor, valid: torch.Tensor) -> None:
     """Zero the gradient rows of ignored targets, in place.
 
-    On a GPU a masked fill over the block (no host sync); on the CPU the rows are found
-    first, because a pass over the whole [512, vocab] block costs more than the search.
+    On a GPU (and under torch.compile) a masked fill over the block: no host sync, and
+    traceable; eagerly on the CPU the rows are found first, because a pass over the whole
+    [512, vocab] block costs more than the search.
     """
-    if probabilities.is_cuda:
+    if probabilities.is_cuda or torch.compiler.is_compiling():
         probabilities.masked_fill_(~valid.unsqueeze(1), 0.0)
     else:
         probabilities.index_fill_(0, (~valid).nonzero().squeeze(1), 0.0)

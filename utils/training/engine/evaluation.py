@@ -20,6 +20,7 @@ from torch import nn
 from utils.config import TrainingConfig
 from utils.data import BatchLoader
 from utils.model import GPTModel
+from utils.training.engine.distributed import unwrap_model
 
 # The validation loader's seed is the training seed + this, so its windows differ from the
 # training batches of the same step.
@@ -42,14 +43,13 @@ def language_model_loss(model: nn.Module, inputs: torch.Tensor,
                         targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of `model(inputs)` against `targets`.
 
-    A GPTModel (bare or DDP-wrapped) in fp32 computes it with its fused head + loss, which
-    never materialises the `[batch, context, vocab]` logits (bench/train.py). Under bf16/fp16
-    autocast the plain path is kept: the fused one does its products in fp32, which on a
-    GPU would give up the tensor cores. Other models (Hugging Face's) give logits and
-    `F.cross_entropy` takes it from there.
+    A GPTModel (bare, compiled or DDP-wrapped) computes it inside its forward
+    (`return_logits=False`): fused with the head in fp32, never materialising the
+    `[batch, context, vocab]` logits (bench/train.py); under autocast within the compiled
+    graph, where the fp32 upcast and the loss fuse (bench/gpu.py). Other models (Hugging
+    Face's) give logits and `F.cross_entropy` takes it from there.
     """
-    fused = not torch.is_autocast_enabled(inputs.device.type)
-    if fused and isinstance(getattr(model, "module", model), GPTModel):
+    if isinstance(unwrap_model(model), GPTModel):
         return model(inputs, targets, return_logits=False)[1]
     logits = logits_of(model(inputs))
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
