@@ -126,11 +126,11 @@ def test_two_runs_in_the_same_second_get_their_own_files(tmp_path):
 
 def test_the_same_run_twice_at_once_refuses_the_second(tmp_path):
     folder, out, hold = tmp_path / "checkpoints", tmp_path / "final.pt", tmp_path / "hold"
-    hold.touch()  # the first run waits after each step until the second has been refused
-    first = start(folder, out, "--hold", str(hold))
+    first = start(folder, out, "--step-sleep", "0.3", "--hold", str(hold))
     for line in first.stdout:
         if line.strip() == "step 4":  # a checkpoint (step 3) exists: the run is on disk
             break
+    hold.touch()  # the first run now waits after a step until the second has been refused
     second = start(folder, tmp_path / "second.pt")
     output = second.communicate(timeout=300)[0]
     hold.unlink()
