@@ -43,9 +43,9 @@ MEMORY_LIMIT = 4 << 30
 
 def limit_memory() -> None:
     """In the child: at most 4 GiB of address space, so a file that would be read without
-    end (/dev/zero) ends in a MemoryError there instead of starving the machine."""
-    # a CUDA context cannot start in 4 GiB of address space: these children use the CPU
-    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    end (/dev/zero) ends in a MemoryError there instead of starving the machine. (CUDA's
+    driver cannot start in that little: the children train and load with --device cpu,
+    which never starts it, also on a machine with a GPU.)"""
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
@@ -197,7 +197,7 @@ def test_fifo_and_dev_zero_sidecars_do_not_hang_recover_or_training(tmp_path):
     result = run_cli("train", "--data", corpus, "--tokenizer", "byte", "--layers", "1",
                      "--heads", "2", "--dim", "16", "--context", "16", "--max-steps", "2",
                      "--checkpoint-interval", "1", "--keep-last", "1", "--no-progress",
-                     "--checkpoint-dir", tmp_path)
+                     "--device", "cpu", "--checkpoint-dir", tmp_path)
     assert result.returncode == 0, result.stderr
     assert len(list(tmp_path.glob("checkpoint_*step000001_*.pt"))) == 1  # the other run's
     assert (tmp_path / "pipe").exists()
@@ -354,7 +354,7 @@ def trained_folder(tmp_path_factory) -> Path:
 
 TRAIN = ["train", "--tokenizer", "byte", "--layers", "1", "--heads", "2", "--dim", "16",
          "--context", "16", "--checkpoint-interval", "1", "--eval-interval", "1",
-         "--keep-last", "5", "--no-progress"]
+         "--keep-last", "5", "--no-progress", "--device", "cpu"]
 
 
 def newest(folder: Path) -> Path:

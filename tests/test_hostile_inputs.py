@@ -171,7 +171,6 @@ def tf_release(root: Path) -> Path:
 
 
 def limit_memory() -> None:
-    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a CUDA context cannot start in 4 GiB
     resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
 

@@ -35,6 +35,19 @@ def error_line(error: BaseException, flags: Mapping[str, str] | None = None) -> 
     return f"error: {with_flag_names(text, flags or {})}"
 
 
+def _available(device_type: str) -> bool:
+    """Whether this machine has a device of this type. Only the type asked about is
+    queried: asking CUDA starts its driver, which a CPU run has no reason to pay for."""
+    import torch
+
+    if device_type == "cuda":
+        return torch.cuda.is_available()
+    if device_type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        return bool(mps and mps.is_available())
+    return True
+
+
 def check_device(name: str | None, flag: str = "--device") -> None:
     """Refuse a device torch does not know (`--device foo`) or this machine lacks."""
     if name is None:
@@ -46,10 +59,7 @@ def check_device(name: str | None, flag: str = "--device") -> None:
     except (RuntimeError, ValueError, TypeError):
         raise UserError(f"{flag} {name!r} is not a device; use cpu, cuda, cuda:1 or mps "
                         f"(or leave {flag} out for the best available)") from None
-    mps = getattr(torch.backends, "mps", None)
-    available = {"cpu": True, "cuda": torch.cuda.is_available(),
-                 "mps": bool(mps and mps.is_available())}
-    if not available.get(device.type, True):
+    if not _available(device.type):
         raise UserError(f"{flag} {name}: this machine has no {device.type.upper()} device; "
                         f"use {flag} cpu or leave {flag} out for the best available")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():

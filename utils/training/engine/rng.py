@@ -20,7 +20,9 @@ def rng_state() -> dict[str, Any]:
         "python": [version, list(internal), gauss_next],
         "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # only once CUDA has started: a CPU run on a GPU machine never draws from it, and
+        # asking would start CUDA's driver (and a context on every GPU) for nothing
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
     }
 
 
@@ -30,7 +32,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
+    if state.get("cuda") and torch.cuda.is_initialized():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 

@@ -65,13 +65,12 @@ class SnapshotBuffers:
 
     def __init__(self) -> None:
         self._buffers: dict[tuple, torch.Tensor] = {}
-        self.pin_memory = torch.cuda.is_available()
 
     def buffer_for(self, tensor: torch.Tensor, key: tuple) -> torch.Tensor:
         buffer = self._buffers.get(key)
         if buffer is None or buffer.shape != tensor.shape or buffer.dtype != tensor.dtype:
             buffer = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu",
-                                 pin_memory=self.pin_memory and tensor.is_cuda)
+                                 pin_memory=tensor.is_cuda)  # a GPU tensor: CUDA is up
             self._buffers[key] = buffer
         return buffer
 
@@ -119,7 +118,7 @@ def snapshot(state: Any, buffers: SnapshotBuffers | None = None,
         return value
 
     copied = visit(state, ())
-    if copy and torch.cuda.is_available():
+    if copy and torch.cuda.is_initialized():  # never started: no GPU tensor was copied
         torch.cuda.synchronize()  # non_blocking copies must land before the writer reads them
     return copied
 
