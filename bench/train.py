@@ -499,7 +499,7 @@ def recipe_pairs_table(nano: list[dict], ours: list[dict], trainer_s: float,
     nano_val = statistics.median(r["val_loss"] for r in nano)
     ours_val = statistics.median(r["val_loss"] for r in ours)
     speed = nano_wall / ours_wall
-    met = speed >= NANOGPT_SPEED_AIM and ours_val <= nano_val
+    speed_met, loss_met = speed >= NANOGPT_SPEED_AIM, ours_val <= nano_val
     pairs = ", ".join(f"{n['wall_s']:.0f}/{o['wall_s']:.0f}" for n, o in zip(nano, ours,
                                                                            strict=True))
     return [
@@ -516,10 +516,15 @@ def recipe_pairs_table(nano: list[dict], ours: list[dict], trainer_s: float,
         f"{statistics.median(r['step_s'] for r in nano) * 1e3:.1f} ms (its printed times) |",
         "",
         f"Pairs (nanoGPT/ours, s): {pairs}. Ours is {speed:.2f}x nanoGPT's end-to-end speed "
-        f"(ratio of the medians). Aim >= {NANOGPT_SPEED_AIM}x with a validation loss no "
-        f"worse: {'met' if met else 'not met'}. Each side's loss is one seeded run "
-        f"(identical in every process), on its own 20 batches: nanoGPT draws random ones, "
-        f"ours are fixed.",
+        f"(ratio of the medians; the pairs' own ratios "
+        f"{min(n['wall_s'] / o['wall_s'] for n, o in zip(nano, ours, strict=True)):.2f}"
+        f"-{max(n['wall_s'] / o['wall_s'] for n, o in zip(nano, ours, strict=True)):.2f}). "
+        f"Aim >= {NANOGPT_SPEED_AIM}x with a validation loss no worse: speed "
+        f"{'met' if speed_met else 'not met'}; printed validation loss "
+        f"{'no worse' if loss_met else f'worse by {ours_val - nano_val:.4f}'}, so the aim "
+        f"as a whole is {'met' if speed_met and loss_met else 'not met'}. Each side's loss "
+        f"is one seeded run (identical in every process) on its own 20 batches (nanoGPT "
+        f"draws random ones, ours are fixed): the notes below compare them on one yardstick.",
         "",
     ]
 
