@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from utils.config import ModelConfig
 from utils.model import GPTModel
 from utils.model import loss as fused_loss
+from utils.model.gpt import FUSED_LOSS_MIN_VOCAB
 from utils.model.loss import linear_cross_entropy
+from utils.training.engine.evaluation import language_model_loss
 
 
 def _loss_and_grads(function, hidden, weight, targets, scale):
@@ -89,19 +91,42 @@ def test_no_gradient_work_without_autograd(monkeypatch):
 
 def test_trainer_loss_keeps_the_logits_path_under_autocast(monkeypatch):
     """bf16/fp16 training must not route the head through the fp32 fused kernel."""
-    from utils.model import loss as loss_module
-    from utils.training.engine.evaluation import language_model_loss
-
     calls = []
-    real = loss_module.linear_cross_entropy
+    real = fused_loss.linear_cross_entropy
     monkeypatch.setattr("utils.model.gpt.linear_cross_entropy",
                         lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
-    model = GPTModel(ModelConfig(vocab_size=64, context_length=16, embedding_dimension=32,
+    vocab = FUSED_LOSS_MIN_VOCAB
+    model = GPTModel(ModelConfig(vocab_size=vocab, context_length=16, embedding_dimension=32,
                                  number_of_heads=2, number_of_layers=1, dropout_rate=0.0))
-    ids = torch.randint(0, 64, (2, 16))
+    ids = torch.randint(0, vocab, (2, 16))
     fp32 = language_model_loss(model, ids, ids)
     assert calls == [1]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16 = language_model_loss(model, ids, ids)
     assert calls == [1]
     assert torch.allclose(fp32, bf16.float(), atol=0.05)
+
+
+def test_small_vocabularies_take_the_logits_path(monkeypatch):
+    """Below FUSED_LOSS_MIN_VOCAB the plain head + F.cross_entropy is faster; same loss and
+    gradients as the fused path."""
+    calls = []
+    real = fused_loss.linear_cross_entropy
+    monkeypatch.setattr("utils.model.gpt.linear_cross_entropy",
+                        lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    torch.manual_seed(0)
+    model = GPTModel(ModelConfig(vocab_size=65, context_length=16, embedding_dimension=32,
+                                 number_of_heads=2, number_of_layers=1, dropout_rate=0.0))
+    ids = torch.randint(0, 65, (2, 17))
+    plain = language_model_loss(model, ids[:, :-1], ids[:, 1:])
+    assert calls == []
+    plain.backward()
+    plain_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    monkeypatch.setattr("utils.model.gpt.FUSED_LOSS_MIN_VOCAB", 0)  # force the fused path
+    _, fused = model(ids[:, :-1], ids[:, 1:], return_logits=False)
+    assert calls == [1]
+    fused.backward()
+    assert torch.allclose(plain, fused, atol=1e-6)
+    for p, g in zip(model.parameters(), plain_grads, strict=True):
+        assert torch.allclose(p.grad, g, atol=1e-6)

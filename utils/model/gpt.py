@@ -16,6 +16,12 @@ from utils.config import ModelConfig
 from utils.model.layers import KVCache, LayerNorm, TransformerBlock
 from utils.model.loss import linear_cross_entropy
 
+# Below this vocabulary the logits are small (768 rows x 65 characters: 200 KB) and the
+# fused head + loss is a dozen small kernels where `F.cross_entropy` is three: fwd + bwd
+# 0.63 ms vs 0.40 ms at 65, about even at 512, fused 14% faster at 2048 and 37% at 50304
+# (bench/train.py's recipe; CPU, 2 threads).
+FUSED_LOSS_MIN_VOCAB = 1024
+
 
 class GPTModel(nn.Module):
     """Decoder-only transformer; `model(ids)` -> logits, `model(ids, targets)` -> (logits, loss).
@@ -88,7 +94,9 @@ class GPTModel(nn.Module):
         traffic. Under bf16/fp16 autocast the head runs as one 16-bit product (the fused
         path's fp32 products would give up the tensor cores) and the loss in fp32, here
         inside forward so that torch.compile fuses the upcast, log_softmax and the loss
-        into one pass over the logits instead of three.
+        into one pass over the logits instead of three. Below `FUSED_LOSS_MIN_VOCAB`
+        (character models) the logits are small and the plain head + `F.cross_entropy`
+        is faster than the fused path.
         """
         if last_position_only and targets is not None:
             raise ValueError("last_position_only=True gives no loss; pass targets without it")
@@ -119,8 +127,9 @@ class GPTModel(nn.Module):
         x = self.final_norm(x)
         if not return_logits:
             flat = x.reshape(-1, x.size(-1))
-            if torch.is_autocast_enabled(flat.device.type):
-                logits = self.lm_head(flat).float()
+            if (torch.is_autocast_enabled(flat.device.type)
+                    or self.config.vocab_size < FUSED_LOSS_MIN_VOCAB):
+                logits = self.lm_head(flat).float()  # no copy when already fp32
                 return None, F.cross_entropy(logits, targets.reshape(-1), ignore_index=-1)
             loss = linear_cross_entropy(flat, self.lm_head.weight, targets.reshape(-1),
                                         ignore_index=-1)

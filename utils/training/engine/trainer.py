@@ -591,7 +591,7 @@ class Trainer:
         mean loss as a 0-d tensor on the device (reading it is the caller's choice)."""
         accumulation = self.config.gradient_accumulation_steps
         training_model.train()
-        total = torch.zeros((), device=self.device)
+        total = None
         for micro in range(accumulation):
             inputs, targets = next(self.batches)
             # DDP averages gradients across ranks only on the last micro-batch
@@ -600,9 +600,11 @@ class Trainer:
                 else training_model.no_sync()
             with sync:
                 with self.precision_choice.autocast():
-                    loss = language_model_loss(training_model, inputs, targets) / accumulation
+                    loss = language_model_loss(training_model, inputs, targets)
+                    if accumulation > 1:  # x / 1 == x: no extra kernel (and its backward)
+                        loss = loss / accumulation
                 self.scaler.scale(loss).backward()
-            total += loss.detach()
+            total = loss.detach() if total is None else total + loss.detach()
         if self.config.grad_clip:
             self.scaler.unscale_(self.optimizer)
             foreach = True if self.device.type in ("cpu", "cuda") else None  # one kernel per list
