@@ -552,9 +552,11 @@ def recipe_loop_cost(fit: dict, steps: dict[str, float], iterations: int, flops:
         f"`fit()` took {fit['fit_s']:.1f} s, {per_step_s * 1e3:.1f} ms per iteration over "
         f"{iterations}: {fit['evaluation_s']:.1f} s of it in {fit['evaluations']} "
         f"evaluations; the rest, {training_s * 1e3:.1f} ms per iteration, is "
-        f"{training_s / steps['floor']:.2f}x the floor's step (the loop's own cost: data, "
-        f"schedule, metrics). Throughput {tokens_per_s:,.0f} tokens/s, MFU against the "
-        f"measured torch.mm peak {tokens_per_s * flops / peak:.1%}.",
+        f"{training_s / steps['floor']:.2f}x the floor's step measured before it. The "
+        f"loop's own cost is the interleaved `Trainer.train_step` row above; a larger ratio "
+        f"here means the machine's load changed between the two measurements. Throughput "
+        f"{tokens_per_s:,.0f} tokens/s, MFU against the measured torch.mm peak "
+        f"{tokens_per_s * flops / peak:.1%}.",
     ]
 
 

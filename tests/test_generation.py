@@ -189,3 +189,19 @@ def test_bad_arguments_are_clear_errors(model, arguments, message):
     call = {"input_ids": PROMPT, "maximum_new_tokens": 3, **arguments}
     with pytest.raises(ValueError, match=message):
         generate_text(model, **call)
+
+
+def test_a_compiled_model_decodes_through_its_module_with_the_kv_cache(monkeypatch):
+    """torch.compile's wrapper is unwrapped: same ids as the plain model, and the KV cache
+    is used (the compiled module would recompile for every new length instead)."""
+    torch.manual_seed(0)
+    model = GPTModel(ModelConfig(vocab_size=257, context_length=64, embedding_dimension=32,
+                                 number_of_heads=4, number_of_layers=2, dropout_rate=0.0))
+    plain = generate_text(model, [5, 17, 42], 12, temperature=0)
+    caches = []
+    real = GPTModel.new_kv_cache
+    monkeypatch.setattr(GPTModel, "new_kv_cache",
+                        lambda self, *a, **k: caches.append(1) or real(self, *a, **k))
+    compiled = torch.compile(model, backend="eager")  # the wrapper, without a C++ compiler
+    assert generate_text(compiled, [5, 17, 42], 12, temperature=0) == plain
+    assert caches == [1]

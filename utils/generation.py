@@ -3,6 +3,11 @@
 `generate_text` works with `GPTModel` (incremental decoding through its KV cache) and with any
 module that maps `[1, T]` ids to `[1, T, vocab]` logits, or to an object with `.logits`
 (a Hugging Face model), which it simply re-runs on the whole sequence each step.
+
+A `torch.compile`d model (what `compile=True` training leaves in `Trainer._compiled`) is
+decoded through the module it wraps: one token at a time with a growing KV cache, every
+step has new shapes, which would recompile instead of run; the eager step with the cache
+is what decoding a batch of one needs.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ def generate_text(model: nn.Module, input_ids: Sequence[int] | torch.Tensor,
     """
     ids = _prompt_ids(input_ids)
     _check_arguments(maximum_new_tokens, temperature, top_k_tokens, top_p)
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: decode the module
     context_length = _context_length(model)
     vocab_size = _vocab_size(model)
     if vocab_size is not None and not all(0 <= i < vocab_size for i in ids):
