@@ -104,3 +104,27 @@ def test_single_process_checkpoint_resumes_under_ddp(runs):
     _assert_close(runs["resumed"]["model"], reference_state)
     assert [h["step"] for h in runs["resumed"]["history"]] == [5, 10]
     assert {i.global_step for i in list_checkpoints(runs["resume_dir"])} == {5, 10}
+
+
+@pytest.mark.parametrize("gpus, local_rank, visible, expected", [
+    (2, 1, None, 1),          # one GPU per process
+    (1, 1, "3", 0),           # a launcher gave each process its own GPU
+    (1, 1, None, "--nproc_per_node=1"),  # two processes, one GPU: refused, with the fix
+    (2, 3, None, "--nproc_per_node=2"),
+])
+def test_each_process_gets_its_own_gpu_or_a_clear_refusal(monkeypatch, gpus, local_rank,
+                                                          visible, expected):
+    from utils.training.engine import distributed
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_rank + 1))
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    if isinstance(expected, int):
+        assert distributed._gpu_of_process(local_rank) == expected
+    else:
+        with pytest.raises(ValueError, match="NCCL needs one GPU per process") as caught:
+            distributed._gpu_of_process(local_rank)
+        assert expected in str(caught.value) and "--device cpu" in str(caught.value)

@@ -107,8 +107,7 @@ def setup_distributed(requested_device: str | None = None) -> DistributedContext
         return DistributedContext(device=device)
     if device.type == "cuda":
         if device.index is None:  # one GPU per process
-            _check_one_gpu_per_process(local_rank)
-            device = torch.device("cuda", local_rank)
+            device = torch.device("cuda", _gpu_of_process(local_rank))
         torch.cuda.set_device(device)
         backend = "nccl"
     elif device.type == "cpu":
@@ -126,16 +125,24 @@ def setup_distributed(requested_device: str | None = None) -> DistributedContext
     return context
 
 
-def _check_one_gpu_per_process(local_rank: int) -> None:
-    """NCCL needs its own GPU for each process on a machine; two ranks on one GPU fail deep
-    inside NCCL ("Duplicate GPU detected"), so say what to change before joining."""
+def _gpu_of_process(local_rank: int) -> int:
+    """The GPU index of this process: its local rank.
+
+    NCCL needs its own GPU for each process on a machine; two ranks on one GPU fail deep
+    inside NCCL ("Duplicate GPU detected"), so more processes than GPUs is refused here with
+    what to change. A launcher that gives each process its own `CUDA_VISIBLE_DEVICES`
+    (each then sees fewer GPUs than there are ranks) is trusted: rank modulo GPUs.
+    """
     count = torch.cuda.device_count()
-    if local_rank >= count:
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1))
-        raise ValueError(
-            f"torchrun started {local_world} processes on this machine but it has {count} "
-            f"GPU(s): NCCL needs one GPU per process. Fix: --nproc_per_node={count} "
-            f"(or --device cpu to train on the CPU with gloo)")
+    if local_rank < count:
+        return local_rank
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return local_rank % count
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1))
+    raise ValueError(
+        f"torchrun started {local_world} processes on this machine but it has {count} "
+        f"GPU(s): NCCL needs one GPU per process. Fix: --nproc_per_node={count} "
+        f"(or --device cpu to train on the CPU with gloo)")
 
 
 def cleanup_distributed(context: DistributedContext) -> None:
