@@ -42,6 +42,7 @@ from utils.training.engine.checkpoint import (
 from utils.training.engine.device_loop import (
     DevicePrefetcher,
     LossMeter,
+    compile_problem,
     is_out_of_memory,
     out_of_memory_message,
 )
@@ -390,15 +391,8 @@ class Trainer:
             seed_everything(self.config.seed)  # same seed on every rank: identical dropout
         self._say_precision()
         writer = self._make_writer()
-        training_model = self.model
-        if self.config.compile:
-            # compiled once per Trainer; self.model stays the plain module, so state dicts
-            # (checkpoints, loading, resuming) never see the wrapper's `_orig_mod.` prefix
-            if self._compiled is None:
-                self._compiled = torch.compile(self.model)
-                self._report_compile_time = True  # after the first step (compiles lazily)
-            training_model = self._compiled
-        training_model = self.dist.wrap(training_model)
+        compiled = self._compiled_model()
+        training_model = self.dist.wrap(self.model if compiled is None else compiled)
         bar = self._progress_bar()
         failed = True
         try:
@@ -413,6 +407,26 @@ class Trainer:
             bar.close()
             self._finish(writer, failed)
         return self.metrics_history
+
+    def _compiled_model(self) -> nn.Module | None:
+        """`torch.compile(self.model)` when `config.compile` asks and this machine can build
+        its kernels; built once per Trainer. self.model stays the plain module, so state
+        dicts (checkpoints, loading, resuming) never see the wrapper's `_orig_mod.` prefix.
+        Where compiling cannot work (no C++ compiler for CPU kernels, say) training goes on
+        without it, with a warning that says why."""
+        if not self.config.compile:
+            return None
+        if self._compiled is None:
+            problem = compile_problem(self.device)
+            if problem:
+                self._say(f"WARNING: compile=True, but torch.compile cannot build kernels on "
+                          f"{self.device} here ({problem}); training without it. Install "
+                          "a C++ compiler (g++) for CPU kernels, or train with compile=False "
+                          "(CLI: leave out --compile) to silence this.")
+                return None
+            self._compiled = torch.compile(self.model)
+            self._report_compile_time = True  # after the first step (compiles lazily)
+        return self._compiled
 
     def _out_of_memory_message(self, error: BaseException) -> str:
         model = unwrap_model(self.model)
