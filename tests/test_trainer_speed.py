@@ -288,6 +288,17 @@ def test_compile_without_a_cpp_compiler_warns_and_trains_without_it(tmp_path):
     assert len(list((tmp_path / "ck").glob("checkpoint_*step000003_*.pt"))) == 1
 
 
+def test_a_refused_compile_is_said_once_per_trainer(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("utils.training.engine.trainer.compile_problem",
+                        lambda device: "InvalidCxxCompiler: none here")
+    trainer = _trainer(tmp_path, compile=True)
+    trainer.fit(stop_at_step=4)
+    trainer.fit()  # a second session of the same Trainer
+    out = capsys.readouterr().out
+    assert out.count("torch.compile cannot build kernels") == 1 and "none here" in out
+    assert trainer.global_step == 8 and trainer._compiled is None
+
+
 # ---------------------------------------------------------------- memory
 
 def test_activation_checkpointing_from_the_config(tmp_path):

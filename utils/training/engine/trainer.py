@@ -169,6 +169,7 @@ class Trainer:
         self._precision_said = False  # the precision choice is printed once per Trainer
         self._compiled: nn.Module | None = None  # torch.compile(model), built once
         self._report_compile_time = False
+        self._compile_refused = False  # compile=True, but kernels cannot be built here
 
     # ---------------------------------------------------------------- data
     def _context_length(self, data: Any) -> int:
@@ -414,11 +415,12 @@ class Trainer:
         dicts (checkpoints, loading, resuming) never see the wrapper's `_orig_mod.` prefix.
         Where compiling cannot work (no C++ compiler for CPU kernels, say) training goes on
         without it, with a warning that says why."""
-        if not self.config.compile:
+        if not self.config.compile or self._compile_refused:
             return None
         if self._compiled is None:
             problem = compile_problem(self.device)
             if problem:
+                self._compile_refused = True  # said once per Trainer, not at every fit()
                 self._say(f"WARNING: compile=True, but torch.compile cannot build kernels on "
                           f"{self.device} here ({problem}); training without it. Install "
                           "a C++ compiler (g++) for CPU kernels, or train with compile=False "
