@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import command_line, machine_info, median_time, publish_section  # noqa: E402
+from bench.common import command_line, machine_info, median_time, publish_section, verdict  # noqa: E402
 
 AIM_BLOCKED_FRACTION = 0.20
 AIM_LIST_MS = 5.0
@@ -284,12 +284,12 @@ def main(argv: list[str] | None = None) -> str:
         *listing_section(listing),
         "",
         f"Aim: blocked time at most {AIM_BLOCKED_FRACTION:.0%} of the durable save: "
-        f"{fraction:.1%}, **{'met' if blocked_ok else 'not met'}**. "
+        f"{fraction:.1%}, **{verdict(blocked_ok)}**. "
         f"Listing under {AIM_LIST_MS:.0f} ms per checkpoint whatever its size: "
         f"{listing['tiny_ms']:.2f} / {listing['big_ms']:.2f} ms; with runs and metrics logs "
         f"{listing['runs_list_ms']:.2f} (listing) / {listing['runs_recover_ms']:.2f} "
         "(recovery) ms, "
-        f"**{'met' if list_ok else 'not met'}**.",
+        f"**{verdict(list_ok)}**.",
     ]
     return publish_section("checkpoint", "\n".join(lines), args.save)
 
@@ -306,7 +306,7 @@ def listing_only(args: argparse.Namespace) -> str:
              "| listing | checkpoint size | ms per checkpoint |", "|---|---:|---:|",
              *listing_section(listing), "",
              f"Aim: under {AIM_LIST_MS:.0f} ms per checkpoint: {worst:.2f} ms, "
-             f"**{'met' if worst < AIM_LIST_MS else 'not met'}**."]
+             f"**{verdict(worst < AIM_LIST_MS)}**."]
     return publish_section("checkpoint_listing", "\n".join(lines), args.save)
 
 

@@ -159,6 +159,11 @@ def command_line() -> str:
     return " ".join(["python", str(script), *sys.argv[1:]])
 
 
+def verdict(met: bool) -> str:
+    """How a section states whether an aim was reached."""
+    return "met" if met else "not met"
+
+
 def save_section(name: str, markdown: str) -> Path:
     """Write a script's markdown section to `bench/results/<name>.md` and return the path."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

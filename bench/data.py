@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import command_line, machine_info, publish_section, run_isolated  # noqa: E402
+from bench.common import command_line, machine_info, publish_section, run_isolated, verdict  # noqa: E402
 
 AIM_OF_LIMIT = 0.9
 AIM_VS_BEFORE = 1.8
@@ -229,11 +229,11 @@ def report(result: dict) -> str:
         "before (an estimate from CPU time, not a measurement).",
         "",
         f"Aim: >= {AIM_OF_LIMIT:.0%} of the tiktoken limit: {of_limit:.0%}, "
-        f"{'met' if of_limit >= AIM_OF_LIMIT else 'not met'}. "
+        f"{verdict(of_limit >= AIM_OF_LIMIT)}. "
         f"Aim: >= {AIM_VS_BEFORE}x before on {result['cores']} cores: {vs_before:.2f}x, "
-        f"{'met' if vs_before >= AIM_VS_BEFORE else 'not met'}. "
+        f"{verdict(vs_before >= AIM_VS_BEFORE)}. "
         f"Aim: peak RSS <= {AIM_PEAK_MB} MB at any size: {peak:.0f} MB, "
-        f"{'met' if peak <= AIM_PEAK_MB else 'not met'}.",
+        f"{verdict(peak <= AIM_PEAK_MB)}.",
     ]
     return "\n".join(lines)
 

@@ -26,6 +26,7 @@ from bench.common import (  # noqa: E402
     machine_info,
     median_time,
     publish_section,
+    verdict,
 )
 
 AIM_VS_HF = 1.25
@@ -144,9 +145,9 @@ def report(result: dict, new_tokens: int, prompt_tokens: int) -> str:
         f"same with and without cache: {'yes' if result['same_without_cache'] else 'NO'}.",
         "",
         f"Aim: >= {AIM_VS_HF}x HF tokens/s: {vs_hf:.2f}x, "
-        f"{'met' if vs_hf >= AIM_VS_HF else 'not met'}. "
+        f"{verdict(vs_hf >= AIM_VS_HF)}. "
         f"Aim: >= {AIM_BANDWIDTH_FRACTION:.0%} of the bandwidth limit: {fraction:.0%}, "
-        f"{'met' if fraction >= AIM_BANDWIDTH_FRACTION else 'not met'}.",
+        f"{verdict(fraction >= AIM_BANDWIDTH_FRACTION)}.",
     ]
     return "\n".join(lines)
 

@@ -37,6 +37,7 @@ from bench.common import (  # noqa: E402
     peak_rss_mb,
     run_isolated,
     save_section,
+    verdict,
 )
 
 AIM_SPEEDUP = 5.0
@@ -152,7 +153,7 @@ def markdown(rows: list[dict], load_before: tuple[float, ...], load_after: tuple
         met = speedup >= AIM_SPEEDUP and ratio <= AIM_MEMORY_RATIO
         verdicts.append(met)
         lines.append(f"{r['name']}: {speedup:.1f}x faster, {ratio:.2f}x the memory: "
-                     f"**{'met' if met else 'not met'}**.")
+                     f"**{verdict(met)}**.")
     lines += ["", "Ours keeps about one copy of the weights (the memory-mapped file pages, all "
               "read by the NaN/Inf check); the usual recipe holds the randomly initialised model and "
               "the loaded dict (plus the optimizer state, which it reads too) at once. Most of "

@@ -36,6 +36,7 @@ from bench.common import (  # noqa: E402
     peak_rss_mb,
     run_isolated,
     save_section,
+    verdict,
 )
 
 AIM_SPEEDUP = 3.0
@@ -166,7 +167,7 @@ def markdown(rows: list[dict], load: tuple[float, float]) -> str:
         speedup, ratio = xl["usual_s"] / xl["ours_s"], xl["ours_mb"] / xl["weights_mb"]
         met = speedup >= AIM_SPEEDUP and ratio <= AIM_MEMORY_RATIO
         lines.append(f"gpt2-xl: {speedup:.1f}x faster, added memory {ratio:.2f}x the weights: "
-                     f"**{'met' if met else 'not met'}**.")
+                     f"**{verdict(met)}**.")
     return "\n".join(lines) + "\n"
 
 

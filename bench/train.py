@@ -57,6 +57,7 @@ from bench.common import (  # noqa: E402
     machine_info,
     median_time,
     publish_section,
+    verdict,
 )
 
 AIM_FRACTION = 0.70
@@ -199,7 +200,7 @@ def throughput_section(args: argparse.Namespace) -> str:
                      f"{r['achieved'] / 1e9:.1f} | {r['mm'] / 1e9:.1f} | {r['fraction']:.1%} | "
                      f"{r['head_mm'] / 1e9:.1f} | {r['head_fraction']:.1%} |")
     verdicts = ", ".join(f"{r['fraction']:.1%} with {r['threads']} thread(s) "
-                         f"({'met' if r['fraction'] >= AIM_FRACTION else 'not met'})"
+                         f"({verdict(r['fraction'] >= AIM_FRACTION)})"
                          for r in results)
     lines += ["", f"Aim: at least {AIM_FRACTION:.0%} of torch.mm's (2048³) FLOP/s: {verdicts}."]
     lines += ["", PROFILE_NOTES]
@@ -520,9 +521,9 @@ def recipe_pairs_table(nano: list[dict], ours: list[dict], trainer_s: float,
         f"{min(n['wall_s'] / o['wall_s'] for n, o in zip(nano, ours, strict=True)):.2f}"
         f"-{max(n['wall_s'] / o['wall_s'] for n, o in zip(nano, ours, strict=True)):.2f}). "
         f"Aim >= {NANOGPT_SPEED_AIM}x with a validation loss no worse: speed "
-        f"{'met' if speed_met else 'not met'}; printed validation loss "
+        f"{verdict(speed_met)}; printed validation loss "
         f"{'no worse' if loss_met else f'worse by {ours_val - nano_val:.4f}'}, so the aim "
-        f"as a whole is {'met' if speed_met and loss_met else 'not met'}. Each side's loss "
+        f"as a whole is {verdict(speed_met and loss_met)}. Each side's loss "
         f"is one seeded run (identical in every process) on its own 20 batches (nanoGPT "
         f"draws random ones, ours are fixed): the notes below compare them on one yardstick.",
         "",
