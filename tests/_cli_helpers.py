@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,12 @@ LAUNCHERS = {"python -m utils": ["-m", "utils"],
                                       "sys.exit(main())"]}
 
 
-def run_cli(*args: object, launcher: str = "python -m utils",
-            timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(*args: object, launcher: str = "python -m utils", timeout: float = 300,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`env`: variables set on top of this process's environment."""
     return subprocess.run([sys.executable, *LAUNCHERS[launcher], *map(str, args)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **env} if env else None)
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess, *expected: str) -> str:

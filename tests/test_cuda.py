@@ -12,7 +12,6 @@ the GPU these last ran on.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -24,6 +23,8 @@ import pytest
 import torch
 
 from tests import _train_worker as worker
+from tests._cli_helpers import run_cli
+from tests._run_helpers import file_hashes
 from utils.config import ModelConfig, TrainingConfig
 from utils.model import GPTModel
 
@@ -31,11 +32,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 REPO = Path(__file__).resolve().parent.parent
 CAPABILITY = torch.cuda.get_device_capability() if torch.cuda.is_available() else (0, 0)
-
-
-def _digests(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def _run(args: list[str], timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
@@ -112,14 +108,14 @@ def test_resume_is_bitwise_on_the_gpu(tmp_path, precision):
     assert "resuming run" in done.stdout and "at step 10" in done.stdout
 
 
-def _sync_warnings(steps: int, tmp_path: Path, precision: str = "auto") -> int:
+def _sync_warnings(steps: int) -> int:
     """Synchronising CUDA calls that `torch.cuda.set_sync_debug_mode` flags during a fit of
     `steps` steps with one log point and one evaluation at the end."""
     torch.manual_seed(0)
     train, val = worker.tokens()
     config = TrainingConfig(max_steps=steps, batch_size=4, eval_interval=steps,
                             log_interval=steps, eval_batches=2, checkpoint_dir=None,
-                            device="cuda", precision=precision, warmup_steps=2)
+                            device="cuda", warmup_steps=2)
     from utils.training.engine.trainer import Trainer
 
     trainer = Trainer(GPTModel(worker.MODEL), config, train, val, progress=False)
@@ -135,13 +131,13 @@ def _sync_warnings(steps: int, tmp_path: Path, precision: str = "auto") -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def test_no_host_sync_per_optimizer_step(tmp_path):
+def test_no_host_sync_per_optimizer_step():
     """The count of synchronising calls does not grow with the number of steps: the loss
     is read at log points and evaluations only, batches come from pinned memory."""
     if CAPABILITY < (8, 0):
         pytest.skip("fp16's GradScaler reads found_inf every step (a sync PyTorch makes)")
-    _sync_warnings(4, tmp_path)  # one-time work (kernels' first use) stays out of the count
-    short, long = _sync_warnings(10, tmp_path), _sync_warnings(40, tmp_path)
+    _sync_warnings(4)  # one-time work (kernels' first use) stays out of the count
+    short, long = _sync_warnings(10), _sync_warnings(40)
     assert short == long, f"{short} syncs in 10 steps but {long} in 40"
 
 
@@ -224,7 +220,7 @@ def test_out_of_memory_names_the_setting_and_keeps_every_checkpoint(tmp_path):
 
     good = worker.make_trainer(tmp_path, steps=6, device="cuda")
     good.fit(resume_from=None)
-    before = _digests(tmp_path)
+    before = file_hashes(tmp_path)
     config = ModelConfig(vocab_size=50304, context_length=1024, embedding_dimension=256,
                          number_of_heads=4, number_of_layers=2, dropout_rate=0.0)
     total = torch.cuda.get_device_properties(0).total_memory
@@ -245,7 +241,7 @@ def test_out_of_memory_names_the_setting_and_keeps_every_checkpoint(tmp_path):
     gc.collect()
     torch.cuda.empty_cache()
     assert torch.cuda.memory_allocated() < 2**30
-    assert {k: v for k, v in _digests(tmp_path).items() if k in before} == before
+    assert {k: v for k, v in file_hashes(tmp_path).items() if k in before} == before
 
 
 def test_out_of_memory_on_the_command_line_is_one_error_line(tmp_path):
@@ -253,10 +249,9 @@ def test_out_of_memory_on_the_command_line_is_one_error_line(tmp_path):
     data.write_text("To be, or not to be, that is the question. " * 4000)
     total = torch.cuda.get_device_properties(0).total_memory
     batch = int(4 * total / (256 * 50257 * 2)) + 1
-    done = _run([sys.executable, "-m", "utils", "train", "--data", str(data),
-                 "--preset", "tiny", "--context", "256", "--batch-size", str(batch),
-                 "--max-steps", "2", "--checkpoint-dir", str(tmp_path / "ckpt"),
-                 "--device", "cuda", "--no-progress"])
+    done = run_cli("train", "--data", data, "--preset", "tiny", "--context", "256",
+                   "--batch-size", batch, "--max-steps", "2", "--checkpoint-dir",
+                   tmp_path / "ckpt", "--device", "cuda", "--no-progress")
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("error:") and "batch" in done.stderr, done.stderr[-2000:]

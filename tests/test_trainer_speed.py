@@ -6,15 +6,12 @@ MFU in the metrics, and a friendly out-of-memory error."""
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests._cli_helpers import run_cli
 from utils.config import ModelConfig, TrainingConfig
 from utils.data import BatchLoader
 from utils.model import GPTModel
@@ -22,8 +19,6 @@ from utils.training.engine.device_loop import DevicePrefetcher, LossMeter
 from utils.training.engine.errors import TrainingOutOfMemoryError
 from utils.training.engine.recovery import list_checkpoints
 from utils.training.engine.trainer import Trainer
-
-REPO = Path(__file__).resolve().parent.parent
 
 TINY = ModelConfig(vocab_size=64, context_length=16, embedding_dimension=32, number_of_heads=2,
                    number_of_layers=2, dropout_rate=0.1)
@@ -274,13 +269,10 @@ def test_compile_without_a_cpp_compiler_warns_and_trains_without_it(tmp_path):
     warning that says why, then the run trains uncompiled to the end (no traceback)."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 100)
-    done = subprocess.run(
-        [sys.executable, "-m", "utils", "train", "--data", str(corpus), "--tokenizer", "byte",
-         "--layers", "1", "--heads", "2", "--dim", "16", "--context", "16", "--max-steps",
-         "3", "--device", "cpu", "--compile", "--no-progress", "--checkpoint-dir",
-         str(tmp_path / "ck")],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
-        env={**os.environ, "CXX": str(tmp_path / "no-such-g++")})
+    done = run_cli("train", "--data", corpus, "--tokenizer", "byte", "--layers", "1",
+                   "--heads", "2", "--dim", "16", "--context", "16", "--max-steps", "3",
+                   "--device", "cpu", "--compile", "--no-progress", "--checkpoint-dir",
+                   tmp_path / "ck", env={"CXX": str(tmp_path / "no-such-g++")})
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert "torch.compile cannot build kernels on cpu" in output and "no-such-g++" in output
