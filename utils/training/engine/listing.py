@@ -24,6 +24,7 @@ from typing import Any
 
 from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
+    CHECKPOINT_NAME_RE,
     fallback_dir_for,
     load_checkpoint_file,
     name_time,
@@ -276,14 +277,38 @@ def list_checkpoints(checkpoint_dir: str | Path = "checkpoints",
     return sorted(infos, key=_sort_key)
 
 
+def named_checkpoints(checkpoint_dir: str | Path, run: str | None = None
+                      ) -> list[CheckpointInfo]:
+    """The valid checkpoints (in the folder and its fallback folder) whose names follow
+    DESIGN.md's pattern, of `run` (a run id) or every run; unsorted.
+
+    What retention and the fallback copy-back may touch. Files with other names are not
+    opened at all, and nothing is warned: a file that cannot be read is simply not here
+    (this runs on the writer thread after every checkpoint).
+    """
+    infos = []
+    for folder, local_only in checkpoint_folders(checkpoint_dir):
+        try:
+            paths = [path for path in folder.glob("checkpoint_*.pt")
+                     if CHECKPOINT_NAME_RE.match(path.name)]
+        except OSError:  # the folder went away (Drive disconnected): nothing to touch
+            continue
+        for path in paths:
+            info, _ = _checkpoint_info(path)
+            info.local_only = local_only
+            if info.valid and (run is None or info.run == run):
+                infos.append(info)
+    return infos
+
+
 def latest_checkpoint(checkpoint_dir: str | Path = "checkpoints",
                       run: str | None = "latest") -> CheckpointInfo | None:
     """The newest valid checkpoint of `run` (default: the newest run), or None."""
     infos = list_checkpoints(checkpoint_dir)
     if not infos:
         return None
-    infos = [info for info in infos if info.run == _resolve_run(run or "latest", infos)]
-    return max(infos, key=_newest_in_run)
+    wanted = _resolve_run(run or "latest", infos)
+    return max((info for info in infos if info.run == wanted), key=_newest_in_run)
 
 
 def _newest_in_run(info: CheckpointInfo) -> tuple[int, float]:

@@ -31,7 +31,6 @@ import torch
 from utils.fileio import TEMP_SUFFIX, copy_atomically, fsync_directory, temp_path
 from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
-    CHECKPOINT_NAME_RE,
     fallback_dir_for,
     read_sidecar,
     save_checkpoint_in,
@@ -39,7 +38,7 @@ from utils.training.engine.checkpoint import (
     write_sidecar,
 )
 from utils.training.engine.errors import CheckpointWriteError
-from utils.training.engine.listing import CheckpointInfo, list_checkpoints
+from utils.training.engine.listing import named_checkpoints
 
 # Where Google Drive is mounted in Colab; UTILS_DRIVE_ROOT adds another (tests, stand-ins).
 DRIVE_ROOTS = ("/content/drive",)
@@ -219,10 +218,9 @@ def apply_retention(checkpoint_dir: str | Path, keep_last: int | None,
     if keep_last is None or keep_best is None:
         return []
     written = {Path(p).absolute() for p in written or ()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        infos = [info for info in list_checkpoints(checkpoint_dir)
-                 if _owned(info, run_id, written)]
+    infos = [info for info in named_checkpoints(checkpoint_dir)
+             if info.path.absolute() in written
+             or (run_id is not None and info.run_id == run_id)]
     newest = sorted(infos, key=lambda i: (i.global_step or 0, i.sort_time()),
                     reverse=True)[:keep_last]
     scored = [info for info in infos if info.val_loss is not None]
@@ -242,14 +240,6 @@ def apply_retention(checkpoint_dir: str | Path, keep_last: int | None,
     for folder in {path.parent for path in deleted}:
         fsync_directory(folder)
     return deleted
-
-
-def _owned(info: CheckpointInfo, run_id: str | None, written: set[Path]) -> bool:
-    if not CHECKPOINT_NAME_RE.match(info.filename):
-        return False
-    if info.path.absolute() in written:
-        return True
-    return run_id is not None and info.run_id == run_id
 
 
 def _pid_of_temp_file(path: Path) -> int | None:
@@ -301,10 +291,9 @@ class CheckpointWriter:
 
     def __init__(self, checkpoint_dir: str | Path, keep_last: int | None = 3,
                  keep_best: int | None = 1, background: bool = True,
-                 run_id: str | None = None, fallback_dir: str | Path | None = None) -> None:
+                 run_id: str | None = None) -> None:
         self.checkpoint_dir = Path(checkpoint_dir)
-        self.fallback_dir = Path(fallback_dir) if fallback_dir else fallback_dir_for(
-            checkpoint_dir)
+        self.fallback_dir = fallback_dir_for(checkpoint_dir)
         self.keep_last = keep_last
         self.keep_best = keep_best
         self.background = background
@@ -324,12 +313,9 @@ class CheckpointWriter:
         copied back, like this session's own, at the first write that reaches the folder."""
         if self.run_id is None or not self.fallback_dir.is_dir():
             return
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            infos = list_checkpoints(self.fallback_dir, run=self.run_id)
-        self.local_only = sorted((info.path for info in infos
-                                  if CHECKPOINT_NAME_RE.match(info.filename)),
-                                 key=lambda path: path.name)
+        self.local_only = sorted((info.path for info in named_checkpoints(
+            self.checkpoint_dir, run=self.run_id) if info.local_only),
+            key=lambda path: path.name)
 
     def submit(self, state: dict[str, Any], is_best: bool = False) -> None:
         started = time.perf_counter()
