@@ -13,7 +13,11 @@ from utils.config import ModelConfig, TrainingConfig
 from utils.model import GPTModel
 from utils.training.engine.checkpoint import CHECKPOINT_KEYS
 from utils.training.engine.distributed import unwrap_model
-from utils.training.engine.errors import ArchitectureMismatchError, NoCheckpointsError
+from utils.training.engine.errors import (
+    ArchitectureMismatchError,
+    NoCheckpointsError,
+    NotResumableError,
+)
 from utils.training.engine.evaluation import evaluate
 from utils.training.engine.optim import build_optimizer, lr_at
 from utils.training.engine.recovery import list_checkpoints
@@ -146,6 +150,21 @@ def test_unwrap_strips_compile_wrappers():
     compiled = torch.compile(model)  # wrapping only; nothing is compiled until called
     assert any(k.startswith("_orig_mod.") for k in compiled.state_dict())
     assert unwrap_model(compiled) is model
+
+
+def test_resuming_weights_without_training_state_names_init_from(tmp_path):
+    """A weights-only file (what `convert` writes) is refused with the fix, not a KeyError,
+    and the model is left as it was."""
+    weights = tmp_path / "weights.pt"
+    torch.save({"model_state_dict": GPTModel(TINY).state_dict(), "config": TINY.to_dict(),
+                "source": "gpt2"}, weights)
+    model = GPTModel(TINY)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = Trainer(model, _config(tmp_path / "run"), _repeating_tokens(), progress=False)
+    with pytest.raises(NotResumableError, match="no training state") as caught:
+        trainer.fit(resume_from=weights)
+    assert "init_from='gpt2'" in str(caught.value)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
 
 
 def test_resume_errors_name_the_cause(tmp_path):

@@ -139,32 +139,18 @@ def _resume_source(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None
     """(checkpoint path, its contents) for --resume latest|PATH, else (None, None)."""
     if args.new_run or args.resume == "auto":
         return None, None
-    from utils.training.engine.checkpoint import load_checkpoint_file
-    from utils.training.engine.recovery import resume_path
+    from utils.training.engine.checkpoint import check_resumable, load_checkpoint_file
+    from utils.training.engine.recovery import load_newest_readable
 
-    path = resume_path(args.resume, args.checkpoint_dir or "checkpoints")
-    checkpoint = load_checkpoint_file(path, mmap=True)
-    _check_resumable(path, checkpoint)
-    return path, checkpoint
+    def load(path: Path) -> dict[str, Any]:
+        checkpoint = load_checkpoint_file(path, mmap=True)  # tensors stay on disk
+        check_resumable(path, checkpoint)
+        return checkpoint
 
-
-# What `Trainer.load_checkpoint` restores; weights alone (a `convert` output) lack them.
-TRAINING_STATE = ("optimizer_state_dict", "scheduler_state_dict", "data_state", "rng_state",
-                  "training_config", "config")
-
-
-def _check_resumable(path: Any, checkpoint: dict[str, Any]) -> None:
-    """Refuse, with the fix, a checkpoint that holds weights but no training state."""
-    missing = [key for key in TRAINING_STATE if checkpoint.get(key) is None]
-    if not missing:
-        return
-    source = checkpoint.get("source")
-    start = (f"--init-from {source}" if isinstance(source, str)
-             else "--init-from and the weights' Hugging Face folder or file")
-    raise UserError(
-        f"{path} holds model weights but no training state ({', '.join(missing)} missing), "
-        f"so --resume cannot continue it; resume from a checkpoint written by "
-        f"`python -m utils train`, or start a new run from these weights with {start}")
+    if args.resume == "latest":
+        return load_newest_readable(args.checkpoint_dir or "checkpoints", load)
+    path = Path(args.resume)
+    return path, load(path)
 
 
 def build_training_config(args: argparse.Namespace, saved: dict[str, Any] | None,

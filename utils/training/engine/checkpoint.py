@@ -39,6 +39,7 @@ from utils.training.engine.errors import (
     CheckpointWriteError,
     CorruptCheckpointError,
     NotACheckpointError,
+    NotResumableError,
 )
 from utils.training.engine.reading import read_checkpoint, read_json_file, sniff_file
 
@@ -335,6 +336,25 @@ def _replaceable(path: Path) -> bool:
     except CorruptCheckpointError:
         return True  # empty or truncated: a checkpoint write that failed earlier
     return True
+
+
+# What a resume restores (`Trainer.load_checkpoint`); weights alone (a `convert` output) lack it.
+TRAINING_STATE = ("optimizer_state_dict", "scheduler_state_dict", "data_state", "rng_state",
+                  "training_config", "config")
+
+
+def check_resumable(path: str | Path, checkpoint: dict[str, Any]) -> None:
+    """Refuse, with the fix, a checkpoint that holds weights but no training state."""
+    missing = [key for key in TRAINING_STATE if checkpoint.get(key) is None]
+    if not missing:
+        return
+    source = checkpoint.get("source")
+    weights = source if isinstance(source, str) else "the weights' Hugging Face folder or file"
+    raise NotResumableError(
+        f"{path} holds model weights but no training state ({', '.join(missing)} missing), "
+        f"so training cannot continue it; resume from a checkpoint written by training, or "
+        f"start a new run from these weights (init_from={weights!r}; on the command line "
+        f"--init-from {weights})")
 
 
 def load_checkpoint_file(path: str | Path, mmap: bool = True) -> dict[str, Any]:

@@ -58,6 +58,10 @@ class UnrecognizedCheckpointError(CorruptCheckpointError):
     """The file loads, but its contents are no checkpoint format we know (no state dict)."""
 
 
+class NotResumableError(CheckpointError):
+    """The file holds model weights but not the training state a resume restores."""
+
+
 class CheckpointConfigError(CorruptCheckpointError):
     """The model config is missing from the checkpoint or cannot build a model."""
 

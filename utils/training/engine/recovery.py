@@ -108,15 +108,6 @@ def load_newest_readable(checkpoint_dir: str | Path, load: Callable[[Path], Any]
         "or copy the run's checkpoints again.")
 
 
-def resume_path(resume_from: str | Path, checkpoint_dir: str | Path = "checkpoints") -> Path:
-    """The checkpoint to resume from: `resume_from` itself, or for "latest" the newest
-    checkpoint of the newest run in `checkpoint_dir` whose metadata reads (tensors stay on
-    disk); see `load_newest_readable`."""
-    if str(resume_from) != "latest":
-        return Path(resume_from)
-    return load_newest_readable(checkpoint_dir, lambda path: load_checkpoint_file(path))[0]
-
-
 # --------------------------------------------------------------------------------------
 # Choosing which checkpoint to load
 # --------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from utils.config import TrainingConfig
 from utils.data import BatchLoader
 from utils.training.engine.checkpoint import (
     FORMAT_VERSION,
+    check_resumable,
     fallback_dir_for,
     load_checkpoint_file,
     make_checkpoint_folder,
@@ -317,6 +318,7 @@ class Trainer:
         self._setup()
         path = Path(checkpoint)
         state = load_checkpoint_file(path, mmap=False)
+        check_resumable(path, state)  # a weights-only file (a convert output) says so
         model = unwrap_model(self.model)
         _check_fits(model, state, path)  # before touching anything: a mismatch changes nothing
         model.load_state_dict(state["model_state_dict"], strict=True)
