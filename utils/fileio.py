@@ -26,6 +26,13 @@ def temp_path(final_path: Path) -> Path:
     return final_path.with_name(f".{final_path.name}.{os.getpid()}{TEMP_SUFFIX}")
 
 
+def temp_file_pid(path: Path) -> int | None:
+    """The writer's process id in a `temp_path` name (`.NAME.PID.tmp`); None for anything
+    else (the older `.NAME.tmp`)."""
+    parts = path.name[:-len(TEMP_SUFFIX)].rsplit(".", 1)
+    return int(parts[1]) if len(parts) == 2 and parts[1].isdigit() else None
+
+
 def fsync_directory(directory: Path) -> None:
     """Make a rename durable; some file systems (and Windows) cannot open folders: skip there."""
     try:
@@ -99,3 +106,21 @@ def copy_atomically(source: Path, target: Path) -> None:
 def write_bytes_atomically(path: Path, data: bytes) -> None:
     """`data` as the durable content of `path` (small files: metadata, indexes)."""
     write_atomically(path, lambda out: out.write(data))
+
+
+def link_atomically(source: Path, target: Path) -> bool:
+    """Make `target` a hard link to `source`, replacing it atomically (a reader sees the
+    old file or the new one); False where the file system has no hard links."""
+    temporary = temp_path(target)
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+    except OSError:
+        return False
+    try:
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_directory(target.parent)
+    return True

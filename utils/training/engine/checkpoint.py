@@ -30,11 +30,7 @@ import torch
 from torch import nn
 
 from utils.config import ModelConfig
-from utils.fileio import (  # noqa: F401  (TEMP_SUFFIX: public here too)
-    TEMP_SUFFIX,
-    write_atomically,
-    write_bytes_atomically,
-)
+from utils.fileio import write_atomically, write_bytes_atomically
 from utils.training.engine.errors import (
     CheckpointWriteError,
     CorruptCheckpointError,
@@ -240,8 +236,7 @@ def _candidate_names(state: dict[str, Any]):
         yield checkpoint_filename(epoch, step, when, str(counter))
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path, create_parents: bool = True
-                    ) -> Path:
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Durably write `state` to `path` (a file name, or a folder to name it in) + its sidecar.
 
     `path` is a file name only when it ends in a checkpoint suffix (.pt, .pth, .ckpt, .bin);
@@ -254,8 +249,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, create_parents: boo
     """
     path = Path(path)
     if _is_folder_target(path):
-        return save_checkpoint_in(state, path, create_parents)
-    return _save(state, path.parent, create_parents, path,
+        return save_checkpoint_in(state, path)
+    return _save(state, path.parent, True, path,
                  lambda: write_atomically(path, lambda handle: _torch_save(state, handle),
                                           before_publish=_test_pause)
                  and path)
@@ -300,15 +295,15 @@ def _save(state: dict[str, Any], folder: Path, create_parents: bool, target: Pat
 CHECKPOINT_FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 
-def make_checkpoint_folder(folder: str | Path, create_parents: bool = True) -> Path:
-    """Create the checkpoint folder (and its parents unless `create_parents=False`); a file
-    already at that path is refused, never replaced by checkpoints."""
+def make_checkpoint_folder(folder: str | Path) -> Path:
+    """Create the checkpoint folder (and its parents); a file already at that path is
+    refused, never replaced by checkpoints."""
     path = Path(folder)
     if path.exists() and not path.is_dir():
         raise CheckpointWriteError(
             f"checkpoint_dir {folder} is a file, not a folder; it was left untouched. Fix: "
             "name a folder for the checkpoints (it is created if missing).")
-    path.mkdir(parents=create_parents, exist_ok=True)
+    path.mkdir(parents=True, exist_ok=True)
     return path
 
 

@@ -30,7 +30,6 @@ from utils.training.engine.listing import (  # noqa: F401  (public here: DESIGN.
     _newest_in_run,
     _resolve_run,
     _sort_key,
-    describe_runs,
     latest_checkpoint,
     list_checkpoints,
     list_runs,

@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.fileio import TEMP_SUFFIX, copy_atomically, fsync_directory, temp_path
+from utils.fileio import (
+    TEMP_SUFFIX,
+    copy_atomically,
+    fsync_directory,
+    link_atomically,
+    temp_file_pid,
+)
 from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
     fallback_dir_for,
@@ -166,7 +172,7 @@ def update_best_model(checkpoint_path: Path) -> Path:
     """
     best = checkpoint_path.with_name(BEST_MODEL_NAME)
     try:
-        if on_google_drive(checkpoint_path) or not _link_atomically(checkpoint_path, best):
+        if on_google_drive(checkpoint_path) or not link_atomically(checkpoint_path, best):
             copy_atomically(checkpoint_path, best)
         meta = read_sidecar(checkpoint_path) or {}
         meta["source"] = checkpoint_path.name
@@ -174,24 +180,6 @@ def update_best_model(checkpoint_path: Path) -> Path:
     except (OSError, RuntimeError, ValueError) as error:
         raise CheckpointWriteError(f"could not update {best}: {error}") from error
     return best
-
-
-def _link_atomically(source: Path, target: Path) -> bool:
-    """Make `target` a hard link to `source` (replacing it atomically); False where the file
-    system has no hard links."""
-    temporary = temp_path(target)
-    temporary.unlink(missing_ok=True)
-    try:
-        os.link(source, temporary)
-    except OSError:
-        return False
-    try:
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fsync_directory(target.parent)
-    return True
 
 
 def copy_checkpoint(source: Path, folder: Path) -> Path:
@@ -242,12 +230,6 @@ def apply_retention(checkpoint_dir: str | Path, keep_last: int | None,
     return deleted
 
 
-def _pid_of_temp_file(path: Path) -> int | None:
-    """`.NAME.PID.tmp` -> PID (None for the older `.NAME.tmp`)."""
-    parts = path.name[:-len(TEMP_SUFFIX)].rsplit(".", 1)
-    return int(parts[1]) if len(parts) == 2 and parts[1].isdigit() else None
-
-
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -268,7 +250,7 @@ def remove_stale_temp_files(checkpoint_dir: str | Path) -> list[Path]:
     if not folder.is_dir():
         return removed
     for candidate in folder.glob(f".*{TEMP_SUFFIX}"):
-        pid = _pid_of_temp_file(candidate)
+        pid = temp_file_pid(candidate)
         if candidate.is_file() and not (pid is not None and _alive(pid)):
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
