@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from utils.config import PRECISIONS
+
 BF16_MIN_CAPABILITY = (8, 0)  # Ampere: native bf16 tensor cores
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -31,6 +31,7 @@ from torch import nn
 from utils.config import TrainingConfig
 from utils.data import BatchLoader
 from utils.training.engine.checkpoint import (
+    BEST_MODEL_NAME,
     FORMAT_VERSION,
     check_resumable,
     fallback_dir_for,
@@ -240,11 +241,14 @@ class Trainer:
         self.batches = DevicePrefetcher(self.train_loader, self.device)
 
     def _use_precision(self, choice: PrecisionChoice) -> None:
-        """Autocast and GradScaler for `choice` (`precision` is its name: fp32/bf16/fp16)."""
+        """The precision `choice` and its GradScaler (enabled for fp16 only)."""
         self.precision_choice = choice
-        self.precision = choice.name
-        self.autocast = choice.autocast()
         self.scaler = choice.grad_scaler()
+
+    @property
+    def precision(self) -> str:
+        """The resolved precision: "fp32", "bf16" or "fp16" (known once training is set up)."""
+        return self.precision_choice.name
 
     def _enable_activation_checkpointing(self) -> None:
         model = unwrap_model(self.model)
@@ -325,7 +329,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer_state_dict"])
         self.scheduler.load_state_dict(state["scheduler_state_dict"])
         stored = state.get("precision")
-        if isinstance(stored, dict):  # "auto" keeps the precision the run started with
+        if isinstance(stored, dict) and self.config.precision == "auto":
+            # "auto" keeps the precision the run started with (an explicit one stands)
             self._use_precision(resolve_precision(self.device, self.config.precision,
                                                   resumed=stored))
         if self.scaler.is_enabled() and state.get("scaler_state_dict"):
@@ -349,7 +354,7 @@ class Trainer:
         """The best val_loss this run recorded (best_model.pt follows the newest run)."""
         scores = [entry.get("val_loss") for entry in self.metrics_history]
         if self.config.checkpoint_dir:
-            best = read_sidecar(Path(self.config.checkpoint_dir) / "best_model.pt") or {}
+            best = read_sidecar(Path(self.config.checkpoint_dir) / BEST_MODEL_NAME) or {}
             if best.get("run_id") == self.run_id and self.run_id is not None:
                 scores.append(best.get("val_loss"))
         finite = [float(s) for s in scores
@@ -543,10 +548,6 @@ class Trainer:
         peak = peak_flops(self.device, self.precision)[0] if flops else None
         return ThroughputMeter(self.tokens_per_step, flops, peak)
 
-    def _reduce(self, value: float) -> float:
-        """Mean over ranks (one all-reduce) of a value read at a log point."""
-        return self.dist.all_reduce_mean(value) if self.dist.enabled else value
-
     def _train_loop(self, training_model: nn.Module, writer: CheckpointWriter | None,
                     bar) -> None:
         # The loss stays on the device: it is read (one host sync, and under DDP one
@@ -574,7 +575,8 @@ class Trainer:
                 self._log_progress(losses, speed, bar)
             if record_due:
                 seconds = time.perf_counter() - session_start
-                record = self._record(losses.read_record(self._reduce), seconds, speed)
+                train_loss = losses.read_record(self.dist.all_reduce_mean)
+                record = self._record(train_loss, seconds, speed)
                 if checkpoint_due:
                     self._checkpoint(record, writer)
                 speed.start(self.global_step)  # evaluation and checkpointing are not training
@@ -589,7 +591,7 @@ class Trainer:
     def _log_progress(self, losses: LossMeter, speed: ThroughputMeter, bar) -> None:
         """Read the loss window (the sync point), check it, update the bar and the log."""
         window = losses.log_steps
-        loss = losses.read_log(self._reduce)
+        loss = losses.read_log(self.dist.all_reduce_mean)
         self._check_finite(loss, window)
         rates = speed.mark(self.global_step)
         postfix = {"loss": f"{loss:.4f}", "lr": f"{self._lr_of_last_step():.2e}"}
@@ -672,10 +674,10 @@ class Trainer:
                 or (config.checkpoint_every_epoch and step % self.steps_per_epoch == 0))
 
     def _record(self, train_loss: float, session_seconds: float,
-                speed: ThroughputMeter | None = None) -> dict[str, Any]:
+                speed: ThroughputMeter) -> dict[str, Any]:
         """Evaluate, append a metrics record, tell the callbacks; returns the record."""
         evaluation = self.evaluate()
-        rates = speed.rates() if speed is not None else {"tokens_per_s": None, "mfu": None}
+        rates = speed.rates()
         record = {
             "step": self.global_step,
             "epoch": self.epoch,
