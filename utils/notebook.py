@@ -26,7 +26,6 @@ from utils.errors import user_error_types
 DRIVE_MOUNT_POINT = "/content/drive"  # Colab's; GPT2_DRIVE_MOUNT_POINT overrides it
 DRIVE_MOUNT_ENV = "GPT2_DRIVE_MOUNT_POINT"
 DRIVE_PROJECT_NAME = "gpt2-training"  # the project folder inside MyDrive
-DRIVE_PROJECT_DIR = f"{DRIVE_MOUNT_POINT}/MyDrive/{DRIVE_PROJECT_NAME}"  # Colab's default
 RULE = "=" * 71
 
 # Import names of what requirements.txt installs; when all are importable, nothing is installed.
@@ -534,30 +533,6 @@ def session_summary(namespace: Mapping[str, Any]) -> str:
                   "Cell 35 again."]
     lines.append(RULE)
     return "\n".join(lines)
-
-
-def corpus_statistics(corpus: Any, tokenizer: Any, top: int = 5) -> Any:
-    """A small table about a `TokenizedCorpus`: size, vocabulary used, most frequent tokens."""
-    import json
-
-    import numpy as np
-    import pandas as pd
-
-    tokens = np.asarray(corpus.tokens)
-    counts = np.bincount(tokens, minlength=1)
-    rows: dict[str, Any] = {"source": corpus.source, "tokenizer": corpus.tokenizer_name,
-                            "tokens": f"{len(tokens):,}"}
-    meta_path = Path(corpus.cache_path).with_suffix(".json")
-    if meta_path.is_file():
-        characters = json.loads(meta_path.read_text()).get("num_characters")
-        if characters:
-            rows["characters"] = f"{characters:,}"
-            rows["characters per token"] = f"{characters / max(len(tokens), 1):.2f}"
-    rows["distinct tokens used"] = f"{int((counts > 0).sum()):,} of {tokenizer.n_vocab:,}"
-    for rank, token in enumerate(np.argsort(counts)[::-1][:top], start=1):
-        rows[f"most frequent #{rank}"] = (f"{tokenizer.decode([int(token)])!r} "
-                                          f"({counts[token] / len(tokens):.1%})")
-    return pd.DataFrame({"value": rows})
 
 
 # The notebook's side of the load report's NEXT STEPS (the report names no cells).

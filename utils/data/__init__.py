@@ -38,11 +38,8 @@ from utils.data.prepare import (
 )
 from utils.data.sources import BUILTIN_SOURCE, check_data_path, load_text
 
-# The name before pieces were cut in bytes; kept for callers that set or read it.
-CHUNK_CHARS = PIECE_BYTES
-
 __all__ = [
-    "BUILTIN_SOURCE", "CACHE_FORMAT_VERSION", "CHUNK_CHARS", "DEFAULT_CACHE_DIR", "KINDS",
+    "BUILTIN_SOURCE", "CACHE_FORMAT_VERSION", "DEFAULT_CACHE_DIR", "KINDS",
     "PIECE_BYTES", "SPLITS", "TOKEN_FILE_KINDS", "UINT16_MAX_TOKEN", "BatchLoader", "LoadedData", "TokenView",
     "TokenizedCorpus", "check_data_path", "detect_kind", "document_bounds", "load_data",
     "load_text", "split_into_chunks", "token_statistics", "tokenize_corpus", "train_val_split",

@@ -20,7 +20,7 @@ import numpy as np
 
 from utils.data import hf, sources, token_files
 from utils.data.batches import DEFAULT_BLOCK_TOKENS, train_val_split
-from utils.data.prepare import TokenizedCorpus, tokenize_corpus
+from utils.data.prepare import tokenize_corpus
 from utils.tokenizer import get_tokenizer
 
 TOKEN_FILE_KINDS = ("nanogpt", "llmc")  # inputs that carry their own ids and vocabulary
@@ -43,7 +43,6 @@ class LoadedData:
     documents: int | None = None
     sha256: str | None = None
     files: tuple[str, ...] = ()
-    corpus: TokenizedCorpus | None = None  # for prepared text
     tokenizer: Any = None  # decodes the ids (a CharTokenizer for nanoGPT character data)
 
     @property
@@ -122,8 +121,7 @@ def load_data(
                                  block_tokens=block_tokens, eot_token=tokenizer.eot_token)
     return LoadedData(kind, corpus.source, name, tokenizer.n_vocab, train, val,
                       _split_words(split, val_fraction, block_tokens), corpus.tokens,
-                      documents=corpus.documents, sha256=corpus.sha256, corpus=corpus,
-                      tokenizer=tokenizer)
+                      documents=corpus.documents, sha256=corpus.sha256, tokenizer=tokenizer)
 
 
 def _token_files(kind: str, path: Path, tokenizer_name: str | None, val_fraction: float,

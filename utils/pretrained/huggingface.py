@@ -134,13 +134,6 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 
 
-def read_safetensors_header(file: Path) -> tuple[int, dict[str, dict]]:
-    """`(data start, {name: {"dtype", "shape", "data_offsets"}})` of a .safetensors file,
-    its offsets checked (`reading.safetensors_header`): sorted, non-overlapping, inside the
-    file, as long as the shapes say; a deeply nested or broken header is refused."""
-    return safetensors_header(file)
-
-
 def _unpooled_empty(shape: list[int], dtype: torch.dtype) -> torch.Tensor:
     """An empty tensor in its own anonymous memory map, given back to the OS as soon as the
     tensor is freed. A short-lived buffer from malloc would stay in a heap arena between
@@ -162,7 +155,7 @@ def iter_safetensors(file: Path, temporary: Callable[[str], bool] | None = None
     Tensors for which `temporary(name)` is true (the caller copies them, e.g. to transpose)
     get memory that goes back to the OS when they are dropped.
     """
-    start, header = read_safetensors_header(file)
+    start, header = safetensors_header(file)
     with open(file, "rb", buffering=0) as handle:
         for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
             if info["dtype"] not in SAFETENSORS_DTYPES:
@@ -306,7 +299,7 @@ def hf_tensor_shapes(files: Iterable[Path]) -> dict[str, tuple[int, ...]]:
     shapes = {}
     for file in files:
         if file.suffix == ".safetensors":
-            _, header = read_safetensors_header(file)
+            _, header = safetensors_header(file)
             shapes.update({key: tuple(info["shape"]) for key, info in header.items()})
         else:
             shapes.update({k: tuple(v.shape) for k, v in _load_torch_file(file).items()})

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,8 @@ from utils.training.engine.errors import (
     ArchitectureMismatchError,
     CheckpointConfigError,
     CorruptCheckpointError,
-    NotACheckpointError,
 )
+from utils.training.engine.reading import read_regular_file
 
 # --------------------------------------------------------------------------- CRC32C
 
@@ -292,29 +291,18 @@ def _block_handle(buffer: bytes, pos: int = 0) -> tuple[int, int, int]:
 
 
 SMALL_FILE_LIMIT = 16 << 20  # hparams.json, checkpoint, encoder.json, vocab.bpe: far below
+RELEASE_FIX = "download OpenAI's release again."
 
 
-def read_regular_file(path: str | Path, limit: int | None = None) -> bytes:
-    """The bytes of `path` when it is a regular file (of at most `limit` bytes): a FIFO or
-    a link to /dev/zero put among the release's files is refused, not read forever."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or (limit is not None and info.st_size > limit):
-            size_rule = "" if limit is None else f" of at most {limit:,} bytes"
-            raise NotACheckpointError(
-                f"{path} is not a regular file{size_rule} (a FIFO, device or something else "
-                "put there); it was not read. Fix: download OpenAI's release again.")
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            return handle.read()
-    finally:
-        os.close(fd)
+def read_release_file(path: str | Path, limit: int | None = None) -> bytes:
+    """A file of the release, only if it is a regular file (`reading.read_regular_file`)."""
+    return read_regular_file(path, limit, fix=RELEASE_FIX)
 
 
 def read_bundle_index(index_path: str | Path) -> tuple[BundleHeader, dict[str, BundleEntry]]:
     """Parse a `.index` file into its header and `{variable name: BundleEntry}`."""
     path = Path(index_path)
-    data = read_regular_file(path)
+    data = read_release_file(path)
     if len(data) < FOOTER_SIZE or int.from_bytes(data[-8:], "little") != TABLE_MAGIC:
         raise CorruptCheckpointError(
             f"{path} is not a TensorFlow checkpoint index (no SSTable magic number at its end; "
@@ -349,7 +337,7 @@ def _checkpoint_prefix(model_dir: Path) -> Path:
     """The prefix named in the `checkpoint` file (`model.ckpt` in OpenAI's release)."""
     state = model_dir / "checkpoint"
     if state.exists():
-        text = read_regular_file(state, SMALL_FILE_LIMIT).decode("utf-8", "replace")
+        text = read_release_file(state, SMALL_FILE_LIMIT).decode("utf-8", "replace")
         match = re.search(r'model_checkpoint_path:\s*"([^"]+)"', text)
         if match:
             prefix = Path(match.group(1))
@@ -382,7 +370,7 @@ def read_tf_variables(model_dir: str | Path) -> dict[str, np.ndarray]:
                 f"checkpoint data shard {shard_path.name} is missing from {model_dir}; "
                 "download it again (the index refers to it)"
             )
-        shards[shard] = read_regular_file(shard_path)
+        shards[shard] = read_release_file(shard_path)
     return {name: _read_tensor(entry, shards[entry.shard_id], index_path)
             for name, entry in entries.items()}
 
@@ -422,7 +410,7 @@ def load_hparams(model_dir: str | Path) -> dict[str, int]:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; OpenAI's release has one per model size")
     try:
-        hparams = json.loads(read_regular_file(path, SMALL_FILE_LIMIT))
+        hparams = json.loads(read_release_file(path, SMALL_FILE_LIMIT))
     except (ValueError, RecursionError):
         hparams = None
     if not isinstance(hparams, dict):
@@ -541,8 +529,8 @@ def tokenizer_from_encoder(model_dir: str | Path, name: str | None = None):
 
     model_dir = Path(model_dir)
     decode = _byte_decoder()
-    encoder = json.loads(read_regular_file(model_dir / "encoder.json", SMALL_FILE_LIMIT))
-    merges = read_regular_file(model_dir / "vocab.bpe", SMALL_FILE_LIMIT).decode(
+    encoder = json.loads(read_release_file(model_dir / "encoder.json", SMALL_FILE_LIMIT))
+    merges = read_release_file(model_dir / "vocab.bpe", SMALL_FILE_LIMIT).decode(
         "utf-8").split("\n")[1:]
     # GPT-2's first 256 ranks are the single bytes in the byte decoder's order.
     ranks = {bytes([b]): rank for rank, b in enumerate(decode.values())}
@@ -575,7 +563,6 @@ def download_openai_checkpoint(model_size: str, dest: str | Path = "models") -> 
     Files already present are kept; each new file is written to a temporary name and
     renamed when complete, so an interrupted download never leaves a half file behind.
     """
-    import os
     import urllib.request
 
     from tqdm.auto import tqdm

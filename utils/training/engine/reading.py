@@ -70,27 +70,38 @@ SMALL_FILE_LIMIT = 1 << 20
 # Small files: sidecars and config.json
 # ---------------------------------------------------------------------------------------
 
-def read_small_file(path: str | Path, limit: int = SMALL_FILE_LIMIT) -> bytes | None:
-    """The bytes of `path` when it is a regular file of at most `limit` bytes, else None.
+def read_regular_file(path: str | Path, limit: int | None = None, fix: str = "") -> bytes:
+    """The bytes of `path` when it is a regular file (of at most `limit` bytes); otherwise
+    `NotACheckpointError` (with `fix` appended), so that a FIFO or a link to /dev/zero put
+    where a small file belongs is refused, never waited on or read forever.
 
-    Opened with O_NONBLOCK so that a FIFO put where a sidecar belongs cannot block, and
-    checked with fstat on the open descriptor (no race with a swap after a stat).
+    Opened with O_NONBLOCK so that a FIFO cannot block, and checked with fstat on the open
+    descriptor (no race with a swap after a stat). A missing file raises its OSError.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        return None
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            data = handle.read(limit + 1)
-    except OSError:
-        return None
+        fits = limit is None or info.st_size <= limit
+        if stat.S_ISREG(info.st_mode) and fits:
+            with os.fdopen(fd, "rb", closefd=False) as handle:
+                data = handle.read() if limit is None else handle.read(limit + 1)
+            if limit is None or len(data) <= limit:  # it did not grow after the fstat
+                return data
     finally:
         os.close(fd)
-    return data if len(data) <= limit else None
+    size_rule = "" if limit is None else f" of at most {limit:,} bytes"
+    raise NotACheckpointError(
+        f"{path} is not a regular file{size_rule} (a FIFO, device or something else put "
+        f"there); it was not read.{' Fix: ' + fix if fix else ''}")
+
+
+def read_small_file(path: str | Path, limit: int = SMALL_FILE_LIMIT) -> bytes | None:
+    """`read_regular_file`'s bytes, or None for a missing, odd or too large file (sidecars
+    and config files are optional: their absence is not an error)."""
+    try:
+        return read_regular_file(path, limit)
+    except (OSError, NotACheckpointError):
+        return None
 
 
 def read_json_file(path: str | Path, limit: int = SMALL_FILE_LIMIT) -> Any:
