@@ -207,41 +207,20 @@ def model_config(args: argparse.Namespace, saved: dict[str, Any] | None, vocab_s
     return ModelConfig.from_preset(args.preset or "tiny", vocab_size=vocab_size, **sizes)
 
 
-# Activations kept for the backward pass, per token, layer and unit of width: at least
-# 34 bytes (Korthikanti et al. 2022, half precision, attention scores not stored).
-ACTIVATION_BYTES = 34
+def check_training_fits(config: Any, training_config: Any, device: Any) -> None:
+    """Refuse, before anything is allocated, a model or batch that cannot fit in memory:
+    the notebook's check (`check_memory`: weights, gradients, AdamW, activations and the
+    output head in the precision this device will use), with a batch size that fits."""
+    from utils.pretrained.memory import check_memory, parameter_count
+    from utils.training.engine.precision import choose_precision_for
 
-
-def check_training_fits(config: Any, batch_size: int, device: Any) -> None:
-    """Refuse, before anything is allocated, a model or batch that cannot fit in memory.
-
-    Counts weights, gradients and AdamW's two moments, plus a lower bound on the
-    activations of one micro-batch: what it refuses would certainly not fit.
-    """
-    from utils.pretrained.memory import (
-        GIB,
-        SAFETY_FACTOR,
-        InsufficientMemoryError,
-        available_device_bytes,
-        estimate_memory_bytes,
-        parameter_count,
-    )
-
-    state = int(estimate_memory_bytes(config, training=True) * SAFETY_FACTOR)
-    activations = (ACTIVATION_BYTES * batch_size * config.context_length
-                   * config.embedding_dimension * config.number_of_layers)
-    free = available_device_bytes(device)
-    if state + activations <= free:
-        return
-    place = "GPU memory" if getattr(device, "type", str(device)).startswith("cuda") else "RAM"
-    raise InsufficientMemoryError(
-        f"training a model of {parameter_count(config):,} parameters "
-        f"(--layers {config.number_of_layers}, --dim {config.embedding_dimension}, "
-        f"--context {config.context_length}) with --batch-size {batch_size} needs at least "
-        f"{(state + activations) / GIB:.1f} GiB ({state / GIB:.1f} GiB weights, gradients "
-        f"and AdamW state; {activations / GIB:.1f} GiB activations) but only "
-        f"{free / GIB:.1f} GiB of {place} is free; choose a smaller --preset, --layers or "
-        f"--dim, or a smaller --batch-size (--grad-accum keeps the tokens per step)")
+    check_memory(config, device, training=True,
+                 name=f"a model of {parameter_count(config):,} parameters (--layers "
+                      f"{config.number_of_layers}, --dim {config.embedding_dimension}, "
+                      f"--context {config.context_length})",
+                 batch_size=training_config.batch_size,
+                 precision=choose_precision_for(device, training_config.precision).name,
+                 activation_checkpointing=training_config.activation_checkpointing)
 
 
 def build_model(args: argparse.Namespace, config: Any):
@@ -282,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
     if not token_files and not args.init_from:
         tokenizer_name = tokenizer_name or "gpt2"
         new_config = model_config(args, checkpoint, get_tokenizer(tokenizer_name).n_vocab)
-        check_training_fits(new_config, training_config.batch_size, dist.device)
+        check_training_fits(new_config, training_config, dist.device)
     if not dist.is_main:
         dist.barrier()
     data = load_data(args.data, tokenizer_name, args.val_fraction, split=args.val_split,
@@ -293,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer_name, vocab_size = data.tokenizer_name, data.vocab_size
     if token_files and not args.init_from:
         new_config = model_config(args, checkpoint, vocab_size)
-        check_training_fits(new_config, training_config.batch_size, dist.device)
+        check_training_fits(new_config, training_config, dist.device)
     torch.manual_seed(training_config.seed)  # the same initial weights on every rank
     model, config = build_model(args, new_config)
     if vocab_size > config.vocab_size:
