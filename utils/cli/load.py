@@ -59,30 +59,10 @@ def run(args: argparse.Namespace) -> int:
 def _best_that_loads(folder, infos, load):
     """(path, method, load(path)) for the best checkpoint of the folder that loads; one
     that listed fine but does not read (damaged since) is skipped with a warning naming it."""
-    import warnings
+    from utils.training.engine.recovery import load_first_readable, select_checkpoint
 
-    from utils.training.engine.errors import CorruptCheckpointError
-    from utils.training.engine.recovery import (
-        CheckpointWarning,
-        no_checkpoints_error,
-        printable_name,
-        select_checkpoint,
-    )
-
-    path, method = select_checkpoint(checkpoint_dir=folder, infos=infos)
-    candidates = [path, *(info.path for info in infos if info.path != path)]
-    skipped: list[str] = []
-    for number, candidate in enumerate(candidates):
-        try:
-            loaded = load(candidate)
-        except (CorruptCheckpointError, OSError) as error:
-            if number == len(candidates) - 1:
-                raise
-            skipped.append(printable_name(candidate.name))
-            warnings.warn(f"skipping checkpoint {printable_name(str(candidate))}: {error}; "
-                          "trying the next best", CheckpointWarning, stacklevel=2)
-            continue
-        if skipped:
-            method = f"next best by val_loss ({', '.join(skipped)} did not load)"
-        return candidate, method, loaded
-    raise no_checkpoints_error(folder)
+    _, method = select_checkpoint(checkpoint_dir=folder, infos=infos)
+    path, loaded, skipped = load_first_readable(infos, load, folder)
+    if skipped:
+        method = f"next best by val_loss ({', '.join(skipped)} did not load)"
+    return path, method, loaded

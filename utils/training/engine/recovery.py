@@ -87,24 +87,36 @@ def no_checkpoints_error(checkpoint_dir: str | Path) -> NoCheckpointsError:
 def load_newest_readable(checkpoint_dir: str | Path, load: Callable[[Path], Any],
                          run: str = "latest") -> tuple[Path, Any]:
     """`(path, load(path))` for the run's newest checkpoint that `load` can read; each newer
-    one that cannot is skipped with a `CheckpointWarning` naming it. An architecture
-    mismatch is not skipped (the model is wrong, not the file)."""
-    skipped = []
-    for info in resume_candidates(checkpoint_dir, run=run):
+    one that cannot is skipped with a `CheckpointWarning` naming it."""
+    path, loaded, _ = load_first_readable(resume_candidates(checkpoint_dir, run=run), load,
+                                          checkpoint_dir, f"of run {run} ", "newest")
+    return path, loaded
+
+
+def load_first_readable(candidates: list[CheckpointInfo], load: Callable[[Path], Any],
+                        checkpoint_dir: str | Path, which: str = "", order: str = "best"
+                        ) -> tuple[Path, Any, list[str]]:
+    """`(path, load(path), names skipped)` for the first of `candidates` that `load` can
+    read; each one before it that cannot (damaged since it was listed) is skipped with a
+    `CheckpointWarning` naming it. An architecture mismatch is not skipped (the model is
+    wrong, not the file). `which` and `order` word the messages ("of run X ", "newest")."""
+    skipped, reasons = [], []
+    for info in candidates:
         try:
-            return info.path, load(info.path)
+            return info.path, load(info.path), skipped
         except ArchitectureMismatchError:
             raise
         except (CheckpointError, OSError) as error:
-            skipped.append(f"{printable_name(info.filename)}: {error}")
+            skipped.append(printable_name(info.filename))
+            reasons.append(f"{skipped[-1]}: {error}")
             warnings.warn(f"skipping checkpoint {printable_name(str(info.path))}: {error}; "
-                          "trying the next newest", CheckpointWarning, stacklevel=3)
+                          f"trying the next {order}", CheckpointWarning, stacklevel=3)
     if not skipped:
         raise no_checkpoints_error(checkpoint_dir)
     raise CorruptCheckpointError(
-        f"no checkpoint of run {run} in {checkpoint_dir} could be read ("
-        + "; ".join(skipped) + "). Fix: start a new run (resume_from=None, --new-run), "
-        "or copy the run's checkpoints again.")
+        f"no checkpoint {which}in {checkpoint_dir} could be read ("
+        + "; ".join(reasons) + "). Fix: copy the checkpoints into the folder again, or "
+        "start a new run (resume_from=None, --new-run).")
 
 
 # --------------------------------------------------------------------------------------
