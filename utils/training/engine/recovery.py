@@ -46,6 +46,7 @@ class ResumePlan:
     action: str
     run: RunInfo | None
     message: str
+    runs: list[RunInfo]  # every run in the folder when the plan was made
 
 
 def plan_resume(checkpoint_dir: str | Path, fingerprint: str, total_steps: int) -> ResumePlan:
@@ -54,16 +55,17 @@ def plan_resume(checkpoint_dir: str | Path, fingerprint: str, total_steps: int) 
     runs = list_runs(checkpoint_dir)
     same = [run for run in runs if run.fingerprint == fingerprint]
     if not same:
-        return ResumePlan("new", None, "no run with these settings: starting a new one")
+        return ResumePlan("new", None, "no run with these settings: starting a new one", runs)
     run = same[0]
     if run.steps >= total_steps:
         return ResumePlan(
             "finished", run,
             f"run {run.run_id} already finished at step {run.steps} "
             f"({run.latest.filename}); nothing to train. To train further, raise the step "
-            "budget (max_steps) and run again, or start another run (resume_from=None).")
+            "budget (max_steps) and run again, or start another run (resume_from=None).", runs)
     return ResumePlan("resume", run,
-                      f"resuming run {run.run_id} at step {run.steps} from {run.latest.path}")
+                      f"resuming run {run.run_id} at step {run.steps} from {run.latest.path}",
+                      runs)
 
 
 def resume_candidates(checkpoint_dir: str | Path, run: str = "latest") -> list[CheckpointInfo]:

@@ -70,10 +70,14 @@ from utils.training.engine.evaluation import (  # noqa: F401  (names once define
     logits_of,
     perplexity,
 )
-from utils.training.engine.listing import describe_runs, list_runs
+from utils.training.engine.listing import RunInfo, describe_runs, list_runs
 from utils.training.engine.optim import build_optimizer, lr_at
 from utils.training.engine.precision import PrecisionChoice, resolve_precision, tf32_matmuls
-from utils.training.engine.recovery import load_newest_readable, plan_resume
+from utils.training.engine.recovery import (
+    load_first_readable,
+    load_newest_readable,
+    plan_resume,
+)
 from utils.training.engine.rng import rng_state, seed_everything, set_rng_state
 from utils.training.engine.runs import (
     MetricsLog,
@@ -361,11 +365,6 @@ class Trainer:
                   if isinstance(s, (int, float)) and math.isfinite(float(s))]
         return min(finite, default=math.inf)
 
-    def _load_newest_readable(self, run: str) -> Path:
-        """Resume the run's newest checkpoint that reads; say which newer ones were skipped."""
-        path, _ = load_newest_readable(self.config.checkpoint_dir, self.load_checkpoint, run)
-        return path
-
     # ---------------------------------------------------------------- training
     def fit(self, resume_from: str | Path | None = "auto",
             stop_at_step: int | None = None) -> list[dict[str, Any]]:
@@ -461,20 +460,23 @@ class Trainer:
     def _start_or_resume(self, resume_from: str | Path | None) -> bool:
         """Load what `resume_from` asks for and give the run its id; False: nothing to train."""
         folder = self.config.checkpoint_dir
+        runs = None  # the folder's runs, when the plan below has listed them
         if resume_from == "auto" and self.run_id is None and folder:
             plan = plan_resume(folder, self.fingerprint, self.total_steps)
+            runs = plan.runs
             if plan.action == "resume":
                 self._lock_run(plan.run.run_id)  # before anything changes: it may be in use
             if plan.action != "new":
                 self._say(plan.message)
-                self._load_newest_readable(plan.run.run_id)
+                load_first_readable(plan.run.checkpoints, self.load_checkpoint, folder,
+                                    f"of run {plan.run.run_id} ", "newest")
             if plan.action == "finished":
                 self.finished = True
                 return False
         elif resume_from == "latest":
             if not folder:
                 raise NoCheckpointsError("resume_from='latest' needs config.checkpoint_dir")
-            path = self._load_newest_readable("latest")
+            path, _ = load_newest_readable(folder, self.load_checkpoint)
             self._say(f"resuming run {self.run_id or '(legacy)'} at step {self.global_step} "
                       f"from {path}")
         elif resume_from not in (None, "auto"):
@@ -482,18 +484,21 @@ class Trainer:
             self._say(f"resuming at step {self.global_step} from {resume_from}")
         if self.run_id is None:
             self.run_id = self.dist.broadcast(new_run_id())
-            self._announce_new_run()
+            self._announce_new_run(runs)
         self._lock_run(self.run_id)
         return True
 
-    def _announce_new_run(self) -> None:
+    def _announce_new_run(self, runs: list[RunInfo] | None = None) -> None:
         """Say that a run starts (or that an old-format checkpoint continues as one), and
-        which runs are already in the folder: they stay untouched."""
+        which runs are already in the folder (`runs`, if already listed): they stay
+        untouched."""
         if self.global_step > 0:
             self._say(f"the checkpoint carries no run id (written before runs existed): it "
                       f"continues as run {self.run_id}; its older files stay as they are")
             return
-        others = list_runs(self.config.checkpoint_dir) if self.config.checkpoint_dir else []
+        others = runs
+        if others is None:
+            others = list_runs(self.config.checkpoint_dir) if self.config.checkpoint_dir else []
         message = f"starting a new run {self.run_id}"
         if others:
             message += (f"; runs already in {self.config.checkpoint_dir} stay untouched: "
