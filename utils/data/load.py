@@ -85,7 +85,7 @@ def detect_kind(path: str | Path | None) -> str:
         return "text"
     if token_files.is_nanogpt_folder(folder):
         return "nanogpt"
-    if (folder / "train.bin").is_file() or token_files.llmc_shards_in(folder):
+    if (folder / "train.bin").is_file() or token_files.has_llmc_shard(folder):
         return "llmc"
     return "text"
 

@@ -110,11 +110,19 @@ def read_llmc(path: Path) -> TokenFiles:
 
 def llmc_shards_in(folder: Path) -> list[Path]:
     """The folder's .bin files that start with llm.c's magic number, sorted by name."""
-    found = []
+    return list(_llmc_shards(folder))
+
+
+def has_llmc_shard(folder: Path) -> bool:
+    """Whether the folder holds at least one llm.c shard (stops at the first: a folder of
+    a hundred shards on Drive is not opened a hundred times just to be recognised)."""
+    return next(_llmc_shards(folder), None) is not None
+
+
+def _llmc_shards(folder: Path):
     for path in sorted(folder.glob("*.bin")):
         if path.is_file() and path.stat().st_size >= 4 and read_llmc_header(path) is not None:
-            found.append(path)
-    return found
+            yield path
 
 
 # ------------------------------------------------------------------------------- nanoGPT

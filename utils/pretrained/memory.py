@@ -250,12 +250,7 @@ def check_memory(config: ModelConfig, device: str | torch.device = "cpu",
         return _check_training(config, device, available, name, batch_size, context_length,
                                precision, activation_checkpointing)
     needed = int(estimate_memory_bytes(config, dtype, training) * SAFETY_FACTOR)
-    if torch.device(device).type == "cuda":
-        place = "GPU memory"
-        free = available_device_bytes(device) if available is None else available
-    else:
-        place = "RAM"
-        free = available_ram_bytes() if available is None else available
+    place, free = _free_memory(device, available)
     if needed > free:
         purpose = "training (weights + gradients + AdamW state)" if training else "the weights"
         fits = _fitting_sizes(free, dtype, training)
@@ -274,14 +269,17 @@ def check_memory(config: ModelConfig, device: str | torch.device = "cpu",
     return needed
 
 
+def _free_memory(device: str | torch.device, available: int | None) -> tuple[str, int]:
+    """(where the model lives, its free bytes): `available` when given, else measured."""
+    place = "GPU memory" if torch.device(device).type == "cuda" else "RAM"
+    return place, available_device_bytes(device) if available is None else available
+
+
 def _check_training(config: ModelConfig, device: str | torch.device, available: int | None,
                     name: str, batch_size: int, context_length: int | None, precision: str,
                     activation_checkpointing: bool) -> int:
     kind = torch.device(device).type
-    if kind == "cuda":
-        place, free = "GPU memory", available_device_bytes(device) if available is None else available
-    else:
-        place, free = "RAM", available_ram_bytes() if available is None else available
+    place, free = _free_memory(device, available)
     estimate = training_memory(config, batch_size, context_length, precision,
                                activation_checkpointing)
     needed = int(estimate.total * SAFETY_FACTOR)
