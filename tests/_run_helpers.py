@@ -29,14 +29,20 @@ def start(checkpoint_dir: Path, out: Path, *args: str, tz: str | None = None,
         env=dict(os.environ, **extra))
 
 
-def kill_after_step(process: subprocess.Popen, step: int) -> str:
-    seen = []
+def wait_for_step(process: subprocess.Popen, step: int, seen: list[str] | None = None) -> None:
+    """Read the worker's output up to its `step N` line (appended to `seen`); a worker
+    that ends first fails the test with its output."""
+    seen = [] if seen is None else seen
     for line in process.stdout:
         seen.append(line)
         if line.strip() == f"step {step}":
-            break
-    else:
-        pytest.fail(f"worker ended before step {step}: {''.join(seen)[-2000:]}")
+            return
+    pytest.fail(f"worker ended before step {step}: {''.join(seen)[-2000:]}")
+
+
+def kill_after_step(process: subprocess.Popen, step: int) -> str:
+    seen: list[str] = []
+    wait_for_step(process, step, seen)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the worker finished before the kill landed"
     return "".join(seen)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests._ckpt_helpers import make_state
-from tests._run_helpers import assert_same_weights, finish, start
+from tests._run_helpers import assert_same_weights, finish, start, wait_for_step
 from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
     FALLBACK_ROOT_ENV,
@@ -44,14 +44,6 @@ def small_drive(tmp_path):
 
     yield mount_with
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
-
-
-def wait_for_step(process, step: int, seen: list[str]) -> None:
-    for line in process.stdout:
-        seen.append(line)
-        if line.strip() == f"step {step}":
-            return
-    pytest.fail(f"the worker ended before step {step}: {''.join(seen)[-2000:]}")
 
 
 def local_fallback(tmp_path: Path, monkeypatch) -> dict[str, str]:

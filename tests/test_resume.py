@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,27 +19,11 @@ import pytest
 import torch
 
 from tests import _train_worker as worker
+from tests._run_helpers import assert_same_weights, finish, kill_after_step, start
 from utils.training.engine.recovery import list_checkpoints
 
-WORKER = Path(worker.__file__)
 DETERMINISTIC = ("step", "epoch", "train_loss", "val_loss", "perplexity", "learning_rate",
                  "tokens_seen")
-
-
-def _start(checkpoint_dir: Path, out: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(WORKER), str(checkpoint_dir), str(out), "--resume", "auto"],
-        stdout=subprocess.PIPE, text=True, env=dict(os.environ, **(env or {})))
-
-
-def _kill_after_step(process: subprocess.Popen, step: int) -> None:
-    for line in process.stdout:
-        if line.strip() == f"step {step}":
-            break
-    else:
-        pytest.fail(f"worker ended before step {step} (exit code {process.wait()})")
-    process.send_signal(signal.SIGKILL)  # the worker has run on meanwhile: a random moment
-    assert process.wait() == -signal.SIGKILL, "the worker finished before the kill landed"
 
 
 def _kill_during_write(process: subprocess.Popen, checkpoint_dir: Path) -> Path:
@@ -62,39 +45,29 @@ def _assert_only_valid_checkpoints(checkpoint_dir: Path) -> None:
     assert not any(info.filename.startswith(".") for info in infos)
 
 
-@pytest.fixture()
-def reference(uninterrupted_run):
-    """The uninterrupted run (tests/conftest.py)."""
-    return uninterrupted_run
-
-
 @pytest.mark.slow
-def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(tmp_path, reference):
+def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(tmp_path, uninterrupted_run):
     kill_steps = sorted(random.Random(os.getpid()).sample(range(2, worker.STEPS - 6), 2))
     print(f"kill points: after steps {kill_steps}, then during a checkpoint write")
     checkpoint_dir, out = tmp_path / "checkpoints", tmp_path / "final.pt"
 
     for step in kill_steps:
-        _kill_after_step(_start(checkpoint_dir, out), step)
+        kill_after_step(start(checkpoint_dir, out), step)
         _assert_only_valid_checkpoints(checkpoint_dir)
     before = {info.global_step for info in list_checkpoints(checkpoint_dir)}
 
-    slow_writes = _start(checkpoint_dir, out, env={"UTILS_TEST_CHECKPOINT_SLEEP": "60"})
+    slow_writes = start(checkpoint_dir, out, env={"UTILS_TEST_CHECKPOINT_SLEEP": "60"})
     temporary = _kill_during_write(slow_writes, checkpoint_dir)
     _assert_only_valid_checkpoints(checkpoint_dir)
     assert {info.global_step for info in list_checkpoints(checkpoint_dir)} == before
     assert temporary.stat().st_size > 0  # complete but never renamed, never listed
 
-    finish = _start(checkpoint_dir, out)
-    output, _ = finish.communicate(timeout=120)
-    assert finish.returncode == 0, output
+    output = finish(start(checkpoint_dir, out))
     assert "done" in output and not temporary.exists()  # the stale write was cleaned up
     final = torch.load(out, weights_only=True)
 
-    reference_state, reference_history = reference
-    assert final["model"].keys() == reference_state.keys()
-    for name, tensor in reference_state.items():
-        assert torch.equal(final["model"][name], tensor), f"{name} differs after resume"
+    reference_state, reference_history = uninterrupted_run
+    assert_same_weights(final["model"], reference_state)
     assert len(final["history"]) == len(reference_history) == worker.STEPS
     for resumed, uninterrupted in zip(final["history"], reference_history, strict=True):
         assert {k: resumed[k] for k in DETERMINISTIC} == \
@@ -117,28 +90,24 @@ def _crash_at(step: int):
     return callback
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("restore_rng", [True, False])
-def test_in_process_crash_then_resume_needs_the_rng_state(tmp_path, reference, monkeypatch,
+def test_in_process_crash_then_resume_needs_the_rng_state(tmp_path, uninterrupted_run, monkeypatch,
                                                           restore_rng):
     """A crash after step 10 (checkpoint at 9), then resume: exact with the saved RNG state;
     without it (dropout 0.2 draws other masks) the weights differ, so the test can fail."""
     from utils.training.engine import trainer as trainer_module
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        first = worker.make_trainer(tmp_path)
-        first.callbacks.append(_crash_at(10))
-        with pytest.raises(_Crash):
-            first.fit()
-        if not restore_rng:
-            monkeypatch.setattr(trainer_module, "set_rng_state", lambda state: None)
-        torch.manual_seed(12345)  # whatever state the new process happens to have
-        resumed = worker.make_trainer(tmp_path)
-        history = resumed.fit(resume_from="latest")
-    finally:
-        torch.set_num_threads(threads)
-    reference_state, reference_history = reference
+    first = worker.make_trainer(tmp_path)
+    first.callbacks.append(_crash_at(10))
+    with pytest.raises(_Crash):
+        first.fit()
+    if not restore_rng:
+        monkeypatch.setattr(trainer_module, "set_rng_state", lambda state: None)
+    torch.manual_seed(12345)  # whatever state the new process happens to have
+    resumed = worker.make_trainer(tmp_path)
+    history = resumed.fit(resume_from="latest")
+    reference_state, reference_history = uninterrupted_run
     same = all(torch.equal(resumed.model.state_dict()[k], v) for k, v in reference_state.items())
     assert same == restore_rng
     assert [h["step"] for h in history] == list(range(1, worker.STEPS + 1))
@@ -146,21 +115,17 @@ def test_in_process_crash_then_resume_needs_the_rng_state(tmp_path, reference, m
         assert [h["train_loss"] for h in history] == [h["train_loss"] for h in reference_history]
 
 
-def test_stop_at_step_then_resume_equals_one_run(tmp_path, reference):
+@pytest.mark.usefixtures("one_thread")
+def test_stop_at_step_then_resume_equals_one_run(tmp_path, uninterrupted_run):
     """A session that ends early on purpose (`stop_at_step`, e.g. before Colab's limit)
     checkpoints there and keeps the run's schedule: resuming gives the uninterrupted run."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        first = worker.make_trainer(tmp_path)
-        first.fit(stop_at_step=7)
-        assert first.global_step == 7
-        assert max(info.global_step for info in list_checkpoints(tmp_path)) == 7
-        resumed = worker.make_trainer(tmp_path)
-        history = resumed.fit(resume_from="latest")
-    finally:
-        torch.set_num_threads(threads)
-    reference_state, reference_history = reference
+    first = worker.make_trainer(tmp_path)
+    first.fit(stop_at_step=7)
+    assert first.global_step == 7
+    assert max(info.global_step for info in list_checkpoints(tmp_path)) == 7
+    resumed = worker.make_trainer(tmp_path)
+    history = resumed.fit(resume_from="latest")
+    reference_state, reference_history = uninterrupted_run
     assert all(torch.equal(resumed.model.state_dict()[k], v) for k, v in reference_state.items())
     assert [h["learning_rate"] for h in history] == [h["learning_rate"] for h in reference_history]
     with pytest.raises(ValueError, match="stop_at_step"):

@@ -19,7 +19,14 @@ import torch
 
 from tests import _train_worker as worker
 from tests._ckpt_helpers import make_state
-from tests._run_helpers import assert_same_weights, file_hashes, finish, kill_after_step, start
+from tests._run_helpers import (
+    assert_same_weights,
+    file_hashes,
+    finish,
+    kill_after_step,
+    start,
+    wait_for_step,
+)
 from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
     read_sidecar,
@@ -127,9 +134,7 @@ def test_two_runs_in_the_same_second_get_their_own_files(tmp_path):
 def test_the_same_run_twice_at_once_refuses_the_second(tmp_path):
     folder, out, hold = tmp_path / "checkpoints", tmp_path / "final.pt", tmp_path / "hold"
     first = start(folder, out, "--step-sleep", "0.3", "--hold", str(hold))
-    for line in first.stdout:
-        if line.strip() == "step 4":  # a checkpoint (step 3) exists: the run is on disk
-            break
+    wait_for_step(first, 4)  # a checkpoint (step 3) exists: the run is on disk
     hold.touch()  # the first run now waits after a step until the second has been refused
     second = start(folder, tmp_path / "second.pt")
     output = second.communicate(timeout=300)[0]
