@@ -271,8 +271,10 @@ def check_memory(config: ModelConfig, device: str | torch.device = "cpu",
 
 def _free_memory(device: str | torch.device, available: int | None) -> tuple[str, int]:
     """(where the model lives, its free bytes): `available` when given, else measured."""
-    place = "GPU memory" if torch.device(device).type == "cuda" else "RAM"
-    return place, available_device_bytes(device) if available is None else available
+    on_gpu = torch.device(device).type == "cuda"
+    if available is None:
+        available = available_device_bytes(device) if on_gpu else available_ram_bytes()
+    return ("GPU memory" if on_gpu else "RAM"), available
 
 
 def _check_training(config: ModelConfig, device: str | torch.device, available: int | None,
