@@ -65,6 +65,8 @@ def training_form_line(variable: str) -> str:
     value = setting_default(setting)
     if setting == "precision":  # a drop-down of the choices
         return f"{variable} = {value!r}  # @param {list(PRECISIONS)}".replace("'", '"')
+    if setting == "compile":  # a drop-down: auto decides per runtime (utils/training/engine/compiling.py)
+        return f'{variable} = "{value}"  # @param ["auto", "on", "off"]'
     kind = ("boolean" if isinstance(value, bool) else "number" if isinstance(value, float)
             else "integer")
     return f'{variable} = {value!r}  # @param {{type:"{kind}"}}'

@@ -76,9 +76,9 @@ def test_no_gradient_work_without_autograd(monkeypatch):
     calls = []
     real = fused_loss._blockwise
 
-    def spy(hidden, weight, targets, ignore_index, with_grads):
+    def spy(hidden, weight, targets, ignore_index, with_grads, vocab_size=None):
         calls.append(with_grads)
-        return real(hidden, weight, targets, ignore_index, with_grads)
+        return real(hidden, weight, targets, ignore_index, with_grads, vocab_size)
 
     monkeypatch.setattr(fused_loss, "_blockwise", spy)
     hidden = torch.randn(4, 8, requires_grad=True)

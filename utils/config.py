@@ -171,8 +171,8 @@ class TrainingConfig:
         True, "write checkpoints on a background thread while training goes on")
     precision: str = _setting(
         "auto", "auto | fp32 | bf16 | fp16; auto: fp32 on CPU, bf16 on CUDA >= 8.0, fp16 below")
-    compile: bool = _setting(
-        False, "torch.compile for training and evaluation (the warm-up time is printed)")
+    compile: bool | str = _setting(
+        "auto", "torch.compile: auto (on CUDA if it repays the warm-up) | True | False")
     activation_checkpointing: bool = _setting(
         False, "recompute each block in the backward pass: far less memory, ~1/3 more compute")
     log_interval: int = _setting(
@@ -258,8 +258,22 @@ def _check_training_values(config: TrainingConfig) -> tuple[float, float]:
                           ("checkpoint_interval", 1), ("keep_last", 0), ("keep_best", 0)):
         _check_count(c, name, minimum)
     _require(c.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", c.precision)
+    c.compile = _compile_setting(c.compile)
     _require(_is_integer(c.seed), "seed", "an integer", c.seed)
     return tuple(float(b) for b in betas)
+
+
+# What `compile` accepts: True / False / "auto", and the words of the CLI and notebook form.
+COMPILE_WORDS = {"auto": "auto", "on": True, "off": False, "true": True, "false": False}
+
+
+def _compile_setting(value: Any) -> bool | str:
+    """`compile` as True, False or "auto" ("on"/"off" and "True"/"False" in any case too)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in COMPILE_WORDS:
+        return COMPILE_WORDS[value.strip().lower()]
+    raise ConfigError(f"compile must be 'auto', True or False (or 'on' / 'off'), got {value!r}")
 
 
 _OPTIONAL_COUNTS = ("max_steps", "epochs", "checkpoint_interval", "keep_last", "keep_best")

@@ -217,6 +217,14 @@ def _flag(value: Any) -> str | None:
     return None if isinstance(value, bool) else "it must be True or False"
 
 
+def _compile_choice(value: Any) -> str | None:
+    from utils.config import COMPILE_WORDS
+
+    if isinstance(value, bool) or (isinstance(value, str) and value.lower() in COMPILE_WORDS):
+        return None
+    return 'choose "auto", "on" or "off"'
+
+
 def _presets() -> set[str]:
     from utils.config import GPT2_CONFIGS, PRESET_ALIASES
 
@@ -244,7 +252,7 @@ FORM_FIELDS: dict[str, Any] = {
     "CONTEXT_LENGTH": _whole(2), "MAX_STEPS": _whole(1), "BATCH_SIZE": _whole(1),
     "LEARNING_RATE": _positive_number, "WARMUP_STEPS": _whole(0), "EVAL_INTERVAL": _whole(1),
     "EVAL_BATCHES": _whole(1), "CHECKPOINT_INTERVAL": _whole(1),
-    "PRECISION": _choice(_precisions), "COMPILE": _flag,
+    "PRECISION": _choice(_precisions), "COMPILE": _compile_choice,
     "ACTIVATION_CHECKPOINTING": _flag, "CHECKPOINT_DIR": _text,
     "CHECKPOINT_OVERRIDE": _text, "RUN_ID": _text, "RESUME_EXTRA_STEPS": _whole(1),
     "PROMPT": _text,

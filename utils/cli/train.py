@@ -65,6 +65,9 @@ def add_setting(group: argparse._ActionsContainer, field: str, note: str = "") -
         group.add_argument(flag, action="store_true", help=help_text)
     elif field == "precision":
         group.add_argument(flag, choices=PRECISIONS, help=help_text)
+    elif field == "compile":  # `--compile` alone: on
+        group.add_argument(flag, nargs="?", const="on", choices=("auto", "on", "off"),
+                           help=help_text)
     else:
         group.add_argument(flag, type=_setting_type(field), help=help_text)
 

@@ -22,13 +22,47 @@ from utils.model.loss import linear_cross_entropy
 # (bench/train.py's recipe; CPU, 2 threads).
 FUSED_LOSS_MIN_VOCAB = 1024
 
+# The head's products run on a vocabulary padded to a multiple of this on CUDA. Tensor cores
+# need matrix sides in multiples of 8 (16-byte rows of fp16/bf16); at GPT-2's odd 50,257 rows
+# cuBLAS falls back to Turing-era kernels: the head's three products (logits, and their two
+# gradients) took 31.2 ms at 50,257 rows and 5.3 ms at 50,304 on an H200 (bf16, 16 x 1024
+# tokens). 64 is nanoGPT's choice (50,304), a whole number of the kernels' tiles.
+HEAD_ALIGNMENT = 64
+# Below this many rows (decoding a token or a few at a time) the head is a matrix-vector
+# product that alignment does not speed up, and padding would copy the weight per token.
+HEAD_PADDING_MIN_ROWS = 64
+
+
+def padded_vocab_size(vocab_size: int, multiple: int = HEAD_ALIGNMENT) -> int:
+    """`vocab_size` rounded up to a multiple of `multiple` (50,257 -> 50,304)."""
+    return -(-vocab_size // multiple) * multiple
+
+
+def pads_head(rows: int, device_type: str, vocab_size: int, forced: bool | None = None) -> bool:
+    """Whether the head computes on the padded vocabulary: `forced` (True/False) wins;
+    otherwise on CUDA for products of at least `HEAD_PADDING_MIN_ROWS` rows, when the
+    vocabulary is not aligned already. CPU kernels gain nothing from it."""
+    if padded_vocab_size(vocab_size) == vocab_size:
+        return False
+    if forced is not None:
+        return forced
+    return device_type == "cuda" and rows >= HEAD_PADDING_MIN_ROWS
+
 
 class GPTModel(nn.Module):
     """Decoder-only transformer; `model(ids)` -> logits, `model(ids, targets)` -> (logits, loss).
 
     The output head shares its weight with the token embedding (GPT-2 ties them), so
     `lm_head.weight` and `token_embedding.weight` are the same tensor.
+
+    On CUDA the head's products run on a vocabulary padded with zero rows to a multiple of
+    `HEAD_ALIGNMENT` (`pads_head`), invisibly: the parameters, the state dict and every file
+    keep `vocab_size` rows, the logits returned have `vocab_size` columns, and the padded
+    columns never enter a softmax, so the loss and the gradients are the unpadded ones.
+    `pad_head = True / False` (on the class or an instance) forces it either way; None: auto.
     """
+
+    pad_head: bool | None = None
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -129,16 +163,45 @@ class GPTModel(nn.Module):
             flat = x.reshape(-1, x.size(-1))
             if (torch.is_autocast_enabled(flat.device.type)
                     or self.config.vocab_size < FUSED_LOSS_MIN_VOCAB):
-                logits = self.lm_head(flat).float()  # no copy when already fp32
+                logits = self.head(flat).float()  # no copy when already fp32
                 return None, F.cross_entropy(logits, targets.reshape(-1), ignore_index=-1)
-            loss = linear_cross_entropy(flat, self.lm_head.weight, targets.reshape(-1),
-                                        ignore_index=-1)
+            loss = linear_cross_entropy(flat, self._head_weight(flat), targets.reshape(-1),
+                                        ignore_index=-1, vocab_size=self.config.vocab_size)
             return None, loss
-        logits = self.lm_head(x)
+        logits = self.head(x)
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                               ignore_index=-1)
         return logits, loss
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits `[..., vocab_size]` of the final hidden states `x` (the tied output head).
+
+        When the head is padded the product runs over the padded weight and the real
+        columns are returned as a view (a `.float()` or `.contiguous()` of it copies only
+        those); the padded columns, products with zero rows, are never seen.
+        """
+        weight = self._head_weight(x)
+        if weight is self.lm_head.weight:
+            return self.lm_head(x)
+        return F.linear(x, weight)[..., : self.config.vocab_size]
+
+    def _head_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's weight for hidden states `x`: `lm_head.weight` itself, or a copy
+        padded with zero rows (`pads_head`). The padding's gradient is dropped by autograd
+        (the backward of a pad is a slice), so the parameter's gradient keeps its shape."""
+        weight = self.lm_head.weight
+        rows = x.numel() // x.size(-1)
+        if not pads_head(rows, x.device.type, self.config.vocab_size, self.pad_head):
+            return weight
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            # Cast first: one 16-bit copy, padded, instead of an fp32 copy that autocast
+            # would then cast again (it caches casts of parameters only, not of the pad).
+            weight = weight.to(torch.get_autocast_dtype(device_type))
+        extra = padded_vocab_size(self.config.vocab_size) - self.config.vocab_size
+        return F.pad(weight, (0, 0, 0, extra))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -20,9 +20,11 @@ ROWS_PER_BLOCK = 512  # 512 x 50304 floats = 103 MB of logits in flight; 256 and
 
 
 def _blockwise(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-               ignore_index: int, with_grads: bool):
+               ignore_index: int, with_grads: bool, vocab_size: int | None = None):
     """The mean loss, its valid-target count and, `with_grads`, the gradients of the
-    *summed* loss with respect to `hidden` and `weight` (None otherwise)."""
+    *summed* loss with respect to `hidden` and `weight` (None otherwise). Rows of `weight`
+    from `vocab_size` on are padding (aligned products on a GPU): their logits are set to
+    -inf before the softmax, so they get no probability and a zero gradient."""
     # fp32 maths under autocast too, as `F.cross_entropy(logits.float(), ...)` would do
     with torch.autocast(hidden.device.type, enabled=False):
         x, w = hidden.float(), weight.float()
@@ -38,6 +40,8 @@ def _blockwise(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
             end = min(rows, start + ROWS_PER_BLOCK)
             logits = block[: end - start]
             torch.mm(x[start:end], w.t(), out=logits)
+            if vocab_size is not None and vocab_size < w.shape[0]:
+                logits[:, vocab_size:] = -torch.inf
             torch._log_softmax(logits, -1, False, out=logits)  # in place, row by row
             losses[start:end] = -logits.gather(1, safe_targets[start:end]).squeeze(1)
             if with_grads:
@@ -70,8 +74,9 @@ def _zero_ignored_rows(probabilities: torch.Tensor, valid: torch.Tensor) -> None
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                ignore_index: int) -> torch.Tensor:
-        loss, count, grad_x, grad_w = _blockwise(hidden, weight, targets, ignore_index, True)
+                ignore_index: int, vocab_size: int | None) -> torch.Tensor:
+        loss, count, grad_x, grad_w = _blockwise(hidden, weight, targets, ignore_index, True,
+                                                 vocab_size)
         ctx.save_for_backward(grad_x, grad_w, count)
         ctx.dtypes = hidden.dtype, weight.dtype
         ctx.backward_done = False
@@ -88,14 +93,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         scale = grad_loss / count  # the loss is a mean over `count` targets
         hidden_dtype, weight_dtype = ctx.dtypes
         # In place: a fresh [vocab, d] product would cost its page faults again (bench/train.py)
-        return grad_x.mul_(scale).to(hidden_dtype), grad_w.mul_(scale).to(weight_dtype), None, None
+        return (grad_x.mul_(scale).to(hidden_dtype), grad_w.mul_(scale).to(weight_dtype),
+                None, None, None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         ignore_index: int = -100) -> torch.Tensor:
-    """`F.cross_entropy(hidden @ weight.T, targets, ignore_index=...)` without materialising
-    the logits; `hidden` is `[rows, d]`, `weight` `[vocab, d]`, `targets` `[rows]`."""
+                         ignore_index: int = -100, vocab_size: int | None = None) -> torch.Tensor:
+    """`F.cross_entropy(hidden @ weight[:vocab_size].T, targets, ignore_index=...)` without
+    materialising the logits; `hidden` is `[rows, d]`, `weight` `[vocab, d]` (rows from
+    `vocab_size` on, if given, are padding that no probability reaches), `targets` `[rows]`."""
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index)
+        return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, vocab_size)
     # no_grad (evaluation): the loss alone, a third of the work
-    return _blockwise(hidden, weight, targets, ignore_index, with_grads=False)[0]
+    return _blockwise(hidden, weight, targets, ignore_index, with_grads=False,
+                      vocab_size=vocab_size)[0]

@@ -11,8 +11,6 @@ arrive before they are needed, and an out-of-memory error that says what to chan
   only the batches handed out, so a checkpoint's data state resumes exactly.
 - `out_of_memory_message` turns CUDA's OOM into the settings that lower memory, with a
   batch size and accumulation that fit (utils/pretrained/memory.py).
-- `compile_problem` says, before training, whether `torch.compile` can build kernels on the
-  device (it compiles lazily, so otherwise the first step would fail with a long trace).
 """
 
 from __future__ import annotations
@@ -158,26 +156,3 @@ def out_of_memory_message(error: BaseException, settings: dict[str, Any],
     lines.append("Settings that lower memory, in order: " + "; ".join(OOM_SETTINGS) + ".")
     lines.append(f"(original error: {str(error).splitlines()[0] if str(error) else type(error).__name__})")
     return "\n".join(lines)
-
-
-_compile_problems: dict[str, str | None] = {}  # per device type: compiling is tried once
-
-
-def _compile_probe(x: torch.Tensor) -> torch.Tensor:
-    return x * 2 + 1
-
-
-def compile_problem(device: torch.device | str) -> str | None:
-    """Why `torch.compile` cannot build kernels for `device` here (one line), or None when
-    it can: a one-line function is compiled and run once per device type (the CPU's kernels
-    need a C++ compiler, a GPU's need Triton)."""
-    device = torch.device(device)
-    if device.type not in _compile_problems:
-        try:
-            torch.compile(_compile_probe, dynamic=False)(torch.ones(4, device=device))
-            _compile_problems[device.type] = None
-        except Exception as error:  # InductorError, BackendCompilerFailed, ...: all say why
-            lines = [line for line in str(error).splitlines() if line.strip()]
-            _compile_problems[device.type] = (f"{type(error).__name__}: {lines[0]}" if lines
-                                              else type(error).__name__)
-    return _compile_problems[device.type]

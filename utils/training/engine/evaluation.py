@@ -52,7 +52,7 @@ def language_model_loss(model: nn.Module, inputs: torch.Tensor,
     if isinstance(unwrap_model(model), GPTModel):
         return model(inputs, targets, return_logits=False)[1]
     logits = logits_of(model(inputs))
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
 @torch.no_grad()

@@ -41,10 +41,10 @@ from utils.training.engine.checkpoint import (
     read_sidecar,
     timestamp_now,
 )
+from utils.training.engine.compiling import CompileChoice, compile_problem, resolve_compile
 from utils.training.engine.device_loop import (
     DevicePrefetcher,
     LossMeter,
-    compile_problem,
     is_out_of_memory,
     out_of_memory_message,
 )
@@ -174,8 +174,9 @@ class Trainer:
         self._log: MetricsLog | None = None
         self._precision_said = False  # the precision choice is printed once per Trainer
         self._compiled: nn.Module | None = None  # torch.compile(model), built once
+        self._compile_choice: CompileChoice | None = None  # decided once per Trainer
         self._report_compile_time = False
-        self._compile_refused = False  # compile=True, but kernels cannot be built here
+        self._compile_refused = False  # compiling asked for, but kernels cannot be built here
 
     # ---------------------------------------------------------------- data
     def _context_length(self, data: Any) -> int:
@@ -416,25 +417,44 @@ class Trainer:
         return self.metrics_history
 
     def _compiled_model(self) -> nn.Module | None:
-        """`torch.compile(self.model)` when `config.compile` asks and this machine can build
-        its kernels; built once per Trainer. self.model stays the plain module, so state
-        dicts (checkpoints, loading, resuming) never see the wrapper's `_orig_mod.` prefix.
-        Where compiling cannot work (no C++ compiler for CPU kernels, say) training goes on
-        without it, with a warning that says why."""
-        if not self.config.compile or self._compile_refused:
+        """`torch.compile(self.model)` when `config.compile` asks (True, or "auto" where it
+        pays: `compiling.choose_compile`) and this machine can build its kernels; built
+        once per Trainer. self.model stays the plain module, so state dicts (checkpoints,
+        loading, resuming) never see the wrapper's `_orig_mod.` prefix. Where compiling
+        cannot work (no C++ compiler for CPU kernels, say) training goes on without it,
+        with a warning that says why."""
+        choice = self._decide_compile()
+        if not choice.enabled or self._compile_refused:
             return None
         if self._compiled is None:
             problem = compile_problem(self.device)
             if problem:
                 self._compile_refused = True  # said once per Trainer, not at every fit()
-                self._say(f"WARNING: compile=True, but torch.compile cannot build kernels on "
-                          f"{self.device} here ({problem}); training without it. Install "
-                          "a C++ compiler (g++) for CPU kernels, or train with compile=False "
-                          "(CLI: leave out --compile) to silence this.")
+                self._say(f"WARNING: compile={self.config.compile!r}, but torch.compile "
+                          f"cannot build kernels on {self.device} here ({problem}); training "
+                          "without it. Install a C++ compiler (g++) for CPU kernels, or train "
+                          "with compile=False (CLI: --compile off) to silence this.")
                 return None
             self._compiled = torch.compile(self.model)
             self._report_compile_time = True  # after the first step (compiles lazily)
         return self._compiled
+
+    def _decide_compile(self) -> CompileChoice:
+        """The compile decision, made once per Trainer from the run's whole step budget (a
+        resumed session decides as the first did) and said where it is not the obvious
+        one: on CUDA, or when asked for explicitly."""
+        if self._compile_choice is None:
+            try:
+                flops = model_flops_per_token(self.model, self.context_length)
+            except (AttributeError, StopIteration, TypeError):  # not GPT-2 shaped
+                flops = 0
+            self._compile_choice = resolve_compile(
+                self.config.compile, self.device, steps=self.total_steps,
+                flops_per_step=flops * self.tokens_per_step, precision=self.precision)
+            if self.device.type == "cuda" or self.config.compile is True:
+                state = "on" if self._compile_choice.enabled else "off"
+                self._say(f"torch.compile: {state} ({self._compile_choice.reason})")
+        return self._compile_choice
 
     def _out_of_memory_message(self, error: BaseException) -> str:
         model = unwrap_model(self.model)
