@@ -367,3 +367,29 @@ def test_out_of_memory_message_suggests_a_plan_for_the_gpu():
     # gpt2-medium on a 15 GB T4 in fp16: 4 sequences per micro-batch, 4 micro-batches
     assert "batch_size=4, gradient_accumulation_steps=4" in message
     assert "batch_size=16" in message and "CUDA out of memory." in message
+
+
+# ---------------------------------------------------------------- per-step bookkeeping
+
+def test_train_mode_is_set_once_per_session_not_per_step(tmp_path, monkeypatch):
+    """`.train()` walks every module; the loop sets it once per fit() and after nothing
+    but a change (evaluation restores the mode it found). A model handed over in eval mode
+    still trains with dropout on, bitwise like one handed over in train mode."""
+    reference = _trainer(None)
+    reference.fit()
+    trainer = _trainer(None)
+    trainer.model.eval()
+    calls = []
+    real_train = torch.nn.Module.train
+
+    def counting_train(module, mode=True):
+        if module is trainer.model:
+            calls.append(mode)
+        return real_train(module, mode)
+
+    monkeypatch.setattr(torch.nn.Module, "train", counting_train)
+    trainer.fit()
+    assert trainer.global_step == 8
+    # once at the start, and once back after each of the 2 evaluations: not 8 times
+    assert calls.count(True) == 3, calls
+    _assert_bitwise(_weights(reference), _weights(trainer))

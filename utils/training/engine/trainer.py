@@ -239,6 +239,7 @@ class Trainer:
         if self.config.activation_checkpointing:
             self._enable_activation_checkpointing()
         self.optimizer = build_optimizer(self.model, self.config, self.device)
+        self._parameters = list(self.model.parameters())  # clipped every step: listed once
         total = self.total_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_at(step, self.config, total) / self.config.learning_rate)
@@ -401,6 +402,7 @@ class Trainer:
         writer = self._make_writer()
         compiled = self._compiled_model()
         training_model = self.dist.wrap(self.model if compiled is None else compiled)
+        training_model.train()
         bar = self._progress_bar()
         failed = True
         try:
@@ -635,7 +637,10 @@ class Trainer:
         """One optimizer step over `gradient_accumulation_steps` micro-batches; returns the
         mean loss as a 0-d tensor on the device (reading it is the caller's choice)."""
         accumulation = self.config.gradient_accumulation_steps
-        training_model.train()
+        if not self.model.training:
+            # .train() walks every module (a dozen attribute writes per block): fit() calls
+            # it once, evaluation restores the mode it found; here only if someone changed it
+            training_model.train()
         total = None
         for micro in range(accumulation):
             inputs, targets = next(self.batches)
@@ -653,7 +658,7 @@ class Trainer:
         if self.config.grad_clip:
             self.scaler.unscale_(self.optimizer)
             foreach = True if self.device.type in ("cpu", "cuda") else None  # one kernel per list
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip,
+            nn.utils.clip_grad_norm_(self._parameters, self.config.grad_clip,
                                      foreach=foreach)
         self.scaler.step(self.optimizer)
         self.scaler.update()
