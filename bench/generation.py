@@ -9,6 +9,14 @@ every weight a decoding step reads (`p.sum()` per tensor: a reduction reads each
 and writes nothing). Decoding one token must read every weight once, so
 1 / (read time) is the bandwidth limit on tokens/s. Decoding without the KV cache (the
 whole sequence re-run each step) is timed separately with fewer repeats: it is slow.
+
+    python bench/generation.py --device cuda [--dtype bf16|fp16] [--save]
+
+On a GPU (section `generation_gpu`): the same models in 16-bit on the card, batch 1, greedy
+and sampled (temperature 1, top-k 50) decoding: `generate_text` against HF `generate`, and
+`generate_text` given a `torch.compile`d model (it decodes through the wrapped module with
+its KV cache instead of recompiling per length). Aim (issue 17): >= 1.2x HF's tokens/s.
+Without CUDA it says why and exits 0.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from bench.common import (  # noqa: E402
 )
 
 AIM_VS_HF = 1.25
+AIM_VS_HF_GPU = 1.2
 AIM_BANDWIDTH_FRACTION = 0.85
 
 
@@ -159,9 +168,93 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-cache-repeats", type=int, default=2)
     parser.add_argument("--save", action="store_true", help="also write bench/results/generation.md")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16",
+                        help="weights' precision on a GPU (default bf16)")
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda"):
+        return gpu_main(args)
     result = measure(args.new_tokens, args.prompt_tokens, args.repeats, args.no_cache_repeats)
     publish_section("generation", report(result, args.new_tokens, args.prompt_tokens), args.save)
+    return 0
+
+
+def gpu_measure(device: str, dtype_name: str, new_tokens: int, prompt_tokens: int,
+                repeats: int) -> dict:
+    """Median seconds of each GPU contender (greedy and sampled), alternating."""
+    import torch
+
+    from utils.generation import generate_text
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    model, hf_model, _ = build_models()
+    model, hf_model = model.to(device, dtype), hf_model.to(device, dtype)
+    compiled = torch.compile(model)
+    prompt = [(7 * i + 3) % model.config.vocab_size for i in range(prompt_tokens)]
+    prompt_tensor = torch.tensor([prompt], device=device)
+    pad = model.config.vocab_size - 1
+
+    def timed(fn):
+        def run():
+            result = fn()
+            torch.cuda.synchronize(device)
+            return result
+        return run
+
+    def hf(sample: bool):
+        def run():
+            with torch.no_grad():
+                extra = {"do_sample": True, "top_k": 50, "temperature": 1.0} if sample else {
+                    "do_sample": False}
+                return hf_model.generate(prompt_tensor, max_new_tokens=new_tokens,
+                                         min_new_tokens=new_tokens, pad_token_id=pad,
+                                         eos_token_id=None, **extra)[0].tolist()
+        return run
+
+    contenders = {
+        "ours greedy": lambda: generate_text(model, prompt, new_tokens, temperature=0),
+        "HF greedy": hf(False),
+        "ours sampled": lambda: generate_text(model, prompt, new_tokens, temperature=1.0,
+                                              top_k_tokens=50, seed=0),
+        "HF sampled": hf(True),
+        "ours greedy, compiled model": lambda: generate_text(compiled, prompt, new_tokens,
+                                                             temperature=0),
+    }
+    same = contenders["ours greedy"]() == contenders["HF greedy"]()
+    timings = interleaved_median_times({k: timed(v) for k, v in contenders.items()},
+                                       repeats=repeats)
+    return {"timings": timings, "same_greedy_ids": same,
+            "card": torch.cuda.get_device_name(device)}
+
+
+def gpu_main(args: argparse.Namespace) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        print(f"bench/generation.py --device {args.device} skipped: no CUDA device here "
+              f"(torch {torch.__version__}, built with {torch.version.cuda or 'no CUDA'})")
+        return 0
+    result = gpu_measure(args.device, args.dtype, args.new_tokens, args.prompt_tokens,
+                         args.repeats)
+    timings = result["timings"]
+    rate = {name: args.new_tokens / median for name, (median, _) in timings.items()}
+    lines = [f"## Generation speed on a GPU (GPT-2 small shapes, batch 1, {args.dtype})", "",
+             f"Command: `{command_line()}`  ", f"Machine: {result['card']}; {machine_info()}",
+             "", f"{args.new_tokens} new tokens after a {args.prompt_tokens}-token prompt, "
+             f"random weights shared by both models, median of {args.repeats} interleaved "
+             "runs; sampled = temperature 1, top-k 50.", "",
+             "| method | median s | tokens/s | vs HF (same decoding) |", "|---|---:|---:|---:|"]
+    for name, (median, _) in timings.items():
+        kind = "sampled" if "sampled" in name else "greedy"
+        lines.append(f"| {name} | {median:.3f} | {rate[name]:,.0f} | "
+                     f"{rate[name] / rate['HF ' + kind]:.2f}x |")
+    greedy = rate["ours greedy"] / rate["HF greedy"]
+    sampled = rate["ours sampled"] / rate["HF sampled"]
+    lines += ["", f"Same greedy ids as HF: {'yes' if result['same_greedy_ids'] else 'no (16-bit rounding can tip a near tie)'}.",
+              f"Aim: >= {AIM_VS_HF_GPU}x HF: greedy {greedy:.2f}x "
+              f"{verdict(greedy >= AIM_VS_HF_GPU)}, sampled {sampled:.2f}x "
+              f"{verdict(sampled >= AIM_VS_HF_GPU)}."]
+    publish_section("generation_gpu", "\n".join(lines), args.save)
     return 0
 
 

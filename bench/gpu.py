@@ -17,6 +17,10 @@ drift. MFU = tokens/s x FLOPs per token (6N + 12·L·H·Q·T) / the card's dense
 Aims (issue 10): >= 45% MFU in bf16 on A100/H100; the Trainer costs < 3% over the floor.
 On a machine without CUDA it prints that it was skipped and why, and exits 0 (and --save
 keeps any earlier section).
+
+With `--nanogpt DIR` (a karpathy/nanoGPT checkout) it runs nanoGPT's own train.py and our
+CLI side by side instead (bench/side_by_side.py: same token file, same shapes, both at their
+defaults and both eager; section `gpu_nanogpt`).
 """
 
 from __future__ import annotations
@@ -134,6 +138,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="print the CUDA kernels of 5 Trainer steps by total time")
     parser.add_argument("--save", action="store_true", help="write bench/results/gpu.md")
+    side = parser.add_argument_group("side by side with nanoGPT (--nanogpt DIR)")
+    side.add_argument("--nanogpt", type=Path, default=None,
+                      help="a karpathy/nanoGPT checkout: run its train.py and our CLI")
+    side.add_argument("--budget", type=int, default=20_000,
+                      help="step budget both are given (what compile='auto' decides on); "
+                           "both are stopped after --steps (default 20000)")
+    side.add_argument("--from-step", type=int, default=30,
+                      help="steady state starts here (default 30)")
+    side.add_argument("--log-interval", type=int, default=10, help="both log every N steps")
+    side.add_argument("--layers", type=int, default=None, help="model size (default: preset)")
+    side.add_argument("--heads", type=int, default=None)
+    side.add_argument("--dim", type=int, default=None)
+    side.add_argument("--timeout", type=float, default=600,
+                      help="seconds one process may take (default 600)")
     args = parser.parse_args(argv)
 
     reason = skip_reason(args.device)
@@ -142,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.save and not args.device.startswith("cuda"):
         raise SystemExit("--save records GPU figures; a --device cpu dry run is not saved")
+    if args.nanogpt is not None:
+        return nanogpt_side_by_side(args)
 
     import numpy as np
     import torch
@@ -260,6 +280,52 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "Aims: >= 45% MFU bf16 on A100/H100 (gpt2-small); the Trainer within 3% of "
               "the floor (vs floor >= 0.97)."]
     publish_section("gpu", "\n".join(lines), args.save)
+    return 0
+
+
+def nanogpt_side_by_side(args: argparse.Namespace) -> int:
+    """`--nanogpt DIR`: nanoGPT's train.py and our CLI, alternating processes."""
+    import tempfile
+
+    from bench.side_by_side import Shapes, nanogpt_missing, report_lines, side_by_side
+    from utils.config import GPT2_CONFIGS, PRESET_ALIASES
+
+    missing = nanogpt_missing(args.nanogpt)
+    if missing:
+        print(missing)
+        return 2
+    preset = GPT2_CONFIGS[PRESET_ALIASES.get(args.preset, args.preset)]
+    shapes = Shapes(layers=args.layers or preset.number_of_layers,
+                    heads=args.heads or preset.number_of_heads,
+                    dim=args.dim or preset.embedding_dimension, context=args.context,
+                    batch=args.batch)
+    steps = max(args.steps, args.from_step + 2 * args.log_interval)
+    modes = {"both": ["defaults", "eager"], "on": ["defaults"], "off": ["eager"]}[args.compile]
+    peak, name = None, "CPU dry run"
+    if args.device.startswith("cuda"):
+        import torch
+
+        from utils.training.engine.throughput import gpu_peak_flops
+
+        name = torch.cuda.get_device_name(0)
+        peak = gpu_peak_flops(name, "bf16")
+    with tempfile.TemporaryDirectory(prefix="side_by_side_") as workdir:
+        rows = side_by_side(args.nanogpt.resolve(), Path(workdir), shapes, args.device, modes,
+                            steps, args.from_step, args.budget, args.rounds, args.log_interval,
+                            args.timeout)
+    lines = ["## Side by side with nanoGPT's train.py (bench/gpu.py --nanogpt)", "",
+             f"Command: `{command_line()}`  ", f"Machine: {name}; {machine_info()}", "",
+             f"{shapes.layers} layers, {shapes.heads} heads, {shapes.dim} wide, batch "
+             f"{shapes.batch} x {shapes.context} tokens, gradient accumulation 1, the built-in "
+             f"corpus as GPT-2 ids (nanoGPT's data layout, one file for both). defaults: "
+             f"nanoGPT compile=True, ours compile='auto'; eager: both off. Both given "
+             f"{args.budget} steps, stopped after {steps}; rate over steps {args.from_step}-"
+             f"{steps} (wall time between log lines), median of {args.rounds} round(s) of "
+             f"alternating processes. nanoGPT: no biases, vocabulary padded to 50304 (its "
+             f"defaults); ours: GPT-2's biases, 50257 ids (padded inside the model on CUDA). "
+             f"MFU with the same FLOPs per token for both.", ""]
+    lines += report_lines(rows, shapes, peak)
+    publish_section("gpu_nanogpt", "\n".join(lines), args.save)
     return 0
 
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Everything that needs a CUDA GPU, in one command, for a GPU machine lent for a few minutes:
 #
-#   OUT=/tmp/gpu bash scripts/gpu_checks.sh [tests|bench|suite|notebook|all]...
+#   OUT=/tmp/gpu [NANOGPT_DIR=path] bash scripts/gpu_checks.sh [tests|bench|sidebyside|generation|suite|notebook|all]...
 #
 # - tests:    tests/test_cuda.py and the CUDA test of test_loading.py (skipped on CPUs)
 # - bench:    bench/gpu.py --save (GPT-2 small, compile off and on), copies its section
+# - sidebyside: bench/gpu.py --nanogpt "$NANOGPT_DIR" --save (nanoGPT's own train.py and our
+#             CLI on the same tokens, defaults and eager), when NANOGPT_DIR names a checkout
+# - generation: bench/generation.py --device cuda --save (ours vs HF generate, bf16)
 # - suite:    the rest of the test suite with the GPU visible (device "auto" = CUDA),
 #             notebook files excluded unless jupyter's packages are importable
 # - notebook: the notebook tests (papermill), when jupyter's packages are importable
@@ -42,6 +45,23 @@ if want bench; then
   timeout 300 $PY bench/gpu.py --save > "$OUT/bench.txt" 2>&1
   echo "bench: exit $?"; tail -14 "$OUT/bench.txt"
   cp bench/results/gpu.md "$OUT/" 2>/dev/null
+fi
+
+if want sidebyside; then
+  if [ -n "${NANOGPT_DIR:-}" ]; then
+    timeout 480 $PY bench/gpu.py --nanogpt "$NANOGPT_DIR" --rounds 1 --save \
+      > "$OUT/sidebyside.txt" 2>&1
+    echo "sidebyside: exit $?"; tail -12 "$OUT/sidebyside.txt"
+    cp bench/results/gpu_nanogpt.md "$OUT/" 2>/dev/null
+  else
+    echo "sidebyside: skipped (set NANOGPT_DIR to a karpathy/nanoGPT checkout)"
+  fi
+fi
+
+if want generation; then
+  timeout 180 $PY bench/generation.py --device cuda --save > "$OUT/generation.txt" 2>&1
+  echo "generation: exit $?"; tail -12 "$OUT/generation.txt"
+  cp bench/results/generation_gpu.md "$OUT/" 2>/dev/null
 fi
 
 if want suite; then
