@@ -21,6 +21,10 @@ from the timestamps of its metrics log (written at each log line), nanoGPT's fro
 (context and allocator cache included, the same way for both). MFU = tokens/s x our FLOPs
 per token (6N + 12·L·H·Q·T, GPT-2's 50,257 vocabulary for both) / the card's peak.
 
+A third process, the floor (bench/floor_loop.py), trains our model with a bare loop on the
+same tokens: what the CLI takes beyond it is what the CLI and the Trainer cost around the
+model (the data path, per-step bookkeeping, logging, the metrics log).
+
 Aims (issue 17), on one GPU: ours >= 1.1x nanoGPT's tokens/s with both at their defaults
 (compile on for nanoGPT, "auto" for us), >= 1.0x with both eager, peak memory no more than
 nanoGPT's, and the same loss curve within noise.
@@ -169,11 +173,30 @@ def _stop(process: subprocess.Popen) -> None:
 
 def run_nanogpt(nanogpt: Path, workdir: Path, shapes: Shapes, compile_: bool, device: str,
                 budget: int, steps: int, log_interval: int, timeout: float) -> RunResult:
-    result = RunResult(f"nanoGPT, compile={compile_}")
     command = nanogpt_command(nanogpt, shapes, compile_, device, budget, log_interval)
+    return run_printing(f"nanoGPT, compile={compile_}", command, workdir, steps, timeout)
+
+
+def run_floor(data: Path, shapes: Shapes, compile_: bool, device: str, steps: int,
+              log_interval: int, timeout: float) -> RunResult:
+    """Our model in a bare loop (bench/floor_loop.py) on the same tokens and shapes."""
+    command = [sys.executable, str(REPO_ROOT / "bench" / "floor_loop.py"), "--data", str(data),
+               "--layers", str(shapes.layers), "--heads", str(shapes.heads),
+               "--dim", str(shapes.dim), "--context", str(shapes.context),
+               "--batch", str(shapes.batch), "--steps", str(steps),
+               "--log-interval", str(log_interval), "--device", device,
+               "--compile", "on" if compile_ else "off"]
+    return run_printing(f"floor, compile={compile_}", command, REPO_ROOT, steps, timeout)
+
+
+def run_printing(name: str, command: list[str], cwd: Path, steps: int,
+                 timeout: float) -> RunResult:
+    """Run `command`, stamping its `iter N: loss X` lines as they arrive; stop it after
+    step `steps` (or `timeout` seconds)."""
+    result = RunResult(name)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE,
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, env=env)
     memory = GpuMemoryPoller(process.pid)
     tail: list[str] = []
@@ -267,14 +290,16 @@ def side_by_side(nanogpt: Path, workdir: Path, shapes: Shapes, device: str, mode
     (workdir / "out").mkdir(exist_ok=True)
     rows = []
     for mode in modes:  # "defaults" or "eager"
-        runs: dict[str, list[RunResult]] = {"nanoGPT": [], "ours": []}
+        compiled = mode == "defaults"
+        runs: dict[str, list[RunResult]] = {"nanoGPT": [], "ours": [], "floor": []}
         for index in range(rounds):
-            runs["nanoGPT"].append(run_nanogpt(nanogpt, workdir, shapes, mode == "defaults",
-                                               device, budget, steps, log_interval, timeout))
+            runs["nanoGPT"].append(run_nanogpt(nanogpt, workdir, shapes, compiled, device,
+                                               budget, steps, log_interval, timeout))
             folder = workdir / f"ours_{mode}_{index}"
-            runs["ours"].append(run_ours(data, folder, shapes,
-                                         "auto" if mode == "defaults" else "off", device,
-                                         budget, steps, log_interval, timeout))
+            runs["ours"].append(run_ours(data, folder, shapes, "auto" if compiled else "off",
+                                         device, budget, steps, log_interval, timeout))
+            runs["floor"].append(run_floor(data, shapes, compiled, device, steps,
+                                           log_interval, timeout))
         for name, results in runs.items():
             rates = [r.step_seconds(from_step) for r in results]
             rates = [r for r in rates if r]
@@ -298,7 +323,7 @@ def report_lines(rows: list[dict], shapes: Shapes, peak: float | None) -> list[s
     for mode in dict.fromkeys(r["mode"] for r in rows):
         pair = {r["who"]: r for r in rows if r["mode"] == mode}
         base = tokens_per_step / pair["nanoGPT"]["step_s"]
-        for who in ("nanoGPT", "ours"):
+        for who in [w for w in ("nanoGPT", "ours", "floor") if w in pair]:
             r = pair[who]
             rate = tokens_per_step / r["step_s"]
             mfu = f"{rate * flops / peak:.1%}" if peak else "n/a"
@@ -306,6 +331,11 @@ def report_lines(rows: list[dict], shapes: Shapes, peak: float | None) -> list[s
             memory = f"{r['memory_mib']:,.0f}" if r["memory_mib"] else "n/a"
             lines.append(f"| {mode} | {who} | {r['step_s'] * 1e3:.1f} | {rate:,.0f} | {mfu} | "
                          f"{rate / base:.2f}x | {loss} | {memory} |")
+        if "floor" in pair:
+            over = pair["ours"]["step_s"] / pair["floor"]["step_s"] - 1
+            verdicts.append(f"{mode}: the CLI takes {over:+.1%} per step over the bare loop "
+                            f"on our model (ms: {pair['ours']['step_s'] * 1e3:.1f} vs "
+                            f"{pair['floor']['step_s'] * 1e3:.1f})")
         ratio = pair["nanoGPT"]["step_s"] / pair["ours"]["step_s"]
         aim = SPEED_AIM_DEFAULTS if mode == "defaults" else SPEED_AIM_EAGER
         verdicts.append(f"{mode}: ours {ratio:.2f}x nanoGPT's tokens/s (aim >= {aim}x): "
