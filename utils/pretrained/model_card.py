@@ -13,7 +13,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-DISTRIBUTION = "colab-gpt2"  # the project's name on the card (pyproject.toml's [project])
+from utils import DISTRIBUTION
+
 HISTORY_ROWS = 10  # evaluations shown in the card's table (the last ones)
 
 
