@@ -405,6 +405,29 @@ def test_environment_report_names_torch_and_device():
     assert f"Device used: {nb.default_device()}" in report
 
 
+def test_environment_report_states_the_precision_training_will_choose(monkeypatch):
+    """On a T4 torch says bf16 is supported (emulated); training picks fp16, and Cell 1
+    must say the same, not "bf16 supported: yes"."""
+    import torch
+
+    t4 = type("Props", (), {"name": "Tesla T4", "total_memory": 15e9})()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: t4)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(nb, "default_device", lambda: "cuda")
+    report = nb.environment_report()
+    assert "bf16 supported" not in report
+    assert 'Precision (PRECISION = "auto"): fp16 (auto: Tesla T4 has compute capability 7.5' \
+        in report
+    from utils.training.engine.precision import choose_precision
+
+    assert choose_precision("cuda", (7, 5))[0].name == "fp16"  # what the Trainer runs
+
+
 def test_install_requirements_skips_when_everything_is_present(capsys):
     assert nb.missing_modules() == []
     assert nb.install_requirements("does-not-matter.txt") is False

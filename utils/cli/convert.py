@@ -2,9 +2,10 @@
 
 SOURCE is a Hugging Face name (`gpt2`, `gpt2-medium`, ...), a `save_pretrained` folder, a
 `.safetensors`/`.bin` file, or a folder with OpenAI's original TensorFlow release. The
-output is a checkpoint in DESIGN.md's format (loads with `weights_only=True`), written
-crash-safely by the checkpoint writer, so `load`, `generate --checkpoint` and
-`train --init-from` can use it.
+output is a checkpoint like those training writes (the same keys, tensors and plain values
+that load with `weights_only=True`; weights only, no optimizer state), written crash-safely,
+so `load`, `generate --checkpoint` and `export --checkpoint` can use it. To train from these
+weights, pass the same SOURCE to `train --init-from`.
 
 Also home of the source arguments and loader shared by `generate` and `export`.
 """

@@ -25,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_source_arguments(parser, with_device=False)
-    parser.add_argument("--format", choices=FORMATS, required=True)
+    parser.add_argument("--format", choices=FORMATS, required=True,
+                        help="hf (a Hugging Face folder), binary (C/C++) or llmc (llm.c's "
+                             "model file); see above")
     parser.add_argument("--output", "-o", required=True,
                         help="folder (hf, binary) or file (llmc) to write; refuses to "
                              "replace a file or a non-empty folder")
@@ -40,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "not record it; default: the card says so)")
     hf.add_argument("--push-to-hub", default=None, metavar="REPO",
                     help="then upload the folder to this Hugging Face Hub repository "
-                         "(USER/NAME; needs a token: `hf auth login` or HF_TOKEN)")
+                         "(USER/NAME; needs a token: `hf auth login` or HF_TOKEN; default: "
+                         "no upload)")
     hf.add_argument("--private", action="store_true",
                     help="with --push-to-hub: create the repository as private")
     parser.set_defaults(func=run)
