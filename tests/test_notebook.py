@@ -22,7 +22,11 @@ from tests.notebook_helpers import (
 )
 from utils import notebook as nb
 from utils.config import GPT2_CONFIGS, ConfigError, ModelConfig
-from utils.training.engine.errors import ModelNotInitializedError, NoCheckpointsError
+from utils.training.engine.errors import (
+    ModelNotInitializedError,
+    NoCheckpointsError,
+    TrainingOutOfMemoryError,
+)
 
 REQUIRED_PARAMETERS = ("QUICK_MODE", "MODEL_PRESET", "DATA_PATH", "MAX_STEPS", "BATCH_SIZE",
                        "CHECKPOINT_INTERVAL", "CHECKPOINT_DIR", "CHECKPOINT_OVERRIDE", "INIT_FROM")
@@ -328,6 +332,10 @@ def test_friendly_errors_stop_the_cell_with_the_guidance_alone(error, capsys):
     (ValueError("batch_size must be >= 1, got 0"), (), "BATCH_SIZE"),
     (FileNotFoundError("corpus.txt does not exist"), ("DATA_PATH",), "DATA_PATH"),
     (nb.FormValueError("SEED", -1, "it must be a whole number >= 0"), (), "change SEED"),
+    (TrainingOutOfMemoryError("CUDA ran out of memory while training with batch_size=8, "
+                              "precision='fp16', activation_checkpointing=False"), (),
+     "BATCH_SIZE / PRECISION / ACTIVATION_CHECKPOINTING"),
+    (ValueError("precision must be one of ('auto', 'fp32', 'bf16', 'fp16')"), (), "PRECISION"),
 ])
 def test_one_mapping_adds_the_notebook_cell_or_field_to_library_errors(error, fields, hint):
     text = nb.format_error(error, fields)

@@ -382,6 +382,8 @@ SETTING_FIELDS = {
     "context_length": "CONTEXT_LENGTH", "eval_interval": "EVAL_INTERVAL",
     "eval_batches": "EVAL_BATCHES", "checkpoint_interval": "CHECKPOINT_INTERVAL",
     "checkpoint_dir": "CHECKPOINT_DIR", "preset": "MODEL_PRESET", "tokenizer": "TOKENIZER",
+    "precision": "PRECISION", "activation_checkpointing": "ACTIVATION_CHECKPOINTING",
+    "compile": "COMPILE", "init_from": "INIT_FROM",
 }
 
 
