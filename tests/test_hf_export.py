@@ -19,6 +19,7 @@ from utils.generation import generate_text
 from utils.model import GPTModel
 from utils.pretrained.huggingface import export_to_hf
 from utils.tokenizer import get_tokenizer
+from utils.training.engine.reading import safetensors_header
 
 SMALL_GPT2 = ModelConfig(vocab_size=GPT2_VOCAB_SIZE, context_length=64, embedding_dimension=32,
                          number_of_heads=2, number_of_layers=2, dropout_rate=0.0)
@@ -92,6 +93,8 @@ def test_folder_has_generation_config_and_a_card(gpt2_folder):
     assert generation["eos_token_id"] == generation["bos_token_id"] == 50256
     config = json.loads((folder / "config.json").read_text())
     assert config["vocab_size"] == GPT2_VOCAB_SIZE  # GPT-2's rows, never a padded vocabulary
+    _, header = safetensors_header(folder / "model.safetensors")
+    assert header["transformer.wte.weight"]["shape"] == [GPT2_VOCAB_SIZE, 32]
     card = (folder / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation")
     assert "pipeline(\"text-generation\", model=\"gpt2-small-test\")" in card
