@@ -3,8 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Pinned for local installs: an unpinned torch would pull a multi-GB CUDA build. Override
-# e.g. `make install TORCH_SPEC="torch>=2.1"` to keep whatever torch a machine already has.
+# Pinned for local installs (the version the tests were run with). Which build arrives is
+# pip's choice: on Linux PyPI serves the CUDA build; for the CPU-only one run e.g.
+# `PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make install TORCH_SPEC=torch==2.13.0+cpu`.
+# `make install TORCH_SPEC="torch>=2.1"` keeps whatever torch a machine already has.
 TORCH_SPEC ?= torch==2.13.0
 REQUIREMENTS := requirements.txt requirements-dev.txt
 # The stamp's name carries a hash of what was installed, so editing a requirement file

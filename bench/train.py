@@ -450,10 +450,10 @@ def run_ours_in_process(iterations: int) -> dict:
 def recipe_flops(vocab: int) -> tuple[float, float, str]:
     """FLOPs per token of the recipe's model, and the CPU's peak (measured now) with how."""
     from utils.model.gpt import meta_skeleton
-    from utils.training.engine.throughput import model_flops_per_token, peak_flops
+    from utils.training.engine.throughput import measured_cpu_peak, model_flops_per_token
 
     flops = model_flops_per_token(meta_skeleton(recipe_configs(vocab)[0]))
-    peak, source = peak_flops("cpu")
+    peak, source = measured_cpu_peak()
     return flops, peak, source
 
 

@@ -22,7 +22,11 @@ from tests.notebook_helpers import (
 )
 from utils import notebook as nb
 from utils.config import GPT2_CONFIGS, ConfigError, ModelConfig
-from utils.training.engine.errors import ModelNotInitializedError, NoCheckpointsError
+from utils.training.engine.errors import (
+    ModelNotInitializedError,
+    NoCheckpointsError,
+    TrainingOutOfMemoryError,
+)
 
 REQUIRED_PARAMETERS = ("QUICK_MODE", "MODEL_PRESET", "DATA_PATH", "MAX_STEPS", "BATCH_SIZE",
                        "CHECKPOINT_INTERVAL", "CHECKPOINT_DIR", "CHECKPOINT_OVERRIDE", "INIT_FROM")
@@ -328,6 +332,10 @@ def test_friendly_errors_stop_the_cell_with_the_guidance_alone(error, capsys):
     (ValueError("batch_size must be >= 1, got 0"), (), "BATCH_SIZE"),
     (FileNotFoundError("corpus.txt does not exist"), ("DATA_PATH",), "DATA_PATH"),
     (nb.FormValueError("SEED", -1, "it must be a whole number >= 0"), (), "change SEED"),
+    (TrainingOutOfMemoryError("CUDA ran out of memory while training with batch_size=8, "
+                              "precision='fp16', activation_checkpointing=False"), (),
+     "BATCH_SIZE / PRECISION / ACTIVATION_CHECKPOINTING"),
+    (ValueError("precision must be one of ('auto', 'fp32', 'bf16', 'fp16')"), (), "PRECISION"),
 ])
 def test_one_mapping_adds_the_notebook_cell_or_field_to_library_errors(error, fields, hint):
     text = nb.format_error(error, fields)
@@ -403,6 +411,29 @@ def test_environment_report_names_torch_and_device():
     report = nb.environment_report()
     assert f"PyTorch {torch.__version__}" in report
     assert f"Device used: {nb.default_device()}" in report
+
+
+def test_environment_report_states_the_precision_training_will_choose(monkeypatch):
+    """On a T4 torch says bf16 is supported (emulated); training picks fp16, and Cell 1
+    must say the same, not "bf16 supported: yes"."""
+    import torch
+
+    t4 = type("Props", (), {"name": "Tesla T4", "total_memory": 15e9})()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: t4)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(nb, "default_device", lambda: "cuda")
+    report = nb.environment_report()
+    assert "bf16 supported" not in report
+    assert 'Precision (PRECISION = "auto"): fp16 (auto: Tesla T4 has compute capability 7.5' \
+        in report
+    from utils.training.engine.precision import choose_precision
+
+    assert choose_precision("cuda", (7, 5))[0].name == "fp16"  # what the Trainer runs
 
 
 def test_install_requirements_skips_when_everything_is_present(capsys):

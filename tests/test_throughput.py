@@ -78,23 +78,31 @@ def test_cpu_peak_is_measured_once_per_process(monkeypatch):
     torch.manual_seed(0)
     T.cpu_peak_flops(size=64, repeats=1)  # measuring must leave the global RNG alone
     assert torch.equal(torch.rand(3), expected)
-    peak, source = T.peak_flops("cpu")
+    peak, source = T.measured_cpu_peak()
     assert peak > 0 and "measured" in source
+
+
+def test_training_reports_no_mfu_without_a_data_sheet_peak():
+    """A CPU's measured peak is not a peak the model cannot beat (the progress bar once
+    showed mfu=103.4% on a CPU): training shows no MFU there."""
+    assert T.peak_flops("cpu") == (None, "no data-sheet peak for cpu: no MFU")
 
 
 def test_mfu_arithmetic():
     assert T.mfu(1000.0, 6e9, 12e12) == pytest.approx(0.5)
     assert T.mfu(1000.0, 6e9, None) is None
+    assert T.mfu(1000.0, 6e9, 6e12) == pytest.approx(1.0)
+    assert T.mfu(1000.0, 6e9, 5.9e12) is None  # above 100%: the peak is wrong, not shown
 
 
 def test_meter_reports_rates_between_marks():
     now = [10.0]
-    meter = T.ThroughputMeter(tokens_per_step=768, flops_per_token_=1_000_000, peak=1e9,
+    meter = T.ThroughputMeter(tokens_per_step=768, flops_per_token_=1_000_000, peak=2e9,
                               clock=lambda: now[0])
     meter.start(steps_done=0)
     now[0] = 12.0
     rates = meter.mark(steps_done=4)  # 4 steps x 768 tokens in 2 s
-    assert rates == {"tokens_per_s": 1536.0, "mfu": pytest.approx(1.536)}
+    assert rates == {"tokens_per_s": 1536.0, "mfu": pytest.approx(0.768)}
     now[0] = 13.0
     assert meter.mark(steps_done=5)["tokens_per_s"] == 768.0
     now[0] = 14.0

@@ -326,12 +326,19 @@ def test_out_of_memory_names_the_setting_and_keeps_the_checkpoints(tmp_path, mon
 
 # ---------------------------------------------------------------- throughput
 
-def test_tokens_per_second_and_mfu_are_in_the_metrics(tmp_path):
+def test_tokens_per_second_and_mfu_are_in_the_metrics(tmp_path, monkeypatch):
+    from utils.training.engine import trainer as trainer_module
+
     trainer = _trainer(tmp_path, log_interval=2)
-    history = trainer.fit()
+    history = trainer.fit()  # on a CPU: no data-sheet peak, so no MFU
+    for record in history:
+        assert record["tokens_per_s"] > 0 and record["mfu"] is None
+    # with a peak (as on a GPU of the table) the metrics carry it
+    monkeypatch.setattr(trainer_module, "peak_flops", lambda device, precision: (1e15, "test"))
+    history = _trainer(tmp_path / "with_peak", log_interval=2).fit()
     for record in history:
         assert record["tokens_per_s"] > 0 and 0 < record["mfu"] < 1
-    log = next(tmp_path.glob("metrics_*.jsonl")).read_text()
+    log = next((tmp_path / "with_peak").glob("metrics_*.jsonl")).read_text()
     assert '"mfu"' in log and '"tokens_per_s"' in log
 
 

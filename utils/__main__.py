@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
+from utils import DISTRIBUTION, __version__
 from utils.cli import COMMANDS
-from utils.cli.common import error_line
+from utils.cli.common import error_line, use_help_formatters
 from utils.errors import UserError, user_error_types
 
 __all__ = ["UserError", "build_parser", "main"]  # UserError's home is utils.errors
@@ -19,13 +21,20 @@ __all__ = ["UserError", "build_parser", "main"]  # UserError's home is utils.err
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m utils",
+        prog=program_name(),
         description="Train, recover, load, generate with, convert and export GPT-2 models.",
     )
+    parser.add_argument("--version", action="version", version=f"{DISTRIBUTION} {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"utils.cli.{name}").register(subparsers)
+    use_help_formatters(parser)
     return parser
+
+
+def program_name() -> str:
+    """How the user started us, for usage lines: the installed command, or `python -m utils`."""
+    return DISTRIBUTION if Path(sys.argv[0]).stem == DISTRIBUTION else "python -m utils"
 
 
 def _setting_flags(command: str | None) -> dict[str, str]:

@@ -172,7 +172,7 @@ class TrainingConfig:
     precision: str = _setting(
         "auto", "auto | fp32 | bf16 | fp16; auto: fp32 on CPU, bf16 on CUDA >= 8.0, fp16 below")
     compile: bool | str = _setting(
-        "auto", "torch.compile: auto (on CUDA if it repays the warm-up) | True | False")
+        "auto", "torch.compile: auto (on CUDA where it repays the warm-up), on or off")
     activation_checkpointing: bool = _setting(
         False, "recompute each block in the backward pass: far less memory, ~1/3 more compute")
     log_interval: int = _setting(

@@ -81,15 +81,24 @@ def environment_report() -> str:
         for index in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
             lines.append(f"🎮 GPU {index}: {props.name}, {props.total_memory / 1e9:.1f} GB")
-        bf16 = torch.cuda.is_bf16_supported()
-        lines.append(f"   bf16 supported: {'yes' if bf16 else 'no (fp16 with a GradScaler)'}")
     elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         lines.append("🍎 Apple GPU (MPS) available")
     else:
         lines.append("⚠️  No GPU: training runs on the CPU (fine for QUICK_MODE and tiny models;")
         lines.append("   in Colab choose Runtime → Change runtime type → GPU).")
-    lines.append(f"📍 Device used: {default_device()}")
+    device = default_device()
+    lines.append(f"📍 Device used: {device}")
+    lines.append(f"🔢 Precision (PRECISION = \"auto\"): {auto_precision(device)}")
     return "\n".join(lines)
+
+
+def auto_precision(device: str) -> str:
+    """What training will choose with precision "auto" on `device`, and why: the Trainer's
+    own choice (a T4 reports bf16 as supported, emulated: it trains in fp16)."""
+    from utils.training.engine.precision import choose_precision_for
+
+    choice = choose_precision_for(device, "auto")
+    return f"{choice.name} ({choice.reason})"
 
 
 def default_device() -> str:
@@ -381,6 +390,8 @@ SETTING_FIELDS = {
     "context_length": "CONTEXT_LENGTH", "eval_interval": "EVAL_INTERVAL",
     "eval_batches": "EVAL_BATCHES", "checkpoint_interval": "CHECKPOINT_INTERVAL",
     "checkpoint_dir": "CHECKPOINT_DIR", "preset": "MODEL_PRESET", "tokenizer": "TOKENIZER",
+    "precision": "PRECISION", "activation_checkpointing": "ACTIVATION_CHECKPOINTING",
+    "compile": "COMPILE", "init_from": "INIT_FROM",
 }
 
 

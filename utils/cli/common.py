@@ -1,12 +1,14 @@
 """What every subcommand shares: flag names in library messages, the one-line error, devices.
 
 The library names a setting by its field (`learning_rate must be ...`); a command-line user
-typed a flag (`--lr`). Each command module may define `SETTING_FLAGS` (field -> flag), and
-`error_line` writes the flag where the message names the field.
+typed a flag (`--lr`). Each command module may define `SETTING_FLAGS` (field -> flag, or a
+field with its value -> the flag that means it: `resume_from=None` -> `--new-run`), and
+`error_line` (and `train`'s printed messages) write the flag where the message names the field.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Mapping
 
@@ -20,13 +22,50 @@ _SETTING_PREFIX = r"(?:(?:ModelConfig|TrainingConfig)\.)"
 def with_flag_names(message: str, flags: Mapping[str, str]) -> str:
     """`message` with each setting it names (e.g. `learning_rate`) written as its flag."""
     for name, flag in sorted(flags.items(), key=lambda item: -len(item[0])):
-        if "_" in name:
+        if "=" in name:  # a setting with its value, written as it stands in the message
+            message = message.replace(name, flag)
+        elif "_" in name:
             pattern = rf"{_SETTING_PREFIX}?\b{name}\b(=)?"
         else:
             pattern = rf"{_SETTING_PREFIX}\b{name}\b(=)?|\b{name}(=)|\b{name}(?= must\b)"
         message = re.sub(pattern, lambda match, flag=flag: flag + (" " if any(
             match.groups()) else ""), message)
     return message
+
+
+class _ShowsDefaults(argparse.HelpFormatter):
+    """Each option's help ends with its default, unless the text already says it (a flag
+    whose default comes from elsewhere writes "default: ..." itself) or there is nothing to
+    show: None (the help then says what leaving the option out does) or a switch's False."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or "default" in text
+                or action.default in (None, False, argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class HelpFormatter(_ShowsDefaults):
+    """The commands' help: defaults shown, descriptions re-wrapped."""
+
+
+class RawDescriptionHelpFormatter(_ShowsDefaults, argparse.RawDescriptionHelpFormatter):
+    """The same, for a description laid out by hand (kept as written)."""
+
+
+def use_help_formatters(parser: argparse.ArgumentParser) -> None:
+    """Give `parser` and its subcommands the formatters above (set once here, so a command
+    added later shows its defaults too)."""
+    for each in [parser, *_subcommands(parser)]:
+        raw = issubclass(each.formatter_class, argparse.RawDescriptionHelpFormatter)
+        each.formatter_class = RawDescriptionHelpFormatter if raw else HelpFormatter
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    return [sub for action in parser._actions
+            if isinstance(action, argparse._SubParsersAction)
+            for sub in action.choices.values()]
 
 
 def error_line(error: BaseException, flags: Mapping[str, str] | None = None) -> str:

@@ -2,9 +2,10 @@
 
 SOURCE is a Hugging Face name (`gpt2`, `gpt2-medium`, ...), a `save_pretrained` folder, a
 `.safetensors`/`.bin` file, or a folder with OpenAI's original TensorFlow release. The
-output is a checkpoint in DESIGN.md's format (loads with `weights_only=True`), written
-crash-safely by the checkpoint writer, so `load`, `generate --checkpoint` and
-`train --init-from` can use it.
+output is a checkpoint like those training writes (the same keys, tensors and plain values
+that load with `weights_only=True`; weights only, no optimizer state), written crash-safely,
+so `load`, `generate --checkpoint` and `export --checkpoint` can use it. To train from these
+weights, pass the same SOURCE to `train --init-from`.
 
 Also home of the source arguments and loader shared by `generate` and `export`.
 """
@@ -43,6 +44,16 @@ def load_source(args: argparse.Namespace) -> tuple[Any, Any]:
     The tokenizer is the one the weights were made with: OpenAI's encoder.json/vocab.bpe for
     a TensorFlow folder, the checkpoint's recorded tokenizer, or `--tokenizer` when given.
     """
+    model, tokenizer, _ = load_source_with_metadata(args)
+    return model, tokenizer
+
+
+def load_source_with_metadata(args: argparse.Namespace, build_tokenizer: bool = True
+                              ) -> tuple[Any, Any, dict[str, Any]]:
+    """`load_source`, plus what the weights came with (for an export's model card): the
+    checkpoint's entries without its tensors, or `{"source": NAME}` for converted weights.
+    `build_tokenizer=False`: a checkpoint's tokenizer is left to the caller (None), which then
+    reads its name from the metadata (e.g. "char", which `get_tokenizer` cannot build)."""
     from utils.tokenizer import get_tokenizer
     from utils.training.engine.loading import resolve_device
 
@@ -54,17 +65,20 @@ def load_source(args: argparse.Namespace) -> tuple[Any, Any]:
         model, checkpoint = load_pretrained_model(args.checkpoint, device=device)
         recorded = checkpoint.get("tokenizer")
         name = chosen or (recorded if isinstance(recorded, str) else None) or "gpt2"
-        return model, get_tokenizer(name)
+        metadata = {key: value for key, value in checkpoint.items()
+                    if not key.endswith("_state_dict") and key != "rng_state"}
+        return model, get_tokenizer(name) if build_tokenizer else None, metadata
+    source = {"source": str(args.pretrained)}
     if is_openai_tf_folder(args.pretrained):
         from utils.pretrained.openai_tf import load_tf_gpt2, tokenizer_from_encoder
 
         model, _ = load_tf_gpt2(args.pretrained, device=str(device))
         tokenizer = get_tokenizer(chosen) if chosen else tokenizer_from_encoder(args.pretrained)
-        return model, tokenizer
+        return model, tokenizer, source
     from utils.pretrained.huggingface import load_openai_gpt2
 
     model, _ = load_openai_gpt2(args.pretrained, device=device)
-    return model, get_tokenizer(chosen or "gpt2")
+    return model, get_tokenizer(chosen or "gpt2"), source
 
 
 def pretrained_checkpoint(model: Any, source: str, tokenizer: str | None = "gpt2"

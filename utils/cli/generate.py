@@ -24,9 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", default="Hello, I'm a language model,", help="text to continue")
     parser.add_argument("--length", type=int, default=50, help="new tokens to generate")
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    parser.add_argument("--top-k", type=int, default=None, help="sample from the k most likely")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
-    parser.add_argument("--seed", type=int, default=None, help="for reproducible samples")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="sample from the k most likely (default: all tokens)")
+    parser.add_argument("--top-p", type=float, default=None,
+                        help="nucleus sampling mass (default: off)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="for reproducible samples (default: a different sample each run)")
     parser.add_argument("--tokenizer", default=None,
                         help="gpt2 | byte (default: the one the weights were made with)")
     parser.set_defaults(func=run)

@@ -22,9 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--checkpoint-dir",
                         help="folder: load its best checkpoint by val_loss (lists them all)")
     parser.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
-    parser.add_argument("--mode", choices=("eval", "train"), default="eval")
+    parser.add_argument("--mode", choices=("eval", "train"), default="eval",
+                        help="the model's mode after loading: eval (dropout off, for "
+                             "inference) or train (dropout on, to continue training)")
     parser.add_argument("--preset", default=None,
-                        help="model preset for a bare state dict without a config (e.g. gpt2)")
+                        help="model preset for a bare state dict without a config, e.g. "
+                             "gpt2 (default: the shapes come from the file)")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow pickled Python objects (runs code from the file: only for "
                              "files you trust)")

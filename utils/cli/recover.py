@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="which run to recover: latest (default) or a run id from the "
                              "runs table")
     parser.add_argument("--metrics-csv", default=None,
-                        help="also write the recovered metrics history to this CSV file")
+                        help="also write the recovered metrics history to this CSV file "
+                             "(default: none)")
     parser.set_defaults(func=run)
 
 

@@ -19,7 +19,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from utils.cli.common import check_device
+from utils.cli.common import check_device, with_flag_names
 from utils.config import PRECISIONS, TrainingConfig, setting_default, setting_help
 from utils.errors import UserError
 
@@ -43,12 +43,37 @@ FIELDS_WITHOUT_FLAG = ("background_checkpointing", "betas", "checkpoint_every_ep
 MODEL_FLAGS = {"number_of_layers": "--layers", "number_of_heads": "--heads",
                "embedding_dimension": "--dim", "context_length": "--context",
                "dropout_rate": "--dropout"}
-# Library messages name settings by field; a command-line user sees the flag (__main__).
-SETTING_FLAGS = {**TRAINING_FLAGS, **MODEL_FLAGS}
+# Library messages name settings by field; a command-line user sees the flag (__main__, and
+# the Trainer's printed messages). Fit's arguments are flags too.
+SETTING_FLAGS = {**TRAINING_FLAGS, **MODEL_FLAGS, "resume_from=None": "--new-run"}
+
+
+# Settings whose None the command line can give explicitly, and the words for it (a parsed
+# None means "not given": with --resume the checkpoint's value then stands).
+NONE_WORDS = {"grad_clip": ("none",), "keep_last": ("all", "none"), "keep_best": ("all", "none")}
+
+
+class _ExplicitNone:
+    """What `--keep-last all` parses to: the setting's None, given on purpose."""
+
+    def __repr__(self) -> str:
+        return "None"
+
+
+EXPLICIT_NONE = _ExplicitNone()
 
 
 def _dest(flag: str) -> str:
     return flag[2:].replace("-", "_")
+
+
+def _or_none(kind: type, words: tuple[str, ...]) -> typing.Callable[[str], Any]:
+    """`kind(text)`, or EXPLICIT_NONE for one of `words` (any case)."""
+    def parse(text: str) -> Any:
+        return EXPLICIT_NONE if text.strip().lower() in words else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse says "invalid int value: 'x'"
+    return parse
 
 
 def add_setting(group: argparse._ActionsContainer, field: str, note: str = "") -> None:
@@ -67,6 +92,9 @@ def add_setting(group: argparse._ActionsContainer, field: str, note: str = "") -
         group.add_argument(flag, choices=PRECISIONS, help=help_text)
     elif field == "compile":  # `--compile` alone: on
         group.add_argument(flag, nargs="?", const="on", choices=("auto", "on", "off"),
+                           help=help_text)
+    elif field in NONE_WORDS:
+        group.add_argument(flag, type=_or_none(_setting_type(field), NONE_WORDS[field]),
                            help=help_text)
     else:
         group.add_argument(flag, type=_setting_type(field), help=help_text)
@@ -89,14 +117,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--preset", default=None,
                        help="tiny | small (gpt2) | medium | large | xl (default: tiny)")
-    model.add_argument("--layers", type=int, help="number of transformer blocks")
-    model.add_argument("--heads", type=int, help="attention heads")
-    model.add_argument("--dim", type=int, help="embedding dimension")
-    model.add_argument("--context", type=int, help="context length")
-    model.add_argument("--dropout", type=float, help="dropout rate")
+    model.add_argument("--layers", type=int,
+                       help="number of transformer blocks (default: the preset's)")
+    model.add_argument("--heads", type=int, help="attention heads (default: the preset's)")
+    model.add_argument("--dim", type=int, help="embedding dimension (default: the preset's)")
+    model.add_argument("--context", type=int,
+                       help="context length in tokens (default: the preset's)")
+    model.add_argument("--dropout", type=float, help="dropout rate (default: the preset's)")
     model.add_argument("--init-from", default=None,
                        help="start from GPT-2 weights: gpt2 | gpt2-medium | ... | a local "
-                            "save_pretrained folder or .safetensors/.bin file")
+                            "save_pretrained folder or .safetensors/.bin file (default: "
+                            "random initial weights)")
     data = parser.add_argument_group("data")
     data.add_argument("--data", default=None,
                       help="a .txt file or folder of them, a nanoGPT folder (train.bin/val.bin), "
@@ -105,14 +136,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "docs/08-data.md")
     data.add_argument("--tokenizer", default=None,
                       help="gpt2 (default) | byte; token files bring their own")
-    data.add_argument("--val-fraction", type=float, default=0.1)
+    data.add_argument("--val-fraction", type=float, default=0.1,
+                      help="share of the tokens held out for validation (inputs with their "
+                           "own validation split keep it)")
     data.add_argument("--val-split", choices=("end", "block", "document"), default="end",
                       help="validation: the end of the corpus (default), blocks or whole "
                            "documents spread over it (inputs with their own val keep it)")
     run_group = parser.add_argument_group("training")
     length = run_group.add_mutually_exclusive_group()
     add_setting(length, "max_steps")
-    add_setting(length, "epochs")
+    add_setting(length, "epochs", note="default: none, --max-steps bounds the run")
     for field in ("batch_size", "gradient_accumulation_steps", "learning_rate"):
         add_setting(run_group, field)
     add_setting(run_group, "min_learning_rate", note="with --lr: lr/10")
@@ -121,8 +154,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                   "log_interval", "seed", "device"):
         add_setting(run_group, field)
     checkpoints = parser.add_argument_group("checkpoints")
-    for field in ("checkpoint_interval", "checkpoint_dir", "keep_last", "keep_best"):
+    for field in ("checkpoint_interval", "checkpoint_dir"):
         add_setting(checkpoints, field)
+    for field in ("keep_last", "keep_best"):
+        add_setting(checkpoints, field, note="all or None: keep every one")
     checkpoints.add_argument("--sync-checkpoints", action="store_true",
                              help="write checkpoints on the training thread (default: "
                                   "in the background)")
@@ -166,7 +201,7 @@ def build_training_config(args: argparse.Namespace, saved: dict[str, Any] | None
     for field, flag in TRAINING_FLAGS.items():
         given = getattr(args, _dest(flag))
         if given is not None and given is not False:
-            values[field] = given
+            values[field] = None if given is EXPLICIT_NONE else given
     if args.epochs is not None:
         values["max_steps"] = None  # --epochs bounds the run (max_steps would win)
     if args.lr is not None and args.min_lr is None:
@@ -293,6 +328,7 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(model, training_config, train_tokens, val_tokens,
                       tokenizer_name=tokenizer_name, progress=not args.no_progress,
                       init_from=args.init_from)
+    trainer.announce = lambda message: print(with_flag_names(message, SETTING_FLAGS))
     resume_from = None if args.new_run else (resume_path or "auto")
     history = trainer.fit(resume_from=resume_from)
     if dist.is_main:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from utils.config import GPT2_CONFIGS, PRESET_ALIASES, ModelConfig
-from utils.model import GPTModel, meta_skeleton
+from utils.model import GPTModel, count_parameters, meta_skeleton
 from utils.pretrained.foreign import hf_config_to_model_config
 from utils.pretrained.foreign import infer_config as infer_foreign_config
 from utils.pretrained.mapping import (
@@ -493,27 +493,90 @@ def write_safetensors(tensors: Iterable[tuple[str, torch.Tensor]],
         os.fsync(handle.fileno())
 
 
-def export_to_hf(model: GPTModel, out_dir: str | Path) -> Path:
-    """Write `config.json`, `generation_config.json` and `model.safetensors` that
-    `GPT2LMHeadModel.from_pretrained(out_dir)` loads with no missing or unexpected keys.
+@dataclasses.dataclass
+class HFExport:
+    """What `write_hf_folder` wrote: the folder, its files, and why no tokenizer files were
+    written (None when they were)."""
+
+    path: Path
+    files: list[str]
+    tokenizer_note: str | None
+
+
+def export_to_hf(model: GPTModel, out_dir: str | Path, *, tokenizer: Any = None,
+                 checkpoint: dict[str, Any] | None = None, data_description: str | None = None,
+                 name: str | None = None) -> Path:
+    """Write a complete Hugging Face folder for `model` and return its path: the weights
+    (`GPT2LMHeadModel.from_pretrained(out_dir)` loads them with no missing or unexpected
+    keys), `generation_config.json`, the tokenizer's files (`AutoTokenizer` and
+    `pipeline("text-generation", model=out_dir)` work) and a model card (README.md).
+
+    `tokenizer`: a name (`gpt2`, `byte`) or tokenizer object; default: the checkpoint's, else
+    GPT-2's BPE for a 50,257-row model and bytes for a 257-row one. `checkpoint`: the dict
+    the weights came from, for the card (steps, losses, settings); `data_description`: what
+    the model was trained on (checkpoints do not record it); `name`: the card's title and
+    the name its example loads (default: the folder's name).
+    """
+    return write_hf_folder(model, out_dir, tokenizer=tokenizer, checkpoint=checkpoint,
+                           data_description=data_description, name=name).path
+
+
+def write_hf_folder(model: GPTModel, out_dir: str | Path, *, tokenizer: Any = None,
+                    checkpoint: dict[str, Any] | None = None,
+                    data_description: str | None = None, name: str | None = None) -> HFExport:
+    """`export_to_hf`, returning what was written (for the command line's report).
 
     Files are written in a temporary folder next to `out_dir` and moved in when complete,
     so an interrupted export never leaves a half-written model behind.
     """
     from transformers import GenerationConfig
 
+    from utils.pretrained.hf_tokenizer import tokenizer_files
+    from utils.pretrained.model_card import model_card
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    chosen = tokenizer if tokenizer is not None else default_tokenizer(config, checkpoint)
+    tokenizer_export = tokenizer_files(chosen, config.vocab_size, config.context_length) \
+        if chosen is not None else None
+    eos = tokenizer_export.eos_token_id if tokenizer_export else None
     # Q/K/V biases are always present in HF's GPT-2; a bias-free model exports zeros.
-    hf_config = to_hf_config(dataclasses.replace(model.config, use_attention_bias=True),
-                             architectures=["GPT2LMHeadModel"], tie_word_embeddings=True)
-    shapes = expected_hf_shapes(dataclasses.replace(model.config, use_attention_bias=True))
+    with_bias = dataclasses.replace(config, use_attention_bias=True)
+    hf_config = to_hf_config(with_bias, architectures=["GPT2LMHeadModel"],
+                             tie_word_embeddings=True,
+                             **({"bos_token_id": eos, "eos_token_id": eos} if eos else {}))
+    note = tokenizer_export.note if tokenizer_export else (
+        f"no tokenizer was given and a vocabulary of {config.vocab_size:,} ids is neither "
+        "GPT-2's (50,257) nor the byte tokenizer's (257)")
+    card = model_card(
+        name=name or out_dir.name, config=config,
+        parameters=count_parameters(model), checkpoint=checkpoint,
+        tokenizer_description=tokenizer_export.description if tokenizer_export else "unknown",
+        tokenizer_note=note, data_description=data_description)
+    out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
         # lm_head.weight is left out: it is tied to wte, and HF re-ties it on load.
-        write_safetensors(iter_hf_state(model), shapes, os.path.join(tmp, "model.safetensors"))
+        write_safetensors(iter_hf_state(model), expected_hf_shapes(with_bias),
+                          os.path.join(tmp, "model.safetensors"))
         hf_config.save_pretrained(tmp)
         GenerationConfig.from_model_config(hf_config).save_pretrained(tmp)
-        for name in os.listdir(tmp):
-            os.replace(os.path.join(tmp, name), out_dir / name)
-    return out_dir
+        extra = {**(tokenizer_export.files if tokenizer_export else {}),
+                 "README.md": card.encode()}
+        for file_name, data in extra.items():
+            Path(tmp, file_name).write_bytes(data)
+        names = sorted(os.listdir(tmp))
+        for file_name in names:
+            os.replace(os.path.join(tmp, file_name), out_dir / file_name)
+    return HFExport(out_dir, names, note)
 
+
+def default_tokenizer(config: ModelConfig, checkpoint: dict[str, Any] | None) -> str | None:
+    """The tokenizer a model was made with: the checkpoint's record, else the one whose
+    vocabulary size the model has (GPT-2's BPE or bytes), else None."""
+    recorded = (checkpoint or {}).get("tokenizer")
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    from utils.config import GPT2_VOCAB_SIZE
+    from utils.tokenizer import ByteTokenizer
+
+    return {GPT2_VOCAB_SIZE: "gpt2", ByteTokenizer.n_vocab: "byte"}.get(config.vocab_size)

@@ -118,7 +118,7 @@ def load_first_readable(candidates: list[CheckpointInfo], load: Callable[[Path],
     raise CorruptCheckpointError(
         f"no checkpoint {which}in {checkpoint_dir} could be read ("
         + "; ".join(reasons) + "). Fix: copy the checkpoints into the folder again, or "
-        "start a new run (resume_from=None, --new-run).")
+        "start a new run (resume_from=None).")
 
 
 # --------------------------------------------------------------------------------------

@@ -8,9 +8,12 @@ lookup, no product; the tied head's product counts through the token embedding),
 H heads, Q the head dimension and T the context length.
 
 MFU = achieved FLOP/s / the device's peak. GPUs: a table of dense tensor-core peaks from the
-vendors' data sheets, matched on `torch.cuda.get_device_name`; a CPU has no data sheet
-number that torch reaches, so its peak is measured: the best of a few square `torch.mm`,
-once per process.
+vendors' data sheets, matched on `torch.cuda.get_device_name`. Training reports MFU only
+there: a CPU has no data sheet number that torch reaches, and a peak measured on a shared
+CPU (`measured_cpu_peak`, the best of a few square `torch.mm`; the benchmarks use it) is
+often below what the model's own products reach, which would read as more than 100%.
+A utilisation above 100% means the peak or the FLOP count does not fit the device, so it is
+not reported at all.
 """
 
 from __future__ import annotations
@@ -96,7 +99,8 @@ def cpu_peak_flops(dtype: torch.dtype = torch.float32, size: int = CPU_MM_SIZE,
 
 
 def peak_flops(device: str | torch.device, precision: str = "fp32") -> tuple[float | None, str]:
-    """`(peak FLOP/s or None, where it comes from)` for the device training runs on."""
+    """`(data-sheet peak FLOP/s or None, where it comes from)` for the device training runs
+    on: a GPU of the table; None (no MFU) for other GPUs, CPUs and MPS."""
     device = torch.device(device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -104,19 +108,24 @@ def peak_flops(device: str | torch.device, precision: str = "fp32") -> tuple[flo
         if peak is None:
             return None, f"{name} is not in the peak table: no MFU"
         return peak, f"{name} {precision} dense peak {peak / 1e12:g} TFLOP/s (data sheet)"
-    if device.type == "cpu":
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-        peak = cpu_peak_flops(dtype)
-        return peak, (f"measured {CPU_MM_SIZE}x{CPU_MM_SIZE} {precision} torch.mm, "
-                      f"{torch.get_num_threads()} threads: {peak / 1e9:.1f} GFLOP/s")
-    return None, f"no peak known for {device.type}: no MFU"
+    return None, f"no data-sheet peak for {device.type}: no MFU"
+
+
+def measured_cpu_peak(precision: str = "fp32") -> tuple[float, str]:
+    """`(FLOP/s, how it was measured)` of this CPU now, for benchmarks that compare runs."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    peak = cpu_peak_flops(dtype)
+    return peak, (f"measured {CPU_MM_SIZE}x{CPU_MM_SIZE} {precision} torch.mm, "
+                  f"{torch.get_num_threads()} threads: {peak / 1e9:.1f} GFLOP/s")
 
 
 def mfu(tokens_per_second: float, flops_per_token_: float, peak: float | None) -> float | None:
-    """Model FLOPs utilisation in [0, 1] (None without a peak)."""
+    """Model FLOPs utilisation in [0, 1]; None without a peak, or above 1 (then the peak or
+    the FLOP count does not describe this device, and no number is better than a wrong one)."""
     if not peak:
         return None
-    return tokens_per_second * flops_per_token_ / peak
+    utilisation = tokens_per_second * flops_per_token_ / peak
+    return utilisation if utilisation <= 1.0 else None
 
 
 class ThroughputMeter:

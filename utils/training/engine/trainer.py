@@ -477,7 +477,11 @@ class Trainer:
 
     def _say(self, message: str) -> None:
         if self.dist.is_main:
-            print(message)
+            self.announce(message)
+
+    # How the Trainer's messages reach the user (rank 0 only): the command line sets one that
+    # writes its flags where a message names a setting (`max_steps` -> `--max-steps`).
+    announce: Callable[[str], None] = print
 
     def _start_or_resume(self, resume_from: str | Path | None) -> bool:
         """Load what `resume_from` asks for and give the run its id; False: nothing to train."""
