@@ -14,7 +14,7 @@ PACKAGE = REPO / "utils"
 ENGINE_ORDER = ["errors", "distributed", "reading", "checkpoint", "runs", "listing", "recovery",
                 "writer",
                 "loading", "evaluation", "compare", "optim", "rng", "precision", "throughput",
-                "device_loop", "trainer"]
+                "device_loop", "loggers", "trainer"]
 
 
 def module_name(path: Path) -> str:
