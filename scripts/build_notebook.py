@@ -453,7 +453,7 @@ code(17, "TensorBoard", '''
 # Where no notebook page can show it (papermill, nbconvert), it prints the command instead.
 from utils.notebook import show_tensorboard
 
-show_tensorboard(training_config)
+tensorboard_logs = show_tensorboard(training_config)  # the folder (None: LOG_TO has none)
 ''')
 
 md("## 5 · Training")

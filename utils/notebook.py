@@ -547,9 +547,11 @@ RUNS_HEADING = f"Runs in this folder (most recent first; RUN_ID in {SETTINGS_CEL
 def show_table(frame: Any, text: str) -> None:
     """A pandas table rendered as one in a notebook; `text` (the same rows) elsewhere."""
     if in_notebook():
+        import pandas as pd
         from IPython.display import display
 
-        display(frame)
+        with pd.option_context("display.max_colwidth", None):  # whole file names
+            display(frame)
     else:
         print(text)
 

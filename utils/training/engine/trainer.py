@@ -786,9 +786,15 @@ class Trainer:
             return
         tokenizer, prompt_ids = sampler
         end = getattr(tokenizer, "eot_token", None)
-        ids = generate_text(unwrap_model(self.model), prompt_ids, SAMPLE_NEW_TOKENS,
-                            temperature=0.8, top_k_tokens=50, eos_token_id=end,
-                            seed=self.config.seed)
+        try:
+            ids = generate_text(unwrap_model(self.model), prompt_ids, SAMPLE_NEW_TOKENS,
+                                temperature=0.8, top_k_tokens=50, eos_token_id=end,
+                                seed=self.config.seed)
+        except Exception as error:  # a sample is never worth the training run
+            self._sampler = ()
+            self._write(f"WARNING: no more text samples (sample_every): generating one "
+                        f"failed: {type(error).__name__}: {error}")
+            return
         text = self.config.sample_prompt + tokenizer.decode(ids[len(prompt_ids):])
         self._write(sample_block(self.global_step, self.config.sample_prompt, text))
         self._loggers.log(self.global_step, {"sample": text}, "sample")
