@@ -194,6 +194,7 @@ class Trainer:
         self._loggers = RunLoggers()  # config.log_to's loggers, open while fit() trains
         self._print_lines = False  # no progress bar in sight: print a line per log interval
         self._grad_norm: torch.Tensor | None = None  # the last measured step's, on the device
+        self._measure_norm = False  # the next step is logged: measure its gradient norm
         self._sampler: tuple[Any, list[int]] | None = None  # (tokenizer, prompt ids)
 
     # ---------------------------------------------------------------- data
@@ -592,8 +593,8 @@ class Trainer:
         speed.start(session_step)
         total = self._stop_step
         while self.global_step < total:
-            losses.add(self._train_step(
-                training_model, measure_norm=self._reads_loss_at(self.global_step + 1)))
+            self._measure_norm = self._reads_loss_at(self.global_step + 1)
+            losses.add(self._train_step(training_model))
             self.global_step += 1
             if self._report_compile_time:  # one sync, once per Trainer: what compiling cost
                 self._report_compile_time = False
@@ -626,7 +627,9 @@ class Trainer:
     def _log_progress(self, losses: LossMeter, speed: ThroughputMeter, bar) -> None:
         """Read the loss window (the sync point), check it, update the bar and the log."""
         window = losses.log_steps
-        loss = losses.read_log(self.dist.all_reduce_mean)
+        # the gradient norm comes back in the same host read as the loss
+        loss, grad_norm = losses.read_log_with(self._grad_norm, self.dist.all_reduce_mean)
+        self._grad_norm = None
         self._check_finite(loss, window)
         rates = speed.mark(self.global_step)
         postfix = {"loss": f"{loss:.4f}", "lr": f"{self._lr_of_last_step():.2e}"}
@@ -637,7 +640,7 @@ class Trainer:
         bar.set_postfix(postfix, refresh=False)
         values = {"train_loss": loss, "learning_rate": self._lr_of_last_step(),
                   "tokens_per_s": rates["tokens_per_s"], "mfu": rates["mfu"],
-                  "grad_norm": self._read_grad_norm()}
+                  "grad_norm": grad_norm}
         if self._log is not None:
             self._log.append({"kind": "train", "step": self.global_step, "epoch": self.epoch,
                               **values, "timestamp": timestamp_now()})
@@ -645,11 +648,6 @@ class Trainer:
         if self._print_lines:
             print(train_line(self.global_step, self._stop_step, values,
                              self._eta(rates["tokens_per_s"])), flush=True)
-
-    def _read_grad_norm(self) -> float | None:
-        """The gradient norm of the last step (measured at steps whose loss is read)."""
-        norm, self._grad_norm = self._grad_norm, None
-        return None if norm is None else float(norm)
 
     def _eta(self, tokens_per_s: float | None) -> float | None:
         return eta_seconds(self._stop_step - self.global_step, self.tokens_per_step,
@@ -661,12 +659,11 @@ class Trainer:
         return (step % config.log_interval == 0 or step % config.eval_interval == 0
                 or step in (self._stop_step, self.total_steps) or self._checkpoint_due(step))
 
-    def _train_step(self, training_model: nn.Module, measure_norm: bool = False
-                    ) -> torch.Tensor:
+    def _train_step(self, training_model: nn.Module) -> torch.Tensor:
         """One optimizer step over `gradient_accumulation_steps` micro-batches; returns the
         mean loss as a 0-d tensor on the device (reading it is the caller's choice).
         The gradient norm stays on the device in `_grad_norm`: clipping measures it anyway;
-        without clipping it is measured only when `measure_norm` (a step that is logged)."""
+        without clipping it is measured only when `_measure_norm` (a step that is logged)."""
         accumulation = self.config.gradient_accumulation_steps
         training_model.train()
         total = None
@@ -688,7 +685,7 @@ class Trainer:
             foreach = True if self.device.type in ("cpu", "cuda") else None  # one kernel per list
             self._grad_norm = nn.utils.clip_grad_norm_(
                 self.model.parameters(), self.config.grad_clip, foreach=foreach).detach()
-        elif measure_norm:
+        elif self._measure_norm:
             self.scaler.unscale_(self.optimizer)  # the norm of the true gradients (fp16)
             self._grad_norm = _gradient_norm(self.model.parameters())
         self.scaler.step(self.optimizer)
