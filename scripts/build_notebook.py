@@ -5,13 +5,14 @@
 
 Edit the cells here, not in the notebook: diffs stay small and every cell stays a few lines
 that call `utils`. Cell numbers 13 and 32-35 are fixed (the recovery guide and the original
-design refer to them); the others count up in order, so the numbers jump from 16 to 32.
+design refer to them); the others count up in order, so the numbers jump from 17 to 32.
 Cells with form fields hide their code in Colab (`display-mode: "form"`); the others show it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -51,11 +52,19 @@ def md(text: str) -> None:
 # Form fields of Cell 3 that are TrainingConfig settings: value and meaning come from there
 # (utils/config.py defines each setting once), so the notebook cannot drift from the CLI.
 TRAINING_FORM_FIELDS = {"MAX_STEPS": "max_steps", "BATCH_SIZE": "batch_size",
+                        "GRADIENT_ACCUMULATION_STEPS": "gradient_accumulation_steps",
                         "LEARNING_RATE": "learning_rate", "WARMUP_STEPS": "warmup_steps",
+                        "WEIGHT_DECAY": "weight_decay",
                         "EVAL_INTERVAL": "eval_interval", "EVAL_BATCHES": "eval_batches",
                         "CHECKPOINT_INTERVAL": "checkpoint_interval",
+                        "KEEP_LAST": "keep_last", "KEEP_BEST": "keep_best",
                         "PRECISION": "precision", "COMPILE": "compile",
                         "ACTIVATION_CHECKPOINTING": "activation_checkpointing", "SEED": "seed"}
+# Settings whose notebook value differs from the library's default (the notebook is the
+# demo: its curves go to TensorBoard and a CSV, and it shows samples while training); their
+# meaning still comes from TrainingConfig.
+NOTEBOOK_SETTING_FIELDS = {"LOG_TO": ("log_to", "tensorboard,csv"),
+                           "SAMPLE_EVERY": ("sample_every", 2)}
 
 
 def training_form_line(variable: str) -> str:
@@ -72,15 +81,53 @@ def training_form_line(variable: str) -> str:
     return f'{variable} = {value!r}  # @param {{type:"{kind}"}}'
 
 
+def form_line(variable: str, value: object, kind: str) -> str:
+    shown = json.dumps(value) if isinstance(value, str) else repr(value)  # "text", 0.1
+    return f'{variable} = {shown}  # @param {{type:"{kind}"}}'
+
+
+def model_and_data_lines() -> dict[str, str]:
+    """DROPOUT (ModelConfig's default), VAL_FRACTION and VAL_SPLIT (load_data's defaults,
+    the splits it offers): from the code that defines them."""
+    import inspect
+
+    from utils.config import ModelConfig
+    from utils.data import SPLITS, load_data
+
+    defaults = {name: parameter.default
+                for name, parameter in inspect.signature(load_data).parameters.items()}
+    splits = str(list(SPLITS)).replace("'", '"')
+    return {"@DROPOUT_SETTING@": form_line("DROPOUT", ModelConfig().dropout_rate, "number"),
+            "@DATA_SETTINGS@": "\n".join([
+                form_line("VAL_FRACTION", defaults["val_fraction"], "number"),
+                f'VAL_SPLIT = "{defaults["split"]}"  # @param {splits}'])}
+
+
+def notebook_setting_lines() -> tuple[str, list[str]]:
+    from utils.config import setting_help
+
+    lines, comments = [], []
+    for variable, (setting, value) in NOTEBOOK_SETTING_FIELDS.items():
+        lines.append(form_line(variable, value, "string" if isinstance(value, str)
+                               else "integer"))
+        comments.append(f"# {variable}: {setting_help(setting)}")
+    return "\n".join(lines), comments
+
+
 def training_settings_text(body: str) -> str:
     from utils.config import setting_help
 
     fields = [name for name in TRAINING_FORM_FIELDS if name != "SEED"]
     comments = [f"# {name}: {setting_help(TRAINING_FORM_FIELDS[name])}"
                 for name in TRAINING_FORM_FIELDS]
+    reporting, reporting_comments = notebook_setting_lines()
+    if "@DROPOUT_SETTING@" in body:
+        for marker, text in model_and_data_lines().items():
+            body = body.replace(marker, text)
     return (body.replace("@TRAINING_SETTINGS@", "\n".join(map(training_form_line, fields)))
             .replace("@SEED_SETTING@", training_form_line("SEED"))
-            .replace("@TRAINING_SETTING_COMMENTS@", "\n".join(comments)))
+            .replace("@REPORTING_SETTINGS@", reporting)
+            .replace("@TRAINING_SETTING_COMMENTS@", "\n".join(comments + reporting_comments)))
 
 
 def code(number: int, name: str, body: str, tags: list[str] | None = None) -> None:
@@ -105,7 +152,7 @@ mid-run, training goes on and writes to a local folder until Drive is back. See
 `docs/03-crash-recovery-colab.md`.
 
 Cell numbers 13 and 32–35 are fixed because the guides refer to them; the numbers jump from
-16 to 32.
+17 to 32.
 """)
 
 md("## 1 · Set-up")
@@ -175,23 +222,34 @@ MODEL_PRESET = "small"  # @param ["tiny", "small", "medium", "large", "xl"]
 INIT_FROM = "scratch"  # @param {type:"string"}
 DATA_PATH = ""  # @param {type:"string"}
 TOKENIZER = "gpt2"  # @param ["gpt2", "byte"]
+@DATA_SETTINGS@
 CONTEXT_LENGTH = 256  # @param {type:"integer"}
+@DROPOUT_SETTING@
 @TRAINING_SETTINGS@
 CHECKPOINT_DIR = ""  # @param {type:"string"}
 CHECKPOINT_OVERRIDE = ""  # @param {type:"string"}
 RUN_ID = ""  # @param {type:"string"}
 RESUME_EXTRA_STEPS = 200  # @param {type:"integer"}
 PROMPT = "The meaning of life is"  # @param {type:"string"}
+@REPORTING_SETTINGS@
 OUTPUT_DIR = "outputs"  # @param {type:"string"}
+EXPORT_FROM = ""  # @param {type:"string"}
 @SEED_SETTING@
 # QUICK_MODE: the tiny preset, QUICK_MODE_STEPS steps, small batches (Cell 4).
 # INIT_FROM: "scratch", an OpenAI GPT-2 name ("gpt2", "gpt2-medium", ...) or a local folder.
 # DATA_PATH: a .txt file or folder, a nanoGPT folder, llm.c shards, hf:NAME or a save_to_disk
 #   folder (docs/08-data.md); empty means the built-in corpus (no download).
+# VAL_FRACTION, VAL_SPLIT: the share of the tokens kept for validation, taken from the end
+#   of the corpus, or spread over it in blocks or whole documents (inputs that bring their
+#   own validation file keep it).
+# DROPOUT: the dropout rate of a model trained from scratch (QUICK_MODE's tiny model: 0).
 # CHECKPOINT_DIR: empty means Google Drive in Colab, ./checkpoints elsewhere.
 # CHECKPOINT_OVERRIDE: a checkpoint file for Cell 34 to load instead of the best one.
 # RUN_ID: which run Cells 33-35 recover and load (empty: the newest; Cell 33 lists the runs).
+# PROMPT: the text Cell 38 continues, and the samples' start while training (SAMPLE_EVERY).
 # OUTPUT_DIR: where the loss curve and the exported models go.
+# EXPORT_FROM: what Cells 41-42 export: empty means the checkpoint Cell 34 loaded; "model"
+#   the model in memory as it is (after Cell 37: trained further); or a checkpoint file.
 @TRAINING_SETTING_COMMENTS@
 ''', tags=["parameters"])
 
@@ -249,9 +307,10 @@ from utils.data import TOKEN_FILE_KINDS, detect_kind, load_data
 from utils.notebook import check_form, friendly_errors
 
 with friendly_errors("DATA_PATH"):  # a wrong DATA_PATH says what to pass instead
-    check_form(globals(), "DATA_PATH")
+    check_form(globals(), "DATA_PATH", "VAL_FRACTION", "VAL_SPLIT")
     text_tokenizer = None if detect_kind(DATA_PATH or None) in TOKEN_FILE_KINDS else TOKENIZER
-    data = load_data(DATA_PATH or None, text_tokenizer, val_fraction=0.1)
+    data = load_data(DATA_PATH or None, text_tokenizer, val_fraction=VAL_FRACTION,
+                     split=VAL_SPLIT)
     tokenizer, TOKENIZER = data.tokenizer, data.tokenizer_name
 print(f"Source: {data.source} ({data.kind})")
 print(f"Tokens: {data.num_tokens:,} (uint16, memory-mapped: not loaded into RAM)")
@@ -267,7 +326,7 @@ print(token_statistics(data))
 
 code(9, "Train / Validation Split", '''
 # Views of the memmap, never a copy. nanoGPT's val.bin / llm.c's val shards are kept; other
-# inputs give the last 10% (load_data(split="block" or "document") spreads it instead).
+# inputs give VAL_FRACTION of their tokens, as VAL_SPLIT says (Cell 3).
 train_tokens, val_tokens = data.train, data.val
 print(f"train: {len(train_tokens):,} tokens | validation: {len(val_tokens):,} tokens "
       f"({data.split})")
@@ -290,12 +349,13 @@ md("## 3 · Model")
 
 code(11, "Model Configuration", '''
 from utils.config import ModelConfig
-from utils.notebook import friendly_errors
+from utils.notebook import check_form, friendly_errors
 
 # The vocabulary is the tokenizer's (GPT-2's 50,257, or 257 for the byte tokenizer).
-with friendly_errors("MODEL_PRESET", "CONTEXT_LENGTH"):
+with friendly_errors("MODEL_PRESET", "CONTEXT_LENGTH", "DROPOUT"):
+    check_form(globals(), "DROPOUT")
     model_config = ModelConfig.from_preset(MODEL_PRESET, context_length=CONTEXT_LENGTH,
-                                           vocab_size=tokenizer.n_vocab)
+                                           vocab_size=tokenizer.n_vocab, dropout_rate=DROPOUT)
 for field, value in model_config.to_dict().items():
     print(f"{field:>20}: {value}")
 ''')
@@ -358,13 +418,18 @@ from utils.notebook import check_form, friendly_errors
 
 with friendly_errors():
     check_form(globals(), "LEARNING_RATE", "WARMUP_STEPS", "EVAL_INTERVAL", "EVAL_BATCHES",
-               "CHECKPOINT_INTERVAL", "PRECISION", "COMPILE", "ACTIVATION_CHECKPOINTING")
+               "CHECKPOINT_INTERVAL", "PRECISION", "COMPILE", "ACTIVATION_CHECKPOINTING",
+               "GRADIENT_ACCUMULATION_STEPS", "WEIGHT_DECAY", "KEEP_LAST", "KEEP_BEST",
+               "LOG_TO", "SAMPLE_EVERY", "PROMPT")
     training_config = TrainingConfig(
         learning_rate=LEARNING_RATE, min_learning_rate=LEARNING_RATE / 10,
         warmup_steps=WARMUP_STEPS, max_steps=MAX_STEPS, batch_size=BATCH_SIZE,
+        gradient_accumulation_steps=GRADIENT_ACCUMULATION_STEPS, weight_decay=WEIGHT_DECAY,
         eval_interval=EVAL_INTERVAL, eval_batches=EVAL_BATCHES,
         checkpoint_interval=CHECKPOINT_INTERVAL, checkpoint_dir=CHECKPOINT_DIR,
+        keep_last=KEEP_LAST, keep_best=KEEP_BEST,
         precision=PRECISION, compile=COMPILE, activation_checkpointing=ACTIVATION_CHECKPOINTING,
+        log_to=LOG_TO, sample_every=SAMPLE_EVERY, sample_prompt=PROMPT,
         seed=SEED, device=device)
 for field, value in training_config.to_dict().items():
     print(f"{field:>26}: {value}")
@@ -383,10 +448,21 @@ print(f"{trainer.total_steps} steps of {trainer.tokens_per_step:,} tokens; "
       f"{trainer.steps_per_epoch} steps per epoch")
 ''')
 
+code(17, "TensorBoard", '''
+# The runs' curves (LOG_TO with "tensorboard"), updated while Cell 32 trains. The same as
+#   %load_ext tensorboard
+#   %tensorboard --logdir <CHECKPOINT_DIR>/logs
+# Where no notebook page can show it (papermill, nbconvert), it prints the command instead.
+from utils.notebook import show_tensorboard
+
+tensorboard_logs = show_tensorboard(training_config)  # the folder (None: LOG_TO has none)
+''')
+
 md("## 5 · Training")
 
 code(32, "Run Training", '''
-# A progress bar shows loss, learning rate and tokens/s; the plot updates at each evaluation.
+# A progress bar shows loss, learning rate and tokens/s; the plot updates at each evaluation,
+# and every SAMPLE_EVERY evaluations a sample continues PROMPT (also in TensorBoard).
 # Checkpoints are written every CHECKPOINT_INTERVAL steps to CHECKPOINT_DIR. After a crash,
 # running this cell again continues the same run exactly (same settings, same folder).
 from utils.notebook import friendly_errors
@@ -412,14 +488,14 @@ code(33, "Checkpoint Recovery", '''
 # Reads the run back from the folder (the runtime's memory may be gone): every run there,
 # then the chosen run's best and latest checkpoints and its metrics up to the last logged
 # step (also the steps after the last checkpoint, from the run's metrics log).
-from utils.notebook import check_form, friendly_errors, recovery_report
+from utils.notebook import check_form, friendly_errors, show_recovery_report
 from utils.plots import plot_loss_curves
 from utils.training.engine.recovery import recover_training_results
 
 with friendly_errors("CHECKPOINT_DIR", "RUN_ID"):
     check_form(globals(), "RUN_ID")
     results = recover_training_results(CHECKPOINT_DIR, run=RUN_ID or "latest")
-print(recovery_report(results))
+show_recovery_report(results)  # the runs as a table, then the chosen run
 curve = plot_loss_curves(results["train_curve"] if len(results["train_curve"]) else
                          results["metrics"], title=f"run {results['run_id']}")
 ''')
@@ -538,22 +614,29 @@ else:
 md("## 9 · Export")
 
 code(41, "Export to Hugging Face", '''
-from utils.notebook import friendly_errors
+# EXPORT_FROM (Cell 3) empty: the checkpoint Cell 34 loaded, read again from its file, so
+# training on in Cell 37 does not change what is exported; "model": the model as it is now.
+from utils.notebook import check_form, friendly_errors, model_to_export
 from utils.pretrained.huggingface import export_to_hf
 
-with friendly_errors("OUTPUT_DIR"):
-    hf_dir = export_to_hf(model, f"{OUTPUT_DIR}/hf_model")
-print(f"✅ saved a transformers folder: GPT2LMHeadModel.from_pretrained({str(hf_dir)!r})")
+with friendly_errors("OUTPUT_DIR", "EXPORT_FROM"):
+    check_form(globals(), "EXPORT_FROM")
+    export_model, exported, _ = model_to_export(globals(), EXPORT_FROM)
+    hf_dir = export_to_hf(export_model, f"{OUTPUT_DIR}/hf_model")
+print(f"✅ exported {exported}")
+print(f"   as a transformers folder: GPT2LMHeadModel.from_pretrained({str(hf_dir)!r})")
 ''')
 
 code(42, "Export Binary Weights", '''
 # A flat binary format for C/C++ loaders: docs/binary-weight-format.md describes it.
-from utils.notebook import friendly_errors
+from utils.notebook import check_form, friendly_errors, model_to_export
 from utils.pretrained.binary import export_binary
 
-with friendly_errors("OUTPUT_DIR"):
-    binary_dir = export_binary(model, f"{OUTPUT_DIR}/binary")
-print(f"✅ binary weights in {binary_dir}")
+with friendly_errors("OUTPUT_DIR", "EXPORT_FROM"):
+    check_form(globals(), "EXPORT_FROM")  # the same choice as Cell 41
+    export_model, exported, _ = model_to_export(globals(), EXPORT_FROM)
+    binary_dir = export_binary(export_model, f"{OUTPUT_DIR}/binary")
+print(f"✅ binary weights of {exported} in {binary_dir}")
 ''')
 
 

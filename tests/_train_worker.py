@@ -2,6 +2,7 @@
 
     python tests/_train_worker.py CHECKPOINT_DIR OUT_FILE [--resume auto|none|latest]
                                   [--lr LR] [--step-sleep SECONDS] [--hold FILE]
+                                  [--log-to NAMES] [--log-interval N] [--sample-every N]
 
 The same command run twice is what "Run all" after a crash does: `--resume auto` (the
 Trainer's default) continues the matching run. Prints `step N` after every optimizer step
@@ -73,11 +74,17 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--step-sleep", type=float, default=0.02)
     parser.add_argument("--hold", help="after each step, wait while this file exists")
+    # reporting settings: none of them changes the weights (nor the run's fingerprint)
+    parser.add_argument("--log-to", default="")
+    parser.add_argument("--log-interval", type=int, default=10)
+    parser.add_argument("--sample-every", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     from utils.training.engine.errors import CheckpointError
 
-    trainer = make_trainer(args.checkpoint_dir, learning_rate=args.lr)
+    trainer = make_trainer(args.checkpoint_dir, learning_rate=args.lr, log_to=args.log_to,
+                           log_interval=args.log_interval, sample_every=args.sample_every,
+                           sample_prompt="0 1")  # bytes below the model's vocabulary of 64
     trainer.callbacks.append(step_reporter(args.step_sleep, args.hold))
     try:
         history = trainer.fit(resume_from=None if args.resume == "none" else args.resume)

@@ -26,6 +26,8 @@ SAMPLES = {
     "precision": "bf16", "compile": True, "activation_checkpointing": True, "log_interval": 3,
     "seed": 11, "device": "cpu",
     "checkpoint_interval": 6, "checkpoint_dir": "elsewhere", "keep_last": 5, "keep_best": 2,
+    "log_to": "tensorboard,csv", "log_dir": "logs_here", "sample_every": 2,
+    "sample_prompt": "Once upon",
 }
 
 

@@ -278,3 +278,30 @@ def test_more_processes_than_gpus_is_one_clear_line(tmp_path):
     assert done.returncode != 0
     assert "NCCL needs one GPU per process" in done.stdout + done.stderr
     assert "--nproc_per_node=1" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp16"])
+def test_loggers_gradient_norms_and_samples_on_the_gpu(tmp_path, precision, capsys):
+    """TensorBoard and the CSV on a GPU run: the gradient norm is the true one (fp16: read
+    after unscaling, not 65536 times too large), MFU where the card's peak is known, and the
+    text samples generate from the model on the GPU."""
+    import pandas as pd
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = worker.make_trainer(tmp_path, steps=6, device="cuda", precision=precision,
+                                  grad_clip=None, log_to="tensorboard,csv", log_interval=1,
+                                  sample_every=2, sample_prompt="0 1")
+    trainer.fit(resume_from=None)
+    [folder] = (tmp_path / "logs").iterdir()
+    table = pd.read_csv(folder / "metrics.csv")
+    train = table[table.kind == "train"]
+    assert list(train.step) == [1, 2, 3, 4, 5, 6]
+    finite = train.grad_norm[train.grad_norm.abs() < float("inf")]  # fp16 may skip a step
+    assert len(finite) >= 4 and finite.between(1e-3, 1e2).all(), train.grad_norm
+    assert list(table[table.kind == "sample"].step) == [2, 4, 6]
+    assert capsys.readouterr().out.count("--- sample at step") == 3
+    board = EventAccumulator(str(folder))
+    board.Reload()
+    assert [e.step for e in board.Scalars("train/grad_norm")] == [1, 2, 3, 4, 5, 6]
+    if "H100" in torch.cuda.get_device_name() or "H200" in torch.cuda.get_device_name():
+        assert [e.step for e in board.Scalars("train/mfu")] == [1, 2, 3, 4, 5, 6]

@@ -14,7 +14,7 @@ PACKAGE = REPO / "utils"
 ENGINE_ORDER = ["errors", "distributed", "reading", "checkpoint", "runs", "listing", "recovery",
                 "writer",
                 "loading", "evaluation", "compare", "optim", "rng", "precision", "throughput",
-                "compiling", "device_loop", "trainer"]
+                "compiling", "device_loop", "loggers", "trainer"]
 
 
 def module_name(path: Path) -> str:

@@ -164,6 +164,46 @@ def test_whole_notebook_runs_headless_in_quick_mode_as_in_colab(tmp_path, monkey
     assert (output_dir / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert (output_dir / "hf_model" / "config.json").is_file()
     assert (output_dir / "binary" / "gpt2_weights.bin").is_file()
+    # the notebook's logging: TensorBoard events and a CSV per run, a sample while training,
+    # and Cell 17 names the command instead of starting a server no page would show
+    [run_logs] = (my_drive / "gpt2-training" / "checkpoints" / "logs").iterdir()
+    assert list(run_logs.glob("events.out.tfevents.*")) and (run_logs / "metrics.csv").is_file()
+    assert "tensorboard --logdir" in outputs[17]
+    assert "--- sample at step 10 (prompt: 'The meaning of life is') ---" in outputs[32]
+    # the runs and checkpoints tables are rendered (HTML), the text reports stay
+    for number in (33, 34):
+        assert "<table" in rendered_html(executed, number), number
+    assert "AVAILABLE CHECKPOINTS" in outputs[34] and "LOADING MODEL WEIGHTS" in outputs[34]
+    # Cell 41 exported the checkpoint Cell 34 loaded (step 10), not the model Cell 37
+    # trained on to step 15, and said which
+    exported = re.search(r"✅ exported (\S+) \(the checkpoint Cell 34 loaded: step 10,",
+                         outputs[41])
+    assert exported, outputs[41]
+    assert_exported_weights_are(output_dir / "hf_model", Path(exported.group(1)))
+
+
+def rendered_html(executed: Path, number: int) -> str:
+    """The HTML outputs (rendered tables) of Cell `number` in an executed notebook."""
+    for cell in nbformat.read(executed, as_version=4).cells:
+        if cell.cell_type == "code" and TITLE.match(cell.source) \
+                and int(TITLE.match(cell.source).group(1)) == number:
+            return "".join(output.get("data", {}).get("text/html", "") for output in cell.outputs)
+    raise AssertionError(f"no Cell {number}")
+
+
+def assert_exported_weights_are(hf_dir: Path, checkpoint: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from utils.pretrained.huggingface import export_to_hf
+    from utils.training.engine.loading import load_pretrained_model
+
+    model, _ = load_pretrained_model(checkpoint, device="cpu")
+    reference = export_to_hf(model, hf_dir.parent / "reference_export")
+    exported = load_file(hf_dir / "model.safetensors")
+    expected = load_file(reference / "model.safetensors")
+    assert exported.keys() == expected.keys()
+    assert all(torch.equal(exported[name], expected[name]) for name in expected)
 
 
 # ---------------------------------------------------------------- Cell 34's error scenarios
@@ -548,6 +588,112 @@ def test_the_widget_picker_shows_a_load_error_with_the_notebook_hint(two_checkpo
     shown = capsys.readouterr().out  # outside a kernel, the Output widget lets prints through
     assert isinstance(picker.error, NoCheckpointsError)
     assert "nothing to load at" in shown and "▶ In this notebook: train first (Cell 32)" in shown
+
+
+def test_cell_3_model_data_and_logging_fields_come_from_their_definitions():
+    """DROPOUT is ModelConfig's default, VAL_FRACTION/VAL_SPLIT load_data's (with the splits
+    it offers); LOG_TO and SAMPLE_EVERY keep TrainingConfig's meaning with the notebook's
+    demo values (TensorBoard and a CSV, samples on)."""
+    import inspect
+
+    from utils.config import setting_help
+    from utils.data import SPLITS, load_data
+
+    source = notebook_cells()[3]
+    values = {node.targets[0].id: ast.literal_eval(node.value)
+              for node in ast.parse(source).body if isinstance(node, ast.Assign)}
+    defaults = inspect.signature(load_data).parameters
+    assert values["DROPOUT"] == ModelConfig().dropout_rate
+    assert values["VAL_FRACTION"] == defaults["val_fraction"].default
+    assert values["VAL_SPLIT"] == defaults["split"].default
+    assert f"# @param {list(SPLITS)}".replace("'", '"') in source
+    assert values["LOG_TO"] == "tensorboard,csv" and values["SAMPLE_EVERY"] > 0
+    for variable, setting in (("LOG_TO", "log_to"), ("SAMPLE_EVERY", "sample_every")):
+        assert f"# {variable}: {setting_help(setting)}" in source
+    for variable in ("GRADIENT_ACCUMULATION_STEPS", "KEEP_LAST", "KEEP_BEST", "WEIGHT_DECAY"):
+        assert variable in load_builder().TRAINING_FORM_FIELDS
+
+
+def test_cell_3s_new_fields_reach_the_data_model_and_training_settings(kernel, tmp_path):
+    parameters = {**ERROR_PARAMETERS, "QUICK_MODE": False, "MODEL_PRESET": "tiny",
+                  "CONTEXT_LENGTH": 32, "BATCH_SIZE": 2, "MAX_STEPS": 4,
+                  "CHECKPOINT_DIR": str(tmp_path / "ck"), "OUTPUT_DIR": str(tmp_path / "out"),
+                  "GRADIENT_ACCUMULATION_STEPS": 3, "WEIGHT_DECAY": 0.02, "KEEP_LAST": None,
+                  "KEEP_BEST": 2, "DROPOUT": 0.25, "VAL_FRACTION": 0.2, "VAL_SPLIT": "block",
+                  "LOG_TO": "CSV", "SAMPLE_EVERY": 3}
+    kernel.run_cells([1, 2, 3, 4, 5, 6, 7, 9, 11, 15], parameters)
+    settings = kernel.value(
+        "{k: getattr(training_config, k) for k in ('gradient_accumulation_steps', "
+        "'weight_decay', 'keep_last', 'keep_best', 'log_to', 'sample_every', 'sample_prompt')}")
+    assert settings == {"gradient_accumulation_steps": 3, "weight_decay": 0.02,
+                        "keep_last": None, "keep_best": 2, "log_to": "csv",
+                        "sample_every": 3, "sample_prompt": "The meaning of life is"}
+    assert kernel.value("model_config.dropout_rate") == 0.25
+    assert kernel.value("data.split").startswith("20% of") and "blocks" in kernel.value("data.split")
+    share = kernel.value("len(val_tokens) / (len(train_tokens) + len(val_tokens))")
+    assert share == pytest.approx(0.2, abs=0.02)
+
+
+def test_quick_mode_keeps_the_tiny_models_dropout():
+    namespace = {"QUICK_MODE_STEPS": 5, "DROPOUT": 0.1}
+    assert "DROPOUT 0.1 → 0.0" in nb.apply_quick_mode(namespace)
+    assert namespace["DROPOUT"] == GPT2_CONFIGS["tiny"].dropout_rate
+
+
+def test_tensorboard_cell_shows_it_inline_where_a_page_can_and_the_command_elsewhere(
+        tmp_path, capsys):
+    from utils.config import TrainingConfig
+
+    class Shell:
+        calls: list[tuple[str, str]] = []
+
+        def run_line_magic(self, name: str, line: str) -> None:
+            self.calls.append((name, line))
+
+    config = TrainingConfig(checkpoint_dir=str(tmp_path / "ck"), log_to="tensorboard,csv")
+    shell = Shell()
+    assert nb.show_tensorboard(config, shell=shell, inline=True) == tmp_path / "ck" / "logs"
+    assert shell.calls == [("load_ext", "tensorboard"),
+                           ("tensorboard", f"--logdir {tmp_path / 'ck' / 'logs'}")]
+    assert not nb.tensorboard_inline()  # no kernel here: never starts a server
+    nb.show_tensorboard(config)
+    assert f"tensorboard --logdir {tmp_path / 'ck' / 'logs'}" in capsys.readouterr().out
+    assert nb.show_tensorboard(TrainingConfig(log_to="csv")) is None
+    assert "add \"tensorboard\" to LOG_TO" in capsys.readouterr().out
+
+
+def test_export_takes_the_loaded_checkpoint_unless_told_otherwise(two_checkpoints, tiny_config):
+    import torch
+
+    from utils.model import GPTModel
+    from utils.training.engine.recovery import list_checkpoints
+
+    first, second = sorted(list_checkpoints(two_checkpoints), key=lambda i: i.global_step)
+    model = GPTModel(tiny_config)  # stands for a model trained on after loading `first`
+    namespace = {"model": model, "checkpoint_path": first.path}
+    exported, said, path = nb.model_to_export(namespace, "")
+    saved = torch.load(first.path, weights_only=True)["model_state_dict"]
+    assert path == first.path and exported is not model
+    assert all(torch.equal(exported.state_dict()[k].cpu(), v) for k, v in saved.items())
+    assert said.startswith(f"{first.path} (the checkpoint Cell 34 loaded: step 1")
+    assert nb.model_to_export(namespace, str(second.path)).checkpoint_path == second.path
+    assert nb.model_to_export(namespace, " model ").model is model
+    alone = nb.model_to_export({"model": model}, "")
+    assert alone.model is model and "Cell 34 loaded no checkpoint" in alone.description
+    with pytest.raises(nb.FormValueError, match="EXPORT_FROM"):
+        nb.model_to_export(namespace, str(two_checkpoints / "missing.pt"))
+
+
+def test_checkpoints_table_has_the_text_reports_rows_and_arrow(two_checkpoints):
+    from utils.reports import available_checkpoints_report, checkpoints_table
+    from utils.training.engine.recovery import list_checkpoints
+
+    infos = list_checkpoints(two_checkpoints)
+    table = checkpoints_table(infos, infos[1].path)
+    text = available_checkpoints_report(infos, infos[1].path)
+    assert list(table[""]) == ["", "→"] and "→ [1]" in text
+    assert list(table.step) == [info.global_step for info in infos]
+    assert list(table.file) == [info.filename for info in infos]
 
 
 def test_cell_3_training_settings_come_from_training_config():

@@ -33,6 +33,8 @@ CASES = [
     ("LEARNING_RATE, INIT_FROM Scratch", {"LEARNING_RATE": -1, "INIT_FROM": "Scratch"}, 15,
      ["LEARNING_RATE = -1"]),
     ("CHECKPOINT_INTERVAL", {"CHECKPOINT_INTERVAL": 0}, 15, ["CHECKPOINT_INTERVAL = 0"]),
+    ("VAL_FRACTION", {"VAL_FRACTION": 1.5}, 7, ["VAL_FRACTION = 1.5", "between 0 and 1"]),
+    ("LOG_TO", {"LOG_TO": "tensorbord"}, 15, ["LOG_TO = 'tensorbord'", "tensorboard, csv"]),
 ]
 
 

@@ -84,7 +84,8 @@ def test_the_loss_is_read_only_at_log_points_and_evaluations(monkeypatch, log_in
     history = trainer.fit()
     # log_interval=4: the log window is read at steps 4, 6, 8, 12 and the evaluation
     # window at 6 and 12 -> 6 reads; log_interval=1: 12 + 2. Never one per micro-batch.
-    assert calls == ["item"] * expected
+    # (The gradient norm comes back with the log window's loss, in the same read.)
+    assert len(calls) == expected, calls
     assert [record["step"] for record in history] == [6, 12]
 
 
@@ -104,6 +105,16 @@ def test_loss_meter_windows():
     meter.add(torch.tensor(5.0))
     assert meter.read_log(lambda v: 10 * v) == 50.0  # the reduction runs at reads only
     assert meter.read_record() == 3.0 and meter.read_record() is None
+
+
+def test_loss_meter_reads_the_gradient_norm_with_the_loss_window():
+    meter = LossMeter("cpu")
+    for value in (1.0, 3.0):
+        meter.add(torch.tensor(value))
+    assert meter.read_log_with(torch.tensor(0.5), lambda v: 10 * v) == (20.0, 0.5)
+    assert meter.log_steps == 0 and meter.read_record() == 2.0  # the windows stay apart
+    meter.add(torch.tensor(4.0))
+    assert meter.read_log_with(None) == (4.0, None)
 
 
 def test_prefetcher_hands_out_the_loaders_batches_and_counts_only_those():

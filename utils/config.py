@@ -179,9 +179,23 @@ class TrainingConfig:
         10, "optimizer steps between reads of the loss (progress bar, metrics log)")
     seed: int = _setting(1337, "random seed of batch order and dropout (CLI: initial weights too)")
     device: str | None = _setting(None, "cpu | cuda | cuda:1 | mps; unset: the best available")
+    log_to: str = _setting(
+        "", "also log the metrics to: tensorboard, csv, wandb (comma-separated; empty: none)")
+    log_dir: str = _setting(
+        "", "folder of those logs, a subfolder per run (empty: <checkpoint_dir>/logs)")
+    sample_every: int = _setting(
+        0, "print and log a text sample every N evaluations and at the last (0: none)")
+    sample_prompt: str = _setting(
+        "", "prompt of the text samples (empty: start from the end-of-text token)")
 
     def __post_init__(self) -> None:
         self.betas = _check_training_values(self)
+        self.log_to = _logger_names(self.log_to)
+
+    @property
+    def loggers(self) -> tuple[str, ...]:
+        """The names in `log_to`, e.g. ("tensorboard", "csv")."""
+        return tuple(name for name in self.log_to.split(",") if name)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -260,6 +274,9 @@ def _check_training_values(config: TrainingConfig) -> tuple[float, float]:
     _require(c.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", c.precision)
     c.compile = _compile_setting(c.compile)
     _require(_is_integer(c.seed), "seed", "an integer", c.seed)
+    _check_count(c, "sample_every", 0)
+    for name in ("log_dir", "sample_prompt"):
+        _require(isinstance(getattr(c, name), str), name, "text", getattr(c, name))
     return tuple(float(b) for b in betas)
 
 
@@ -274,6 +291,24 @@ def _compile_setting(value: Any) -> bool | str:
     if isinstance(value, str) and value.strip().lower() in COMPILE_WORDS:
         return COMPILE_WORDS[value.strip().lower()]
     raise ConfigError(f"compile must be 'auto', True or False (or 'on' / 'off'), got {value!r}")
+
+
+# What `log_to` may name (utils/training/engine/loggers.py writes each).
+LOGGERS = ("tensorboard", "csv", "wandb")
+
+
+def _logger_names(value: Any) -> str:
+    """`log_to` as "name,name" (lower case, known names, no repeats); a list or tuple of
+    names is accepted too. A comma string stays a plain JSON value in checkpoints."""
+    if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+        value = ",".join(value)
+    _require(isinstance(value, str), "log_to", f"comma-separated names from {LOGGERS}", value)
+    names = [name.strip().lower() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in LOGGERS]
+    if unknown:
+        raise ConfigError(f"log_to names {unknown[0]!r}, which is not a logger; choose from "
+                          f"{', '.join(LOGGERS)} (comma-separated), or leave it empty")
+    return ",".join(dict.fromkeys(names))
 
 
 _OPTIONAL_COUNTS = ("max_steps", "epochs", "checkpoint_interval", "keep_last", "keep_best")

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from utils.errors import user_error_types
+from utils.training.engine.loggers import in_notebook, log_folder
 
 DRIVE_MOUNT_POINT = "/content/drive"  # Colab's; GPT2_DRIVE_MOUNT_POINT overrides it
 DRIVE_MOUNT_ENV = "GPT2_DRIVE_MOUNT_POINT"
@@ -30,7 +33,7 @@ RULE = "=" * 71
 
 # Import names of what requirements.txt installs; when all are importable, nothing is installed.
 REQUIRED_MODULES = ("torch", "numpy", "tiktoken", "safetensors", "transformers", "pandas",
-                    "matplotlib", "tqdm", "ipywidgets")
+                    "matplotlib", "tqdm", "ipywidgets", "tensorboard")
 
 
 def in_colab() -> bool:
@@ -218,6 +221,52 @@ def _choice(choices: Any) -> Any:
     return check
 
 
+def _whole_or_none(minimum: int) -> Any:
+    whole = _whole(minimum)
+
+    def check(value: Any) -> str | None:
+        return None if value is None or whole(value) is None \
+            else f"it must be a whole number >= {minimum}, or None"
+    return check
+
+
+def _finite_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) \
+        and math.isfinite(value)
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if _finite_number(value) and value >= 0 else \
+        "it must be a number >= 0, such as 0.1 (0: none)"
+
+
+def _dropout(value: Any) -> str | None:
+    return None if _finite_number(value) and 0 <= value < 1 else \
+        "it must be a number from 0 up to (not including) 1, such as 0.1"
+
+
+def _fraction(value: Any) -> str | None:
+    return None if _finite_number(value) and 0 < value < 1 else \
+        "it must be a number between 0 and 1, such as 0.1"
+
+
+def _logger_names(value: Any) -> str | None:
+    from utils.config import LOGGERS
+
+    if not isinstance(value, str):
+        return "it must be text (a string)"
+    names = [name.strip().lower() for name in value.split(",") if name.strip()]
+    if any(name not in LOGGERS for name in names):
+        return f"give names from {', '.join(LOGGERS)}, separated by commas, or nothing"
+    return None
+
+
+def _splits() -> set[str]:
+    from utils.data import SPLITS
+
+    return set(SPLITS)
+
+
 def _text(value: Any) -> str | None:
     return None if isinstance(value, str) else "it must be text (a string)"
 
@@ -266,6 +315,10 @@ FORM_FIELDS: dict[str, Any] = {
     "CHECKPOINT_OVERRIDE": _text, "RUN_ID": _text, "RESUME_EXTRA_STEPS": _whole(1),
     "PROMPT": _text,
     "OUTPUT_DIR": _text, "SEED": _whole(0),
+    "GRADIENT_ACCUMULATION_STEPS": _whole(1), "WEIGHT_DECAY": _non_negative,
+    "KEEP_LAST": _whole_or_none(0), "KEEP_BEST": _whole_or_none(0),
+    "DROPOUT": _dropout, "VAL_FRACTION": _fraction, "VAL_SPLIT": _choice(_splits),
+    "LOG_TO": _logger_names, "SAMPLE_EVERY": _whole(0), "EXPORT_FROM": _text,
 }
 
 
@@ -334,9 +387,12 @@ def init_model_config(init_from: str, model_config: Any, preset: str) -> tuple[A
 
 def quick_mode_settings(steps: int) -> dict[str, Any]:
     """What QUICK_MODE sets: a tiny model and `steps` steps, so everything runs in minutes."""
+    from utils.config import GPT2_CONFIGS
+
     return {"MODEL_PRESET": "tiny", "CONTEXT_LENGTH": 64, "MAX_STEPS": steps, "BATCH_SIZE": 4,
             "WARMUP_STEPS": 5, "EVAL_INTERVAL": 10, "EVAL_BATCHES": 2,
-            "CHECKPOINT_INTERVAL": 10, "RESUME_EXTRA_STEPS": 5}
+            "CHECKPOINT_INTERVAL": 10, "RESUME_EXTRA_STEPS": 5,
+            "DROPOUT": GPT2_CONFIGS["tiny"].dropout_rate}
 
 
 def apply_quick_mode(namespace: dict[str, Any]) -> str:
@@ -392,6 +448,10 @@ SETTING_FIELDS = {
     "checkpoint_dir": "CHECKPOINT_DIR", "preset": "MODEL_PRESET", "tokenizer": "TOKENIZER",
     "precision": "PRECISION", "activation_checkpointing": "ACTIVATION_CHECKPOINTING",
     "compile": "COMPILE", "init_from": "INIT_FROM",
+    "gradient_accumulation_steps": "GRADIENT_ACCUMULATION_STEPS",
+    "weight_decay": "WEIGHT_DECAY", "keep_last": "KEEP_LAST", "keep_best": "KEEP_BEST",
+    "dropout_rate": "DROPOUT", "val_fraction": "VAL_FRACTION", "log_to": "LOG_TO",
+    "sample_every": "SAMPLE_EVERY", "sample_prompt": "PROMPT",
 }
 
 
@@ -500,14 +560,40 @@ SESSION_VARIABLES = {
 }
 
 
+RUNS_HEADING = f"Runs in this folder (most recent first; RUN_ID in {SETTINGS_CELL} picks one):"
+
+
+def show_table(frame: Any, text: str) -> None:
+    """A pandas table rendered as one in a notebook; `text` (the same rows) elsewhere."""
+    if in_notebook():
+        import pandas as pd
+        from IPython.display import display
+
+        with pd.option_context("display.max_colwidth", None):  # whole file names
+            display(frame)
+    else:
+        print(text)
+
+
+def show_recovery_report(results: Mapping[str, Any]) -> None:
+    """Cell 33's output: the runs as a table, then the chosen run (`recovery_report`)."""
+    print(RUNS_HEADING)
+    show_table(results["runs"], results["runs"].to_string(index=False))
+    print("\n" + run_report(results))
+
+
 def recovery_report(results: Mapping[str, Any]) -> str:
     """Cell 33's text: the runs in the folder, then the chosen run's checkpoints and how far
     its metrics reach (steps logged after the last checkpoint are retrained on resume)."""
-    runs, step, logged = results["runs"], results["global_step"], results["last_logged_step"]
+    return "\n".join([RUNS_HEADING, results["runs"].to_string(index=False), "",
+                      run_report(results)])
+
+
+def run_report(results: Mapping[str, Any]) -> str:
+    """The chosen run of Cell 33: evaluations, best and latest checkpoints."""
+    step, logged = results["global_step"], results["last_logged_step"]
     best = results["best_val_loss"]
-    lines = [f"Runs in this folder (most recent first; RUN_ID in {SETTINGS_CELL} picks one):",
-             runs.to_string(index=False), "",
-             f"Run {results['run_id']}: {len(results['metrics'])} evaluations, logged up to "
+    lines = [f"Run {results['run_id']}: {len(results['metrics'])} evaluations, logged up to "
              f"step {logged}; latest checkpoint at step {step}",
              f"Best checkpoint:   {results['checkpoint_path']}"
              + (f" (val loss {best:.4f})" if best is not None else ""),
@@ -569,6 +655,13 @@ def _load_into_model(model: Any, path: Path, method: str, infos: list[Any] | Non
     # The file's scalars (what a sidecar holds), from the load itself: no second read, and
     # no optimizer state kept alive in the notebook's `checkpoint`.
     checkpoint = {key: load_report.metadata.get(key) for key in SIDECAR_KEYS}
+    if infos is not None and in_notebook():  # the checkpoints as a rendered table
+        from utils.reports import RULE as REPORT_RULE
+        from utils.reports import checkpoints_table
+
+        print(f"{REPORT_RULE}\nAVAILABLE CHECKPOINTS\n{REPORT_RULE}")
+        show_table(checkpoints_table(infos, path), "")
+        infos = None  # the text report goes on with the selection
     print(full_load_report(path, method, model, checkpoint, infos, load_report))
     print(NEXT_CELLS)
     return checkpoint
@@ -610,3 +703,85 @@ def load_weights_cell(namespace: Mapping[str, Any], checkpoint_dir: str | Path,
             display(picker.widget)
         return None, None
     return path, _load_into_model(model, path, method, infos)
+
+
+# --------------------------------------------------------------------------------------
+# TensorBoard (Cell 17) and what the export cells export (Cells 41-42)
+# --------------------------------------------------------------------------------------
+
+def tensorboard_inline() -> bool:
+    """Whether a notebook page shows this kernel's output: Colab's own kernel (its shell is
+    google.colab's), or a kernel that a Jupyter server started for an open notebook
+    ($JPY_SESSION_NAME). papermill and nbconvert run kernels that no page shows: a
+    TensorBoard server started there would outlive them."""
+    if not in_notebook():
+        return False
+    from IPython import get_ipython
+
+    colab_shell = type(get_ipython()).__module__.startswith("google.colab")
+    return colab_shell or bool(os.environ.get("JPY_SESSION_NAME"))
+
+
+def show_tensorboard(training_config: Any, shell: Any = None, inline: bool | None = None
+                     ) -> Path | None:
+    """Cell 17: TensorBoard over every run's logs (`%load_ext tensorboard`, `%tensorboard
+    --logdir ...`) where a notebook page can show it, else the command to run. Returns the
+    log folder (None when LOG_TO has no tensorboard)."""
+    if "tensorboard" not in training_config.loggers:
+        print("📈 TensorBoard is off: add \"tensorboard\" to LOG_TO in "
+              f"{SETTINGS_CELL} to log the curves for it.")
+        return None
+    folder = log_folder(training_config)
+    folder.mkdir(parents=True, exist_ok=True)
+    inline = tensorboard_inline() if inline is None else inline
+    if inline:
+        if shell is None:
+            from IPython import get_ipython
+
+            shell = get_ipython()
+        shell.run_line_magic("load_ext", "tensorboard")
+        shell.run_line_magic("tensorboard", f"--logdir {shlex.quote(str(folder))}")
+        return folder
+    print(f"📈 TensorBoard logs: {folder} (a folder per run). Not shown here (no notebook page "
+          f"shows this kernel); to see them run:\n   tensorboard --logdir {shlex.quote(str(folder))}"
+          "\n   or, in Jupyter or Colab: %load_ext tensorboard, then %tensorboard --logdir "
+          f"{shlex.quote(str(folder))}")
+    return folder
+
+
+class ExportSource(NamedTuple):
+    """What an export cell exports: the model, a sentence saying which, the file (if any)."""
+
+    model: Any
+    description: str
+    checkpoint_path: Path | None
+
+
+def model_to_export(namespace: Mapping[str, Any], export_from: str = "") -> ExportSource:
+    """Cells 41-42: the model to export, and which it is. `export_from` empty: the checkpoint
+    Cell 34 loaded (`checkpoint_path`), read again from its file, so training on in Cell 37
+    does not change what is exported; "model": the session's `model` as it is now; otherwise
+    a checkpoint file. Without a checkpoint from Cell 34, the model in memory, said so."""
+    choice = export_from.strip()
+    model = namespace.get("model")
+    if choice.lower() == "model" or (not choice and not namespace.get("checkpoint_path")):
+        if model is None:
+            from utils.training.engine.errors import ModelNotInitializedError
+
+            raise ModelNotInitializedError("there is no 'model' to export")
+        why = ("EXPORT_FROM is \"model\"" if choice else
+               "Cell 34 loaded no checkpoint; set EXPORT_FROM to a checkpoint file to export one")
+        trainer = namespace.get("trainer")
+        step = f" at step {trainer.global_step}" if getattr(trainer, "global_step", None) else ""
+        return ExportSource(model, f"the model in memory{step} ({why})", None)
+    from utils.training.engine.loading import load_pretrained_model
+
+    path = Path(choice or namespace["checkpoint_path"]).expanduser()
+    if choice and not path.is_file():
+        raise FormValueError("EXPORT_FROM", export_from,
+                             "it must be empty (the checkpoint Cell 34 loaded), \"model\", or "
+                             "a checkpoint file that exists")
+    loaded, checkpoint = load_pretrained_model(path, device="cpu")
+    origin = "EXPORT_FROM" if choice else "the checkpoint Cell 34 loaded"
+    return ExportSource(loaded, f"{path} ({origin}: step {checkpoint.get('global_step')}, "
+                        f"val loss {_describe(checkpoint.get('val_loss'))})", path)

@@ -76,6 +76,25 @@ def available_checkpoints_report(infos: Sequence[Any], selected_path: str | Path
     return section("AVAILABLE CHECKPOINTS", "\n\n".join(rows))
 
 
+def checkpoints_table(infos: Sequence[Any], selected_path: str | Path | None = None):
+    """AVAILABLE CHECKPOINTS as a pandas DataFrame (the notebook renders it as a table):
+    the same rows and index numbers as `available_checkpoints_report`, → on the selected."""
+    import pandas as pd
+
+    from utils.training.engine.recovery import printable_name
+
+    selected = Path(selected_path).resolve() if selected_path else None
+    rows = [{"": ARROW if selected is not None and Path(info.path).resolve() == selected
+             else "",
+             "epoch": info.epoch, "step": info.global_step,
+             "train_loss": info.train_loss, "val_loss": info.val_loss,
+             "run": getattr(info, "run", None) or "", "file": printable_name(info.filename)}
+            for info in infos]
+    table = pd.DataFrame(rows, columns=["", "epoch", "step", "train_loss", "val_loss", "run",
+                                        "file"])
+    return table.round({"train_loss": 4, "val_loss": 4})
+
+
 def selection_report(path: str | Path, method: str) -> str:
     """Which file was chosen and how (manual override / recovered results / best val_loss)."""
     return f"📂 Selected: {_name(path)}\n🔍 Selection Method: {method[:1].upper() + method[1:]}\n"

@@ -36,6 +36,8 @@ TRAINING_FLAGS = {
     "seed": "--seed", "device": "--device",
     "checkpoint_interval": "--checkpoint-interval", "checkpoint_dir": "--checkpoint-dir",
     "keep_last": "--keep-last", "keep_best": "--keep-best",
+    "log_to": "--log-to", "log_dir": "--log-dir", "sample_every": "--sample-every",
+    "sample_prompt": "--sample-prompt",
 }
 # Set otherwise: background_checkpointing by --sync-checkpoints (its opposite); the others
 # keep TrainingConfig's default (or the checkpoint's, with --resume).
@@ -84,6 +86,7 @@ def add_setting(group: argparse._ActionsContainer, field: str, note: str = "") -
     """
     flag, default = TRAINING_FLAGS[field], setting_default(field)
     shown = "" if default is None or isinstance(default, bool) else f"default: {default}"
+    shown = "default: ''" if default == "" else shown  # an empty text, not a missing one
     suffix = "; ".join(part for part in (shown, note) if part)
     help_text = setting_help(field) + (f" ({suffix})" if suffix else "")
     if isinstance(default, bool):
@@ -169,7 +172,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "checkpoint, its settings unless flags say otherwise; or PATH")
     start.add_argument("--new-run", action="store_true",
                        help="always start a new run (other runs' files stay untouched)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    logging = parser.add_argument_group("logging")
+    for field in ("log_to", "log_dir", "sample_every", "sample_prompt"):
+        add_setting(logging, field)
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar: print a line per log interval and per "
+                             "evaluation instead (also when the output is not a terminal)")
     parser.set_defaults(func=run)
 
 
@@ -280,6 +288,9 @@ def run(args: argparse.Namespace) -> int:
         args, checkpoint.get("training_config") if checkpoint else None, resume_path,
         checkpoint.get("data_state") if checkpoint else None)
     check_checkpoint_dir(training_config.checkpoint_dir)
+    from utils.training.engine.loggers import check_loggers_available
+
+    check_loggers_available(training_config.loggers)  # before the data is read
     import torch
 
     from utils.cli.recover import format_checkpoint_table

@@ -56,6 +56,19 @@ class LossMeter:
         self.log_steps = 0
         return reduce(value) if reduce else value
 
+    def read_log_with(self, value: torch.Tensor | None,
+                      reduce: Callable[[float], float] | None = None
+                      ) -> tuple[float | None, float | None]:
+        """`read_log`, and `value` (a 0-d device tensor such as the gradient norm, or None)
+        read in the same host sync; `reduce` applies to the loss only."""
+        if value is None or not self.log_steps:
+            return self.read_log(reduce), None if value is None else float(value)
+        both = torch.stack([self._log / self.log_steps, value.detach().to(self._log.dtype)])
+        loss, other = both.tolist()  # the one host sync of the window
+        self._log.zero_()
+        self.log_steps = 0
+        return (reduce(loss) if reduce else loss), other
+
     def read_record(self, reduce: Callable[[float], float] | None = None) -> float | None:
         """Mean loss since the last `read_record` (the metrics record's `train_loss`)."""
         if not self.record_steps:

@@ -213,7 +213,7 @@ def _metrics_frames(run: RunInfo, checkpoint: dict[str, Any], latest_step: int):
         row["after_last_checkpoint"] = isinstance(step, int) and step > latest_step
     metrics = pd.DataFrame(evaluations, columns=[*METRIC_FIELDS, "after_last_checkpoint"])
     curve = pd.DataFrame(train, columns=["step", "epoch", "train_loss", "learning_rate",
-                                         "tokens_per_s", "mfu", "timestamp",
+                                         "tokens_per_s", "mfu", "grad_norm", "timestamp",
                                          "after_last_checkpoint"])
     return metrics.drop_duplicates("step", keep="last").reset_index(drop=True), curve
 

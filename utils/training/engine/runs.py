@@ -38,6 +38,7 @@ NOT_IN_FINGERPRINT = frozenset({
     "max_steps", "epochs", "checkpoint_dir", "checkpoint_interval", "checkpoint_every_epoch",
     "keep_last", "keep_best", "background_checkpointing", "eval_interval", "eval_batches",
     "device", "compile", "log_interval", "activation_checkpointing",
+    "log_to", "log_dir", "sample_every", "sample_prompt",  # what is reported, not trained
 })
 
 

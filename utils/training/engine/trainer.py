@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -71,6 +72,16 @@ from utils.training.engine.evaluation import (  # noqa: F401  (names once define
     perplexity,
 )
 from utils.training.engine.listing import RunInfo, describe_runs, list_runs
+from utils.training.engine.loggers import (
+    RunLoggers,
+    check_loggers_available,
+    eta_seconds,
+    eval_line,
+    is_live,
+    open_loggers,
+    sample_block,
+    train_line,
+)
 from utils.training.engine.optim import build_optimizer, lr_at
 from utils.training.engine.precision import PrecisionChoice, resolve_precision, tf32_matmuls
 from utils.training.engine.recovery import (
@@ -90,6 +101,7 @@ from utils.training.engine.throughput import ThroughputMeter, model_flops_per_to
 from utils.training.engine.writer import CheckpointWriter, remove_stale_temp_files
 
 Callback = Callable[[dict[str, Any]], None]
+SAMPLE_NEW_TOKENS = 48  # length of the text samples (`sample_every`)
 
 
 def _check_fits(model: nn.Module, state: dict[str, Any], path: Path) -> None:
@@ -132,7 +144,10 @@ class Trainer:
     `train_data` / `val_data`: a `BatchLoader` or token ids (numpy array, memmap, tensor),
     from which a loader is built with `config.batch_size` and the model's context length.
     `callbacks` are called on rank 0 with each evaluation's metrics dict (e.g. a
-    `utils.plots.LiveLossPlot`). `tokenizer_name` is recorded in checkpoints.
+    `utils.plots.LiveLossPlot`); `config.log_to` adds TensorBoard/CSV/W&B (`loggers.py`).
+    `tokenizer_name` is recorded in checkpoints (and decodes `sample_every`'s samples).
+    `progress`: the progress bar; without one in sight (`progress=False`, or output to a
+    file) a line is printed per log interval and per evaluation instead.
     `data_sha256`: the corpus's hash when the caller knows it (part of the run's
     fingerprint); otherwise the token arrays are hashed once when a run needs it.
     `init_from`: where the initial weights came from (e.g. "gpt2"; None: scratch), also
@@ -177,6 +192,11 @@ class Trainer:
         self._compile_choice: CompileChoice | None = None  # decided once per Trainer
         self._report_compile_time = False
         self._compile_refused = False  # compiling asked for, but kernels cannot be built here
+        self._loggers = RunLoggers()  # config.log_to's loggers, open while fit() trains
+        self._print_lines = False  # no progress bar in sight: print a line per log interval
+        self._grad_norm: torch.Tensor | None = None  # the last measured step's, on the device
+        self._measure_norm = False  # the next step is logged: measure its gradient norm
+        self._sampler: tuple[Any, list[int]] | None = None  # (tokenizer, prompt ids)
 
     # ---------------------------------------------------------------- data
     def _context_length(self, data: Any) -> int:
@@ -385,6 +405,8 @@ class Trainer:
         """
         self._setup()
         self.finished = False
+        if self.dist.is_main:
+            check_loggers_available(self.config.loggers)  # before any work: one clear line
         try:
             if not self._start_or_resume(resume_from):
                 return self.metrics_history
@@ -404,8 +426,12 @@ class Trainer:
         training_model = self.dist.wrap(self.model if compiled is None else compiled)
         training_model.train()
         bar = self._progress_bar()
+        # a line per log interval wherever no bar is seen (stdout a file, or no bar)
+        self._print_lines = self.dist.is_main and not (self._bar_on() and is_live(sys.stdout))
         failed = True
         try:
+            if self.dist.is_main:
+                self._loggers = open_loggers(self.config, self.run_id, self.global_step)
             with tf32_matmuls(self.device):
                 self._train_loop(training_model, writer, bar)
             failed = False
@@ -567,8 +593,12 @@ class Trainer:
         from tqdm.auto import tqdm
 
         return tqdm(total=self._stop_step, initial=self.global_step, unit="step",
-                    desc="training", dynamic_ncols=True,
-                    disable=not (self.progress and self.dist.is_main))
+                    desc="training", dynamic_ncols=True, disable=not self._bar_on())
+
+    def _bar_on(self) -> bool:
+        """The bar is drawn on rank 0 where someone sees it (tqdm writes to stderr): a
+        terminal or a notebook, not a log file."""
+        return self.progress and self.dist.is_main and is_live(sys.stderr)
 
     def _throughput_meter(self) -> ThroughputMeter:
         """Tokens/s and MFU (FLOPs per token as nanoGPT counts them; the device's peak)."""
@@ -589,6 +619,7 @@ class Trainer:
         speed.start(session_step)
         total = self._stop_step
         while self.global_step < total:
+            self._measure_norm = self._reads_loss_at(self.global_step + 1)
             losses.add(self._train_step(training_model))
             self.global_step += 1
             if self._report_compile_time:  # one sync, once per Trainer: what compiling cost
@@ -622,7 +653,9 @@ class Trainer:
     def _log_progress(self, losses: LossMeter, speed: ThroughputMeter, bar) -> None:
         """Read the loss window (the sync point), check it, update the bar and the log."""
         window = losses.log_steps
-        loss = losses.read_log(self.dist.all_reduce_mean)
+        # the gradient norm comes back in the same host read as the loss
+        loss, grad_norm = losses.read_log_with(self._grad_norm, self.dist.all_reduce_mean)
+        self._grad_norm = None
         self._check_finite(loss, window)
         rates = speed.mark(self.global_step)
         postfix = {"loss": f"{loss:.4f}", "lr": f"{self._lr_of_last_step():.2e}"}
@@ -631,15 +664,32 @@ class Trainer:
         if rates["mfu"] is not None:
             postfix["mfu"] = f"{rates['mfu']:.1%}"
         bar.set_postfix(postfix, refresh=False)
+        values = {"train_loss": loss, "learning_rate": self._lr_of_last_step(),
+                  "tokens_per_s": rates["tokens_per_s"], "mfu": rates["mfu"],
+                  "grad_norm": grad_norm}
         if self._log is not None:
             self._log.append({"kind": "train", "step": self.global_step, "epoch": self.epoch,
-                              "train_loss": loss, "learning_rate": self._lr_of_last_step(),
-                              "tokens_per_s": rates["tokens_per_s"], "mfu": rates["mfu"],
-                              "timestamp": timestamp_now()})
+                              **values, "timestamp": timestamp_now()})
+        self._loggers.log(self.global_step, values, "train")
+        if self._print_lines:
+            print(train_line(self.global_step, self._stop_step, values,
+                             self._eta(rates["tokens_per_s"])), flush=True)
+
+    def _eta(self, tokens_per_s: float | None) -> float | None:
+        return eta_seconds(self._stop_step - self.global_step, self.tokens_per_step,
+                           tokens_per_s)
+
+    def _reads_loss_at(self, step: int) -> bool:
+        """Whether the loop reads the loss after `step` (a log interval, an evaluation)."""
+        config = self.config
+        return (step % config.log_interval == 0 or step % config.eval_interval == 0
+                or step in (self._stop_step, self.total_steps) or self._checkpoint_due(step))
 
     def _train_step(self, training_model: nn.Module) -> torch.Tensor:
         """One optimizer step over `gradient_accumulation_steps` micro-batches; returns the
-        mean loss as a 0-d tensor on the device (reading it is the caller's choice)."""
+        mean loss as a 0-d tensor on the device (reading it is the caller's choice).
+        The gradient norm stays on the device in `_grad_norm`: clipping measures it anyway;
+        without clipping it is measured only when `_measure_norm` (a step that is logged)."""
         accumulation = self.config.gradient_accumulation_steps
         if not self.model.training:
             # .train() walks every module (a dozen attribute writes per block): fit() calls
@@ -662,8 +712,11 @@ class Trainer:
         if self.config.grad_clip:
             self.scaler.unscale_(self.optimizer)
             foreach = True if self.device.type in ("cpu", "cuda") else None  # one kernel per list
-            nn.utils.clip_grad_norm_(self._parameters, self.config.grad_clip,
-                                     foreach=foreach)
+            self._grad_norm = nn.utils.clip_grad_norm_(
+                self._parameters, self.config.grad_clip, foreach=foreach).detach()
+        elif self._measure_norm:
+            self.scaler.unscale_(self.optimizer)  # the norm of the true gradients (fp16)
+            self._grad_norm = _gradient_norm(self._parameters)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -698,8 +751,9 @@ class Trainer:
     def _lr_of_last_step(self) -> float:
         return lr_at(max(0, self.global_step - 1), self.config, self.total_steps)
 
-    def _checkpoint_due(self) -> bool:
-        config, step = self.config, self.global_step
+    def _checkpoint_due(self, step: int | None = None) -> bool:
+        config = self.config
+        step = self.global_step if step is None else step
         if not config.checkpoint_dir:
             return False
         return (step in (self.total_steps, self._stop_step)
@@ -728,10 +782,82 @@ class Trainer:
         self.metrics_history.append(record)
         if self._log is not None:
             self._log.append({"kind": "eval", **record})
+        self._loggers.log(self.global_step, {"val_loss": record["val_loss"],
+                                             "perplexity": record["perplexity"]}, "eval")
+        if self._print_lines:
+            print(eval_line(self.global_step, self._stop_step, record,
+                            self._eta(record["tokens_per_s"])), flush=True)
         if self.dist.is_main:
+            if self._sample_due():
+                self._sample()
             for callback in self.callbacks:
                 callback(dict(record))
         return record
+
+    # ---------------------------------------------------------------- samples
+    def _sample_due(self) -> bool:
+        """Every `sample_every`-th evaluation of the run, and its last one."""
+        every = self.config.sample_every
+        return bool(every) and (len(self.metrics_history) % every == 0
+                                or self.global_step == self.total_steps)
+
+    def _sample(self) -> None:
+        """Print and log a short continuation of `sample_prompt` (rank 0 only). It draws
+        from a generator of its own and restores the model's mode, so training goes on
+        exactly as without it."""
+        from utils.generation import generate_text
+
+        sampler = self._sample_setup()
+        if sampler is None:
+            return
+        tokenizer, prompt_ids = sampler
+        end = getattr(tokenizer, "eot_token", None)
+        try:
+            ids = generate_text(unwrap_model(self.model), prompt_ids, SAMPLE_NEW_TOKENS,
+                                temperature=0.8, top_k_tokens=50, eos_token_id=end,
+                                seed=self.config.seed)
+        except Exception as error:  # a sample is never worth the training run
+            self._sampler = ()
+            self._write(f"WARNING: no more text samples (sample_every): generating one "
+                        f"failed: {type(error).__name__}: {error}")
+            return
+        text = self.config.sample_prompt + tokenizer.decode(ids[len(prompt_ids):])
+        self._write(sample_block(self.global_step, self.config.sample_prompt, text))
+        self._loggers.log(self.global_step, {"sample": text}, "sample")
+
+    def _sample_setup(self) -> tuple[Any, list[int]] | None:
+        """(tokenizer, prompt ids), made once; None (said once) where this run has no
+        tokenizer that fits the model."""
+        if self._sampler is None:
+            self._sampler = self._make_sampler()
+        return self._sampler or None
+
+    def _make_sampler(self) -> tuple[Any, list[int]] | tuple[()]:
+        from utils.tokenizer import get_tokenizer
+
+        prompt = self.config.sample_prompt
+        try:
+            tokenizer = get_tokenizer(self.tokenizer_name or "")
+            ids = (tokenizer.encode(prompt, allowed_special="all") if prompt
+                   else [tokenizer.eot_token])
+            vocab = getattr(getattr(unwrap_model(self.model), "config", None), "vocab_size", None)
+            if not ids or (vocab is not None and max(ids) >= vocab):
+                raise ValueError(f"the prompt does not encode to ids of this model's "
+                                 f"vocabulary of {vocab}")
+        except (ValueError, KeyError, OSError, AttributeError) as error:
+            self._write(f"WARNING: no text samples (sample_every): the tokenizer "
+                        f"{self.tokenizer_name!r} cannot encode sample_prompt for this "
+                        f"model ({error})")
+            return ()
+        return tokenizer, ids
+
+    def _write(self, text: str) -> None:
+        """Print above the progress bar (rank 0)."""
+        if self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(text)
+            sys.stdout.flush()
 
     def _checkpoint(self, record: dict[str, Any], writer: CheckpointWriter | None) -> None:
         """Rank 0 hands a snapshot to the writer; all ranks learn whether writing failed."""
@@ -748,6 +874,7 @@ class Trainer:
             self._tell(writer)
             if self._log is not None:
                 self._log.flush()
+            self._loggers.flush()  # every step up to this checkpoint's is on disk
         self._fail_together(error)
 
     def _fail_together(self, error: BaseException | None) -> None:
@@ -784,6 +911,7 @@ class Trainer:
             if self._log is not None:
                 self._log.close()
                 self._log = None
+            self._loggers.close()
             self._release_run()
             if not failed:  # after a failure other ranks may not reach these collectives
                 self._fail_together(error)
@@ -793,6 +921,13 @@ class Trainer:
         finally:
             if failed:
                 cleanup_distributed(self.dist)  # other ranks may be gone: do not wait for them
+
+
+def _gradient_norm(parameters: Iterable[nn.Parameter]) -> torch.Tensor | None:
+    """The L2 norm of all gradients together (what clip_grad_norm_ measures), on the device."""
+    norms = [torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float32)
+             for p in parameters if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else None
 
 
 def _plain(data: dict[str, Any]) -> dict[str, Any]:
