@@ -258,18 +258,35 @@ def test_a_hostile_meta_pkl_is_one_line_naming_it_on_the_command_line(tmp_path, 
     assert not (tmp_path / "ck").exists() or not list((tmp_path / "ck").iterdir())
 
 
+CELL_7 = """
+import sys
+from utils.data import load_data
+from utils.notebook import StopRun, friendly_errors
+try:
+    with friendly_errors("DATA_PATH"):
+        load_data(sys.argv[1], None, val_fraction=0.1)
+except StopRun as stop:
+    print(stop)
+    sys.exit(3)
+"""
+
+
 @pytest.mark.parametrize("case", ["a FIFO", "itos with string keys", "an empty itos"])
 def test_a_hostile_meta_pkl_stops_notebook_cell_7_with_its_guidance(tmp_path, case):
     """Cell 7 runs `load_data` inside `friendly_errors("DATA_PATH")`: a user error stops
-    the cell with one message naming the file (a TypeError would be a traceback)."""
-    from utils.notebook import StopRun, friendly_errors
-
+    the cell with one message naming the file (a TypeError would be a traceback). Run as a
+    child process so that a hang fails the test instead of blocking it."""
     make, words = META_CASES[case]
     folder = nanogpt_folder(tmp_path, GOOD_META)
     make(folder)
-    with pytest.raises(StopRun) as caught, friendly_errors("DATA_PATH"):
-        load_data(str(folder), None, val_fraction=0.1)
-    assert str(folder / "meta.pkl") in str(caught.value) and words in str(caught.value)
+    try:
+        result = subprocess.run([sys.executable, "-c", CELL_7, str(folder)], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=TIMEOUT,
+                                preexec_fn=limit_memory)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"Cell 7's load_data hung on {case} ({TIMEOUT} s)")
+    assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr
+    assert str(folder / "meta.pkl") in result.stdout and words in result.stdout
 
 
 def test_a_good_meta_pkl_still_gives_the_character_vocabulary(tmp_path):
