@@ -218,3 +218,28 @@ def test_a_training_holds_a_lease_naming_its_machine_and_process(tmp_path):
         hold.unlink()
     finish(worker)
     assert not list((tmp_path / "ck").glob("lease_*.json"))  # released at the end
+
+
+def test_a_local_only_checkpoint_is_found_through_a_symlink_into_an_unmounted_drive(
+        tmp_path, local_fallback):
+    """`/content/drive/My Drive` is a link into the Drive mount: once Drive is unmounted it
+    no longer resolves, and the fallback folder (named after the resolved path) is found by
+    the spelling its record keeps."""
+    mount = tmp_path / "drive"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mount -t tmpfs is not allowed here: {mounted.stderr.strip()}")
+    try:
+        (mount / "MyDrive" / "ck").mkdir(parents=True)
+        link = tmp_path / "My Drive"
+        link.symlink_to(mount / "MyDrive")
+        writer = CheckpointWriter(link / "ck", keep_last=None, keep_best=None,
+                                  background=False, run_id=RUN)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+    writer.submit(make_state(1, 1.0, run_id=RUN))  # the folder is gone: written locally
+    assert writer.local_only
+    listed = list_checkpoints(link / "ck")
+    assert [info.global_step for info in listed] == [1] and listed[0].local_only

@@ -164,18 +164,25 @@ def fallback_dir_for(checkpoint_dir: str | Path) -> Path:
 
     Named after the resolved path (symlinks followed), which still works while the folder
     is gone (Drive disconnected). A fallback folder written under another spelling of the
-    same folder (a bind mount) is found by the device and inode its record names."""
-    folder = Path(os.path.realpath(Path(checkpoint_dir).expanduser()))
+    same folder (a bind mount) is found by the device and inode its record names; while
+    the folder cannot be reached, by the spelling its record names (a symlink inside an
+    unmounted Drive no longer resolves)."""
+    spelled = Path(checkpoint_dir).expanduser().absolute()
+    folder = Path(os.path.realpath(spelled))
     root = Path(os.environ.get(FALLBACK_ROOT_ENV) or Path(tempfile.gettempdir())
                 / "gpt2-checkpoint-fallback")
     digest = hashlib.sha1(str(folder).encode()).hexdigest()[:10]
     own = root / f"{folder.name or 'root'}-{digest}"
-    identity = None if own.is_dir() else folder_identity(folder)
-    if identity is not None:
-        for candidate in _fallback_folders(root):
-            record = read_json_file(candidate / FALLBACK_RECORD)
-            if isinstance(record, dict) and record.get("identity") == identity:
-                return candidate
+    if own.is_dir():
+        return own
+    identity = folder_identity(folder)
+    for candidate in _fallback_folders(root):
+        record = read_json_file(candidate / FALLBACK_RECORD)
+        if not isinstance(record, dict):
+            continue
+        if (record.get("identity") == identity if identity is not None
+                else record.get("checkpoint_dir") == str(spelled)):
+            return candidate
     return own
 
 
