@@ -4,33 +4,71 @@ The one way this project writes files that must survive a crash (checkpoints, si
 best_model.pt copies, the token cache's metadata): write a hidden temporary file in the
 same folder, flush and fsync it, give it its final name atomically, fsync the folder.
 A crash at any moment leaves the previous state, or the new complete file, plus at most a
-hidden `.NAME.PID.tmp` that readers never pick up. Imports nothing heavy: usable from the
-data layer and the checkpoint layer alike.
+hidden `.NAME.PID-HOST.tmp` that readers never pick up; its name says which process on which
+machine wrote it, so a cleanup can tell an abandoned one from another machine's write in
+progress (`temp_file_owner`). Imports nothing heavy: usable from the data layer and the
+checkpoint layer alike.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
+import hashlib
 import os
+import re
 import shutil
+import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 TEMP_SUFFIX = ".tmp"
+# `.NAME.PID-HOST.tmp`, or `.NAME.PID.tmp` as written before temp names carried the machine.
+_TEMP_NAME_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)(?:-(?P<host>[0-9a-f]{8}))?\.tmp$")
+
+
+@functools.lru_cache(maxsize=1)
+def host_id() -> str:
+    """8 hex digits naming this machine (its host name and this boot): a process id means
+    something only on the machine that gave it out."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            boot = handle.read().strip()
+    except OSError:
+        boot = ""
+    return hashlib.sha1(f"{socket.gethostname()}|{boot}".encode()).hexdigest()[:8]
 
 
 def temp_path(final_path: Path) -> Path:
     """Hidden temporary name in the same folder (same file system, so the rename is atomic).
-    The process id keeps two writers of the same name apart."""
-    return final_path.with_name(f".{final_path.name}.{os.getpid()}{TEMP_SUFFIX}")
+    The process id and the machine keep two writers of the same name apart."""
+    return final_path.with_name(f".{final_path.name}.{os.getpid()}-{host_id()}{TEMP_SUFFIX}")
+
+
+@dataclass(frozen=True)
+class TempOwner:
+    """Who wrote a temporary file: the final name it was for, the process, the machine
+    (`host_id()`; None for names written before temp names carried it)."""
+
+    final_name: str
+    pid: int
+    host: str | None
+
+
+def temp_file_owner(path: Path) -> TempOwner | None:
+    """The writer of a `temp_path` name; None for any other name (a user's `.notes.tmp`)."""
+    match = _TEMP_NAME_RE.match(Path(path).name)
+    if match is None:
+        return None
+    return TempOwner(match["name"], int(match["pid"]), match["host"])
 
 
 def temp_file_pid(path: Path) -> int | None:
-    """The writer's process id in a `temp_path` name (`.NAME.PID.tmp`); None for anything
-    else (the older `.NAME.tmp`)."""
-    parts = path.name[:-len(TEMP_SUFFIX)].rsplit(".", 1)
-    return int(parts[1]) if len(parts) == 2 and parts[1].isdigit() else None
+    """The writer's process id in a `temp_path` name; None for anything else."""
+    owner = temp_file_owner(path)
+    return owner.pid if owner is not None else None
 
 
 def fsync_directory(directory: Path) -> None:
@@ -97,10 +135,12 @@ def write_atomically(final_path: Path, write: Callable[[BinaryIO], object],
     return True
 
 
-def copy_atomically(source: Path, target: Path) -> None:
-    """Copy `source` to `target` the durable way (never a half-copied `target`)."""
+def copy_atomically(source: Path, target: Path, replace: bool = True) -> bool:
+    """Copy `source` to `target` the durable way (never a half-copied `target`);
+    `replace=False`: an existing `target` is left alone and False returned."""
     with open(source, "rb") as reader:
-        write_atomically(target, lambda out: shutil.copyfileobj(reader, out, length=16 << 20))
+        return write_atomically(
+            target, lambda out: shutil.copyfileobj(reader, out, length=16 << 20), replace)
 
 
 def write_bytes_atomically(path: Path, data: bytes) -> None:

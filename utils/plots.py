@@ -118,10 +118,16 @@ def plot_training_curves(metrics: Any, title: str | None = None) -> Any:
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Write the figure (format from the suffix, e.g. .png), creating parent folders."""
+    """Write the figure (format from the suffix, e.g. .png), creating parent folders.
+    Atomically (`fileio.write_atomically`): a run that stops midway leaves the previous
+    image, and another name of the old file (a hard link) keeps it."""
+    from utils.fileio import write_atomically
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    fmt = path.suffix[1:].lower() or "png"
+    write_atomically(path, lambda out: fig.savefig(out, format=fmt, dpi=dpi,
+                                                   bbox_inches="tight"))
     return path
 
 

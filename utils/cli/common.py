@@ -1,5 +1,9 @@
 """What every subcommand shares: flag names in library messages, the one-line error, devices.
 
+Output paths (`--metrics-csv`, `--output`) are checked by `check_output_file` before any
+work and written by `write_output`: never over a file without the overwrite flag, never
+into a FIFO or device, always atomically (a hard link to the old file keeps the old bytes).
+
 The library names a setting by its field (`learning_rate must be ...`); a command-line user
 typed a flag (`--lr`). Each command module may define `SETTING_FLAGS` (field -> flag, or a
 field with its value -> the flag that means it: `resume_from=None` -> `--new-run`), and
@@ -9,8 +13,12 @@ field with its value -> the flag that means it: `resume_from=None` -> `--new-run
 from __future__ import annotations
 
 import argparse
+import os
 import re
-from collections.abc import Mapping
+import stat
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import BinaryIO
 
 from utils.errors import UserError
 
@@ -104,3 +112,41 @@ def check_device(name: str | None, flag: str = "--device") -> None:
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise UserError(f"{flag} {name}: this machine has {torch.cuda.device_count()} CUDA "
                         f"device(s), numbered from 0")
+
+
+def check_output_file(path: Path, flag: str, overwrite: bool,
+                      overwrite_flag: str = "--overwrite") -> None:
+    """Refuse, before any work, an output file name that is a folder, not a regular file
+    (a FIFO would block, /dev/full fail, a device take the bytes), in a folder that does not
+    exist, or an existing file without `overwrite_flag`."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if not path.parent.is_dir():
+            raise UserError(f"{flag} {path}: the folder {path.parent} does not exist; create it "
+                            "first or choose another path") from None
+        return
+    except OSError as error:
+        raise UserError(f"{flag} {path} cannot be used ({error.strerror or error}); choose "
+                        "another path") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UserError(f"{flag} {path} is a folder; give a file name such as "
+                        f"{path / ('metrics.csv' if 'csv' in flag else 'model.pt')}")
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{flag} {path} is not a regular file (a FIFO, device or socket); "
+                        "nothing was written. Choose a new file name")
+    if not overwrite:
+        raise UserError(f"{flag} {path} exists; choose another name or pass {overwrite_flag} "
+                        "to replace it")
+
+
+def write_output(path: Path, write: Callable[[BinaryIO], object], flag: str, overwrite: bool,
+                 overwrite_flag: str = "--overwrite") -> None:
+    """Write an output file atomically (`fileio.write_atomically`): a new file, or with
+    `overwrite` a replaced one (its name now names the new bytes; another hard link to the
+    old file keeps them). A file that appeared since `check_output_file` is not replaced."""
+    from utils.fileio import write_atomically
+
+    if not write_atomically(path, write, replace=overwrite):
+        raise UserError(f"{flag} {path} exists; choose another name or pass {overwrite_flag} "
+                        "to replace it")

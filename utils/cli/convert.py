@@ -114,11 +114,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from utils.cli.common import check_output_file
+
     output = Path(args.output)
     if output.suffix != ".pt":
         raise UserError(f"--output {output} should be a .pt file name")
-    if output.exists() and not args.force:
-        raise UserError(f"{output} exists; choose another --output or pass --force")
+    check_output_file(output, "--output", args.force, "--force")
     from utils.config import GPT2_VOCAB_SIZE
     from utils.training.engine.checkpoint import save_checkpoint
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from utils.cli.common import check_output_file
 from utils.cli.convert import add_source_arguments, load_source, load_source_with_metadata
 from utils.errors import UserError
 
@@ -49,20 +50,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+# The files each folder format writes (each must be a regular file or a new name).
+FOLDER_FILES = {"hf": ("config.json", "generation_config.json", "model.safetensors"),
+                "binary": ("gpt2_weights.bin", "gpt2_config.txt", "gpt2_weight_mapping.txt")}
+
+
 def check_output(output: Path, kind: str, overwrite: bool) -> None:
     """Refuse, before loading anything, an --output of the wrong kind or one holding files."""
     if kind == "llmc":
         if output.is_dir():
             raise UserError(f"--output {output} is a folder; llmc needs a file name like "
                             f"gpt2_124M.bin")
-        if output.exists() and not overwrite:
-            raise UserError(f"--output {output} exists; choose another name or pass --overwrite")
+        check_output_file(output, "--output", overwrite)
         return
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} is a file; {kind} needs a folder")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise UserError(f"--output {output} is a folder that holds files; choose an empty or "
                         f"new folder, or pass --overwrite to write into it")
+    if output.is_dir():
+        for name in FOLDER_FILES[kind]:
+            if (output / name).exists() or (output / name).is_symlink():
+                check_output_file(output / name, "--output", overwrite)
 
 
 def check_hf_flags(args: argparse.Namespace) -> None:

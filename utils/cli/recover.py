@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from utils.errors import UserError
+from utils.cli.common import check_output_file, write_output
 
 SETTING_FLAGS = {"checkpoint_dir": "--checkpoint-dir"}  # for library messages
 
@@ -28,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "runs table")
     parser.add_argument("--metrics-csv", default=None,
                         help="also write the recovered metrics history to this CSV file "
-                             "(default: none)")
+                             "(a new name; an existing file only with --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --metrics-csv replace an existing file")
     parser.set_defaults(func=run)
 
 
@@ -55,21 +57,9 @@ def format_checkpoint_table(infos: Sequence[Any]) -> str:
     return "\n".join(lines)
 
 
-def check_csv_target(path: str | None) -> None:
-    """Refuse, before any work, a --metrics-csv whose folder does not exist or is a file."""
-    if path is None:
-        return
-    target = Path(path)
-    if target.is_dir():
-        raise UserError(f"--metrics-csv {path} is a folder; give a file name such as "
-                        f"{target / 'metrics.csv'}")
-    if not target.parent.is_dir():
-        raise UserError(f"--metrics-csv {path}: the folder {target.parent} does not exist; "
-                        f"create it first or choose another path")
-
-
 def run(args: argparse.Namespace) -> int:
-    check_csv_target(args.metrics_csv)
+    if args.metrics_csv:
+        check_output_file(Path(args.metrics_csv), "--metrics-csv", args.overwrite)
     from utils.training.engine.recovery import list_checkpoints, recover_training_results
 
     results = recover_training_results(args.checkpoint_dir, run=args.run)
@@ -89,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"metrics history: {len(results['metrics'])} evaluation(s) recovered, logged up "
           f"to step {results['last_logged_step']}")
     if args.metrics_csv:
-        results["metrics"].to_csv(args.metrics_csv, index=False)
+        table = results["metrics"].to_csv(index=False).encode("utf-8")
+        write_output(Path(args.metrics_csv), lambda out: out.write(table), "--metrics-csv",
+                     args.overwrite)
         print(f"metrics written to {args.metrics_csv}")
     return 0

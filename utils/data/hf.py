@@ -123,9 +123,25 @@ def open_text_dataset(source: str | Path, column: str | None = None
     chosen = text_column(dataset, column or options.get("column"))
     base = str(source).partition("?")[0]
     label = f"{base}?split={dataset.split or options.get('split') or 'train'}&column={chosen}"
-    # datasets' fingerprint changes with the data files and every transform applied to them.
-    identity = [getattr(dataset, "_fingerprint", None), chosen, dataset.num_rows]
-    return dataset, chosen, label, identity if identity[0] else None
+    # datasets' fingerprint changes with every transform, but a save_to_disk folder keeps
+    # the one in its state.json whatever happens to its Arrow files: their names, sizes and
+    # modification times are part of the identity too.
+    identity = [getattr(dataset, "_fingerprint", None), chosen, dataset.num_rows,
+                _data_file_stats(dataset)]
+    return dataset, chosen, label, identity if identity[0] and identity[3] else None
+
+
+def _data_file_stats(dataset: Any) -> list | None:
+    """[name, size, mtime_ns] of each Arrow file the dataset reads; None when it has none
+    (built in memory) or one cannot be looked at: then only reading can tell."""
+    names = [entry.get("filename") for entry in getattr(dataset, "cache_files", None) or []
+             if isinstance(entry, dict)]
+    if not names or not all(isinstance(name, str) for name in names):
+        return None
+    try:
+        return sources.file_stats([Path(name) for name in names])
+    except OSError:
+        return None
 
 
 def _rows(dataset: Any, column: str) -> Iterator[tuple[str, list[bytes]]]:

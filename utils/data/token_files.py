@@ -143,7 +143,24 @@ def _uint16_file(path: Path) -> np.memmap:
     if size == 0 or size % 2:
         raise ValueError(f"{str(path)!r} has {size:,} bytes, not a whole number of uint16 ids "
                          "(nanoGPT writes np.uint16 arrays with arr.tofile); prepare it again")
-    return np.memmap(path, dtype=np.uint16, mode="r")
+    tokens = np.memmap(path, dtype=np.uint16, mode="r")
+    _check_not_uint32(tokens, path)
+    return tokens
+
+
+def _check_not_uint32(tokens: np.ndarray, path: Path) -> None:
+    """nanoGPT's train.py reads uint16 ids whatever was written; ids saved as uint32 (a
+    prepare script changed for a larger vocabulary) read as uint16 are every id followed by
+    a 0, which passes the vocabulary check and trains on garbage. Refused here, from the
+    first ids: real text never has a 0 at every second position."""
+    sample = np.asarray(tokens[:CHECK_TOKENS])
+    sample = sample[:len(sample) // 2 * 2]
+    if len(sample) >= 64 and not sample[1::2].any() and sample[0::2].any():
+        raise ValueError(
+            f"{str(path)!r} looks like uint32 token ids (every second uint16 is 0), but "
+            "nanoGPT's train.bin/val.bin hold uint16 ids (np.uint16, as its prepare.py writes "
+            "them and its train.py reads them). Fix: write the ids as uint16 again (ids below "
+            "65,536: np.fromfile(FILE, dtype=np.uint32).astype(np.uint16).tofile(FILE))")
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -154,17 +171,55 @@ class _PlainUnpickler(pickle.Unpickler):
                                      "strings and numbers are accepted")
 
 
+# A character-level meta.pkl is a few KB; one far larger is not nanoGPT's.
+META_LIMIT = 16 << 20
+_META_FIX = "write it again with nanoGPT's prepare.py, or remove it for GPT-2 ids"
+
+
 def read_nanogpt_meta(path: Path) -> dict[str, Any]:
-    """nanoGPT's meta.pkl (vocab_size, itos, stoi), read without running any code in it."""
+    """nanoGPT's meta.pkl (vocab_size, itos, stoi), read without running any code in it:
+    a regular file of at most `META_LIMIT` bytes (a FIFO or a link to /dev/zero is
+    refused, not waited on), plain bounded data, its vocabulary checked."""
+    from utils.training.engine.errors import CheckpointError
+    from utils.training.engine.reading import check_bounded, read_regular_file
+
     try:
-        meta = _PlainUnpickler(io.BytesIO(path.read_bytes())).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
-        raise ValueError(f"{str(path)!r} is not a nanoGPT meta.pkl of plain data ({error}); "
-                         "write it again with nanoGPT's prepare.py") from error
-    if not isinstance(meta, dict) or not isinstance(meta.get("vocab_size"), int):
-        raise ValueError(f"{str(path)!r} has no integer vocab_size; a nanoGPT meta.pkl holds "
-                         "{'vocab_size': N, 'itos': {...}, 'stoi': {...}}")
+        data = read_regular_file(path, META_LIMIT, fix=_META_FIX)
+        meta = check_bounded(path, _PlainUnpickler(io.BytesIO(data)).load(),
+                             what="a nanoGPT meta.pkl", fix=_META_FIX)
+    except CheckpointError as error:
+        raise ValueError(f"nanoGPT meta.pkl: {error}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError,
+            KeyError, AttributeError, MemoryError) as error:
+        raise ValueError(f"{str(path)!r} is not a nanoGPT meta.pkl of plain data "
+                         f"({type(error).__name__}: {str(error)[:100]}); {_META_FIX}") from None
+    vocab_size = meta.get("vocab_size") if isinstance(meta, dict) else None
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ValueError(f"{str(path)!r} has no vocab_size of at least 1; a nanoGPT meta.pkl "
+                         "holds {'vocab_size': N, 'itos': {...}, 'stoi': {...}}")
+    _check_itos(meta.get("itos"), vocab_size, path)
     return meta
+
+
+def _check_itos(itos: Any, vocab_size: int, path: Path) -> None:
+    """None (GPT-2 ids), or {id: character} with ids 0..vocab_size-1 (what CharTokenizer
+    decodes with)."""
+    if itos is None:
+        return
+    problem = None
+    if not isinstance(itos, dict) or not itos:
+        problem = f"its itos is {'empty' if not itos else 'a ' + type(itos).__name__}"
+    else:
+        for key, value in itos.items():
+            if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key < vocab_size:
+                problem = f"its itos has the key {str(key)[:20]!r}, not an id 0..{vocab_size - 1}"
+                break
+            if not isinstance(value, str):
+                problem = f"its itos maps {key} to {str(value)[:20]!r}, not a string"
+                break
+    if problem is not None:
+        raise ValueError(f"{str(path)!r} is not a usable nanoGPT meta.pkl: {problem} (nanoGPT "
+                         "writes {id: character} for ids 0..vocab_size-1); " + _META_FIX)
 
 
 def read_nanogpt(folder: Path) -> TokenFiles:
@@ -177,7 +232,7 @@ def read_nanogpt(folder: Path) -> TokenFiles:
     if meta_path.exists():
         meta = read_nanogpt_meta(meta_path)
         vocab_size = meta["vocab_size"]
-        itos = meta.get("itos") if isinstance(meta.get("itos"), dict) else None
+        itos = meta.get("itos")
         tokenizer_name = "char" if itos is not None else "gpt2"
     files = [str(folder / "train.bin")] + ([str(val_path)] if val is not None else [])
     for name, tokens in (("train.bin", train), ("val.bin", val)):

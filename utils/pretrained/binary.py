@@ -14,7 +14,6 @@ them, minus `lm_head.weight` (tied to `transformer.wte.weight`). Next to it,
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -52,24 +51,25 @@ def write_binary(tensors: dict[str, torch.Tensor | np.ndarray] | Iterable[tuple[
                  path: str | Path, count: int | None = None) -> Path:
     """Write `{name: tensor}` (or `count` `(name, tensor)` pairs, streamed one at a time) in
     the binary format, atomically (temp file + rename)."""
+    from utils.fileio import write_atomically
+
     path = Path(path)
     if isinstance(tensors, dict):
         count, tensors = len(tensors), tensors.items()
-    partial = path.with_name(path.name + ".part")
-    written = 0
-    with open(partial, "wb") as handle:
+
+    def write(handle) -> None:
         handle.write(struct.pack("<I", count))
+        written = 0
         for name, tensor in tensors:
             written += 1
             if isinstance(tensor, torch.Tensor):
                 tensor = tensor.detach().to("cpu", torch.float32).numpy()
             _write_tensor(handle, name, tensor)
-        handle.flush()
-        os.fsync(handle.fileno())
-    if written != count:
-        partial.unlink()
-        raise ValueError(f"announced {count} tensors but got {written}; nothing was written")
-    os.replace(partial, path)
+        if written != count:  # the temporary file is removed, nothing is published
+            raise ValueError(f"announced {count} tensors but got {written}; nothing was "
+                             "written")
+
+    write_atomically(path, write)
     return path
 
 
@@ -101,6 +101,7 @@ def export_binary(model: GPTModel, out_dir: str | Path) -> Path:
     """Write `gpt2_weights.bin`, `gpt2_config.txt` and `gpt2_weight_mapping.txt` to `out_dir`."""
     from dataclasses import replace
 
+    from utils.fileio import write_bytes_atomically
     from utils.pretrained.huggingface import expected_hf_shapes, iter_hf_state
     from utils.pretrained.mapping import get_weight_mapping
 
@@ -109,14 +110,14 @@ def export_binary(model: GPTModel, out_dir: str | Path) -> Path:
     # Streamed: one converted tensor at a time, so gpt2-xl needs no second 6 GB copy.
     shapes = expected_hf_shapes(replace(model.config, use_attention_bias=True))
     write_binary(iter_hf_state(model), out_dir / WEIGHTS_FILE, count=len(shapes))
-    (out_dir / CONFIG_FILE).write_text(config_text(model.config))
+    write_bytes_atomically(out_dir / CONFIG_FILE, config_text(model.config).encode())
     ours = get_weight_mapping(model.config.number_of_layers)
     rows = ["# file name (Hugging Face)\tshape\tGPTModel parameter(s)\tlayout"]
     for name, shape in shapes.items():
         targets = ours[name][0]
         targets = ",".join(targets) if isinstance(targets, tuple) else targets
         rows.append(f"{name}\t{list(shape)}\t{targets}\t{_layout_note(name)}")
-    (out_dir / MAPPING_FILE).write_text("\n".join(rows) + "\n")
+    write_bytes_atomically(out_dir / MAPPING_FILE, ("\n".join(rows) + "\n").encode())
     return out_dir
 
 

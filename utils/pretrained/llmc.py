@@ -17,7 +17,6 @@ W_query, W_key, W_value stacked along the output dimension.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -90,16 +89,17 @@ def llmc_header(model: GPTModel) -> np.ndarray:
 
 def export_llmc(model: GPTModel, path: str | Path) -> Path:
     """Write llm.c's float32 model file (e.g. `gpt2_124M.bin`) atomically."""
+    from utils.fileio import write_atomically
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    with open(partial, "wb") as handle:
+
+    def write(handle) -> None:
         handle.write(llmc_header(model).tobytes())
         for _, array in llmc_tensors(model):
             handle.write(np.ascontiguousarray(array, dtype="<f4").tobytes())
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+
+    write_atomically(path, write)
     return path
 
 

@@ -112,11 +112,30 @@ def checkpoint_filename(epoch: int, global_step: int, when: datetime | None = No
 
 
 def name_time(filename: str) -> datetime | None:
-    """The time in a checkpoint's name (UTC for files written since names carry UTC)."""
+    """The time in a checkpoint's name (UTC for files written since names carry UTC); None
+    when the name has none, or an impossible one (`..._20251399_999999.pt`)."""
     match = CHECKPOINT_NAME_RE.match(filename)
     if not match:
         return None
-    return datetime.strptime(match.group(3), "%Y%m%d_%H%M%S").replace(tzinfo=timezone.utc)
+    try:
+        return datetime.strptime(match.group(3), "%Y%m%d_%H%M%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def names_beside(filename: str, run_id: str | None = None):
+    """`filename`, then the same checkpoint name with the run's suffix, then with a
+    counter: the names a checkpoint may take when its own is taken by another file."""
+    yield filename
+    match = CHECKPOINT_NAME_RE.match(filename)
+    if match is None:
+        return
+    stem = filename[:match.start(4) - 1] if match.group(4) else filename[:-len(".pt")]
+    run_suffix = str(run_id or "").rsplit("-", 1)[-1].lower()
+    if re.fullmatch(r"[0-9a-z]{1,16}", run_suffix) and run_suffix != match.group(4):
+        yield f"{stem}_{run_suffix}.pt"
+    for counter in range(2, 1000):
+        yield f"{stem}_{counter}.pt"
 
 
 def sidecar_path(checkpoint_path: str | Path) -> Path:
@@ -125,14 +144,65 @@ def sidecar_path(checkpoint_path: str | Path) -> Path:
     return checkpoint_path.with_name(checkpoint_path.name + SIDECAR_SUFFIX)
 
 
+# Inside a fallback folder: which checkpoint folder it stands for (see `fallback_dir_for`).
+FALLBACK_RECORD = ".checkpoint-folder.json"
+
+
+def folder_identity(folder: str | Path) -> str | None:
+    """`device:inode` of an existing folder: the same however it is spelled (a symlink, a
+    bind mount, Colab's `My Drive` and `MyDrive`); None when it cannot be reached."""
+    try:
+        info = os.stat(Path(folder).expanduser())
+    except OSError:
+        return None
+    return f"{info.st_dev}:{info.st_ino}"
+
+
 def fallback_dir_for(checkpoint_dir: str | Path) -> Path:
     """The local folder that takes checkpoints while `checkpoint_dir` fails: one per
-    checkpoint folder, so recovery finds it from the checkpoint folder's path alone."""
-    folder = Path(checkpoint_dir).expanduser().absolute()
+    checkpoint folder, so recovery finds it from the checkpoint folder's path alone.
+
+    Named after the resolved path (symlinks followed), which still works while the folder
+    is gone (Drive disconnected). A fallback folder written under another spelling of the
+    same folder (a bind mount) is found by the device and inode its record names; while
+    the folder cannot be reached, by the spelling its record names (a symlink inside an
+    unmounted Drive no longer resolves)."""
+    spelled = Path(checkpoint_dir).expanduser().absolute()
+    folder = Path(os.path.realpath(spelled))
     root = Path(os.environ.get(FALLBACK_ROOT_ENV) or Path(tempfile.gettempdir())
                 / "gpt2-checkpoint-fallback")
     digest = hashlib.sha1(str(folder).encode()).hexdigest()[:10]
-    return root / f"{folder.name or 'root'}-{digest}"
+    own = root / f"{folder.name or 'root'}-{digest}"
+    if own.is_dir():
+        return own
+    identity = folder_identity(folder)
+    for candidate in _fallback_folders(root):
+        record = read_json_file(candidate / FALLBACK_RECORD)
+        if not isinstance(record, dict):
+            continue
+        if (record.get("identity") == identity if identity is not None
+                else record.get("checkpoint_dir") == str(spelled)):
+            return candidate
+    return own
+
+
+def _fallback_folders(root: Path) -> list[Path]:
+    try:
+        return sorted(path for path in root.iterdir() if path.is_dir())
+    except OSError:
+        return []
+
+
+def record_fallback_folder(fallback_dir: Path, checkpoint_dir: str | Path,
+                           identity: str | None) -> None:
+    """Note in `fallback_dir` which checkpoint folder it stands for (`identity`: taken
+    while that folder could still be reached), so every spelling of it finds this one."""
+    if identity is None or (fallback_dir / FALLBACK_RECORD).is_file():
+        return
+    record = {"checkpoint_dir": str(Path(checkpoint_dir).expanduser().absolute()),
+              "identity": identity}
+    fallback_dir.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomically(fallback_dir / FALLBACK_RECORD, json.dumps(record).encode())
 
 
 # --------------------------------------------------------------------------------------
@@ -228,12 +298,7 @@ def _candidate_names(state: dict[str, Any]):
     """The checkpoint's name, then the same with the run's suffix, then with a counter."""
     epoch, step = int(state["epoch"]), int(state["global_step"])
     when = parse_timestamp(state.get("timestamp"))
-    yield checkpoint_filename(epoch, step, when)
-    run_suffix = str(state.get("run_id") or "").rsplit("-", 1)[-1].lower()
-    if re.fullmatch(r"[0-9a-z]{1,16}", run_suffix):
-        yield checkpoint_filename(epoch, step, when, run_suffix)
-    for counter in range(2, 1000):
-        yield checkpoint_filename(epoch, step, when, str(counter))
+    yield from names_beside(checkpoint_filename(epoch, step, when), state.get("run_id"))
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -365,7 +430,47 @@ def load_checkpoint_file(path: str | Path, mmap: bool = True) -> dict[str, Any]:
         raise CorruptCheckpointError(
             f"{path} is not a training checkpoint (no 'model_state_dict'); resume from a "
             "file written by the Trainer (python -m utils train), or load it for inference")
+    check_metrics_history(path, checkpoint.get("metrics_history"))
     return checkpoint
+
+
+# The type of each field of a `metrics_history` entry (None is allowed for every one: a
+# diverged loss, a device without a peak FLOP figure). Other keys must hold plain scalars.
+_WHOLE, _REAL, _TEXT = (int,), (int, float), (str,)
+METRIC_TYPES = {"step": _WHOLE, "epoch": _WHOLE, "tokens_seen": _WHOLE, "train_loss": _REAL,
+                "val_loss": _REAL, "perplexity": _REAL, "learning_rate": _REAL,
+                "elapsed_s": _REAL, "tokens_per_s": _REAL, "mfu": _REAL, "timestamp": _TEXT}
+_TEXT_LIMIT = 1000
+
+
+def check_metrics_history(path: str | Path, history: Any) -> None:
+    """Refuse (`CorruptCheckpointError` naming the entry and field) a `metrics_history`
+    that is not a list of flat records of the types training writes (`METRIC_TYPES`)."""
+    def bad(where: str, value: Any, wanted: str) -> CorruptCheckpointError:
+        shown = f"a {type(value).__name__}" if isinstance(value, (list, dict, tuple, set)) \
+            else repr(value)[:40]
+        return CorruptCheckpointError(
+            f"{path}: metrics_history{where} is {shown}, not {wanted}; the file is damaged "
+            "or was not written by training. Fix: use another checkpoint.")
+
+    if history is None:
+        return
+    if not isinstance(history, list):
+        raise bad("", history, "a list of records")
+    for index, entry in enumerate(history):
+        if not isinstance(entry, dict):
+            raise bad(f"[{index}]", entry, "a record (dict)")
+        for key, value in entry.items():
+            if not isinstance(key, str) or len(key) > 100:
+                raise bad(f"[{index}] key", key, "a field name")
+            wanted = METRIC_TYPES.get(key, (bool, int, float, str))
+            if value is not None and (not isinstance(value, wanted) or (
+                    isinstance(value, bool) and bool not in wanted)):
+                raise bad(f"[{index}][{key!r}]", value,
+                          " or ".join(kind.__name__ for kind in wanted) + " or None")
+            if isinstance(value, str) and len(value) > _TEXT_LIMIT:
+                raise bad(f"[{index}][{key!r}]", value, f"a text of at most {_TEXT_LIMIT} "
+                          "characters")
 
 
 def model_config_dict(model: nn.Module) -> dict[str, Any]:

@@ -7,7 +7,8 @@ bytes, never from the file name, and never runs code from a file:
   something else (an image, text, JSON, a truncated copy), which raises an error naming
   the kind and the fix before anything is unpickled.
 - `read_checkpoint(path)`: the object the file holds, loaded with `weights_only=True`
-  (a pickle that would run code raises `UnsafeCheckpointError`), tensors memory-mapped.
+  (a pickle that would run code raises `UnsafeCheckpointError`), tensors memory-mapped,
+  and bounded (`check_bounded`: a few KB of pickle cannot stand for 10^9 elements).
 - `read_small_file` / `read_json_file`: sidecars and config files are read only when they
   are regular files below a size cap, so a FIFO or a link to /dev/zero cannot hang or
   exhaust memory.
@@ -337,7 +338,7 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False,
     path = Path(path)
     kind = sniff_file(path)
     if kind == "safetensors":
-        return _read_safetensors(path)
+        return _read_safetensors(path)  # a flat name -> tensor map by construction
     if trust_checkpoint:
         warnings.warn(
             f"trust_checkpoint=True: loading {path} with weights_only=False, which runs any "
@@ -351,7 +352,8 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False,
                 "you made this file or trust its source, pass trust_checkpoint=True "
                 "(--trust-checkpoint on the command line), then re-save it with torch.save.")
         with open(path, "rb") as handle:
-            return _translate_errors(path, lambda: pickle.load(handle))
+            return check_bounded(path, _translate_errors(path, lambda: pickle.load(handle)))
+
     def load(readable: Path, mmap: bool) -> Any:
         return torch.load(readable, map_location="cpu", weights_only=not trust_checkpoint,
                           mmap=mmap)
@@ -359,13 +361,77 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False,
     with _name_torch_will_not_redirect(path) as readable:
         mmap = mmap and kind == "zip"  # torch's legacy format cannot be memory-mapped
         try:
-            return _translate_errors(path, lambda: load(readable, mmap))
+            loaded = _translate_errors(path, lambda: load(readable, mmap))
         except CorruptCheckpointError:
             if not mmap:
                 raise
             # Some network file systems (FUSE mounts) cannot mmap: read once more normally;
             # a really damaged file fails again, with the error of the plain read.
-            return _translate_errors(path, lambda: load(readable, False))
+            loaded = _translate_errors(path, lambda: load(readable, False))
+    return check_bounded(path, loaded)
+
+
+# What a checkpoint's plain-data part may hold: our largest (a long run's metrics history,
+# a few hundred tensors' optimizer state) is far below both.
+MAX_ELEMENTS = 5_000_000
+MAX_DEPTH = 32
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+_MUTABLE = (list, dict, set)
+
+
+def check_bounded(path: str | Path, value: Any, max_elements: int = MAX_ELEMENTS,
+                  max_depth: int = MAX_DEPTH, what: str = "a training checkpoint",
+                  fix: str = "use another checkpoint") -> Any:
+    """`value` itself when its lists, dicts and tuples form a plain bounded tree; otherwise
+    `CorruptCheckpointError`, before anything walks it.
+
+    A pickle's memo lets a few KB hold one list referenced from many places, nested, which
+    expands to 10^9 elements as soon as anything copies, prints or converts it. Refused: a
+    list, dict or set referenced twice (torch.save of real training state never does that),
+    a container inside itself, nesting deeper than `max_depth`, more than `max_elements`
+    elements counted with repeats (shared tuples). Tensors are leaves, never read.
+    `what` and `fix` word the message for other files (nanoGPT's meta.pkl).
+    """
+    expanded: dict[int, int] = {}  # id -> elements counted with repeats, once finished
+    seen: set[int] = set()
+    stack: list[tuple[Any, int, bool]] = [(value, 1, False)]
+
+    def refuse(why: str) -> CorruptCheckpointError:
+        return CorruptCheckpointError(
+            f"{path} holds plain data that {why}; {what} never does, so it was refused "
+            f"before anything expanded it (a crafted or damaged file). Fix: {fix}.")
+
+    while stack:
+        node, depth, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            expanded[key] = 1 + sum(expanded.get(id(child), 1) for child in _children(node))
+            if expanded[key] > max_elements:
+                raise refuse(f"expands to more than {max_elements:,} elements through shared "
+                             "references")
+            continue
+        if key in seen:
+            if key not in expanded:
+                raise refuse("contains itself (a reference cycle)")
+            if isinstance(node, _MUTABLE):
+                raise refuse(f"uses one {type(node).__name__} in several places (shared "
+                             "references)")
+            continue  # a shared tuple: counted once per use by its parents
+        seen.add(key)
+        if depth > max_depth:
+            raise refuse(f"nests deeper than {max_depth} levels")
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in _children(node)
+                     if isinstance(child, _CONTAINERS))
+    return value
+
+
+def _children(node: Any) -> list[Any]:
+    if isinstance(node, dict):
+        return [*node.keys(), *node.values()]
+    if isinstance(node, _CONTAINERS):
+        return list(node)
+    return []
 
 
 @contextlib.contextmanager

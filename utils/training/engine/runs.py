@@ -10,24 +10,36 @@ written before runs existed carry no id: they form one legacy run.
 Each run keeps an append-only metrics log, `metrics_<run_id>.jsonl`, beside its
 checkpoints: one JSON line per logged step and per evaluation, flushed every few seconds,
 so the curve survives up to the moment of a crash, not only up to the last checkpoint.
+
+While a process trains a run it holds the run's lock (`RunLock`: this machine's processes)
+and its lease (`RunLease`: a file in the folder that other machines sharing it, such as two
+Colab runtimes on one Drive folder, can see).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
+import re
 import secrets
+import socket
+import stat
 import tempfile
+import threading
 import time
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from utils.training.engine.checkpoint import utc_now
-from utils.training.engine.reading import read_small_file
+from utils.fileio import host_id, write_bytes_atomically
+from utils.training.engine.checkpoint import folder_identity, utc_now
+from utils.training.engine.errors import RunInUseError
+from utils.training.engine.reading import read_json_file, read_small_file
 
 LEGACY_RUN_ID = "legacy"
 METRICS_LOG_PREFIX = "metrics_"
@@ -121,7 +133,7 @@ class MetricsLog:
     def _write(self, sync: bool) -> bool:
         try:
             if self._handle is None:
-                self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+                self._handle = self._open()
             if self._pending:
                 self._handle.write("\n".join(self._pending) + "\n")
                 self._handle.flush()
@@ -138,6 +150,23 @@ class MetricsLog:
                 self._warned = True
             return False
         return True
+
+    def _open(self):
+        """The log opened for appending, first ending a torn last line (a crash in the
+        middle of a line): the next record then starts on its own line instead of being
+        glued to the torn one and lost with it."""
+        handle = open(self.path, "a+b")  # noqa: SIM115  (held while training)
+        try:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # a FIFO would block
+                raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or folder)")
+            if handle.seek(0, 2) > 0:
+                handle.seek(-1, 2)
+                if handle.read(1) != b"\n":
+                    handle.write(b"\n")
+        except BaseException:
+            handle.close()
+            raise
+        return _TextAppender(handle)
 
     def _drop_handle(self) -> None:
         if self._handle is not None:
@@ -158,6 +187,25 @@ class MetricsLog:
             warnings.warn(f"{len(self._pending)} metrics line(s) could not be written to "
                           f"{self.path}", stacklevel=2)
         self._drop_handle()
+
+
+class _TextAppender:
+    """Text lines onto a binary append handle (UTF-8)."""
+
+    def __init__(self, handle) -> None:
+        self._handle = handle
+
+    def write(self, text: str) -> None:
+        self._handle.write(text.encode("utf-8"))
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def fileno(self) -> int:
+        return self._handle.fileno()
+
+    def close(self) -> None:
+        self._handle.close()
 
 
 def read_metrics_log(path: str | Path, limit_bytes: int = 256 << 20) -> list[dict[str, Any]]:
@@ -190,8 +238,10 @@ class RunLock:
 
     def __init__(self, folder: str | Path, run_id: str) -> None:
         # Kept out of the checkpoint folder (it is the user's): one file per folder and run
-        # in the machine's temporary folder, which every process on this machine sees.
-        where = hashlib.sha1(str(Path(folder).expanduser().absolute()).encode()).hexdigest()
+        # in the machine's temporary folder, which every process on this machine sees. The
+        # folder is named by what it is (device and inode), not how it was spelled: through
+        # a symlink or a bind mount it is the same lock.
+        where = hashlib.sha1(folder_key(folder).encode()).hexdigest()
         self.path = Path(tempfile.gettempdir()) / "gpt2-run-locks" / f"{where[:12]}-{run_id}.lock"
         self._handle = None
 
@@ -223,3 +273,108 @@ class RunLock:
             # opened it just before lock a file nobody else can see any more.
             self._handle.close()
             self._handle = None
+
+
+def folder_key(folder: str | Path) -> str:
+    """The folder itself: its device and inode when it exists (however it is spelled),
+    else its resolved path (symlinks followed)."""
+    identity = folder_identity(folder)
+    if identity is not None:
+        return f"inode:{identity}"
+    return f"path:{os.path.realpath(Path(folder).expanduser())}"
+
+
+# --------------------------------------------------------------------------------------
+# Leases: which machine trains a run, for other machines sharing the folder
+# --------------------------------------------------------------------------------------
+
+LEASE_PREFIX = "lease_"
+LEASE_SUFFIX = ".json"
+LEASE_HEARTBEAT_SECONDS = 30.0
+# A lease whose heartbeat is older than this is stale: its machine died or lost the folder.
+LEASE_SECONDS = 180.0
+_LEASE_NAME_RE = re.compile(r"^lease_[A-Za-z0-9._-]{1,64}\.json$")
+
+
+def lease_path(folder: str | Path, run_id: str) -> Path:
+    return Path(folder) / f"{LEASE_PREFIX}{run_id}{LEASE_SUFFIX}"
+
+
+def is_lease_name(name: str) -> bool:
+    return bool(_LEASE_NAME_RE.match(name))
+
+
+class RunLease:
+    """A small file in the checkpoint folder, `lease_<run_id>.json`, saying that a machine
+    trains this run: host name, `fileio.host_id()`, pid, and a heartbeat refreshed every
+    `LEASE_HEARTBEAT_SECONDS` by a background thread while training runs.
+
+    Another machine that wants to train the same run (two Colab runtimes on one Drive
+    folder) refuses while the heartbeat is younger than `LEASE_SECONDS`. A lease of this
+    machine is never honoured: `RunLock` already decides between its processes, so this
+    machine's lease is one left by a killed process. Best effort: Google Drive syncs a file
+    between machines with a delay, so two runtimes started within that delay both go on.
+    """
+
+    def __init__(self, folder: str | Path, run_id: str,
+                 heartbeat_seconds: float = LEASE_HEARTBEAT_SECONDS,
+                 lease_seconds: float = LEASE_SECONDS) -> None:
+        self.path = lease_path(folder, run_id)
+        self.run_id = run_id
+        self.heartbeat_seconds = heartbeat_seconds
+        self.lease_seconds = lease_seconds
+        self._token = secrets.token_hex(8)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def holder(self) -> dict[str, Any] | None:
+        """The lease of another machine whose heartbeat is recent, or None."""
+        lease = read_json_file(self.path)
+        if not isinstance(lease, dict) or lease.get("host_id") == host_id():
+            return None
+        beat = lease.get("heartbeat_unix")
+        if isinstance(beat, bool) or not isinstance(beat, (int, float)) or not math.isfinite(beat):
+            return None
+        age = time.time() - beat
+        # A heartbeat far in the future is no heartbeat (a wrong clock, or a forged file).
+        return lease if -self.lease_seconds <= age <= self.lease_seconds else None
+
+    def acquire(self) -> None:
+        """Take the lease, or raise `RunInUseError` naming the machine that holds it."""
+        other = self.holder()
+        if other is not None:
+            age = max(0.0, time.time() - float(other["heartbeat_unix"]))
+            raise RunInUseError(
+                f"run {self.run_id} in {self.path.parent} is being trained on another machine "
+                f"({str(other.get('host'))[:64]!r}, pid {other.get('pid')}; its last heartbeat "
+                f"was {age:.0f} s ago, per {self.path.name}). Fix: stop it there, or start a "
+                f"separate run (resume_from=None, --new-run); if that machine is gone, wait "
+                f"{self.lease_seconds:.0f} s after its last heartbeat or delete {self.path}.")
+        self._beat()
+        self._thread = threading.Thread(target=self._keep_alive, name="run-lease",
+                                        daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        """Stop the heartbeat and delete the lease if it is still this one."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        lease = read_json_file(self.path)
+        if isinstance(lease, dict) and lease.get("token") == self._token:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+    def _beat(self) -> None:
+        now = time.time()
+        lease = {"run_id": self.run_id, "host": socket.gethostname(), "host_id": host_id(),
+                 "pid": os.getpid(), "token": self._token, "heartbeat_unix": now,
+                 "heartbeat": datetime.fromtimestamp(now, timezone.utc).isoformat(
+                     timespec="seconds")}
+        with contextlib.suppress(OSError):  # a flaky folder: the checkpoint writes say so
+            write_bytes_atomically(self.path, json.dumps(lease).encode())
+
+    def _keep_alive(self) -> None:
+        while not self._stop.wait(self.heartbeat_seconds):
+            self._beat()

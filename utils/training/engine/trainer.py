@@ -92,6 +92,7 @@ from utils.training.engine.recovery import (
 from utils.training.engine.rng import rng_state, seed_everything, set_rng_state
 from utils.training.engine.runs import (
     MetricsLog,
+    RunLease,
     RunLock,
     data_sha256,
     new_run_id,
@@ -186,6 +187,7 @@ class Trainer:
         self.init_from = None if init_from in (None, "", "scratch") else str(init_from)
         self._fingerprint: str | None = None
         self._lock: RunLock | None = None
+        self._lease: RunLease | None = None
         self._log: MetricsLog | None = None
         self._precision_said = False  # the precision choice is printed once per Trainer
         self._compiled: nn.Module | None = None  # torch.compile(model), built once
@@ -558,21 +560,34 @@ class Trainer:
         self._say(message)
 
     def _release_run(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None
 
     def _lock_run(self, run_id: str) -> None:
-        """Hold the run's lock while training it (released by `_finish`)."""
+        """Hold the run's lock (this machine) and lease (other machines sharing the folder)
+        while training it (released by `_finish`)."""
         if not (self.config.checkpoint_dir and self.dist.is_main) or self._lock is not None:
             return
+        # The folder exists before it is locked, so the lock names the folder itself
+        # (device and inode) however a later process spells its path.
+        make_checkpoint_folder(self.config.checkpoint_dir)
         lock = RunLock(self.config.checkpoint_dir, run_id)
         if not lock.acquire():
             raise RunInUseError(
                 f"run {run_id} in {self.config.checkpoint_dir} is being trained by "
                 "another process right now. Fix: wait for it to finish, stop it, or start a "
                 "separate run (resume_from=None) or use another checkpoint folder.")
-        self._lock = lock
+        lease = RunLease(self.config.checkpoint_dir, run_id)
+        try:
+            lease.acquire()
+        except RunInUseError:
+            lock.release()
+            raise
+        self._lock, self._lease = lock, lease
 
     def _make_writer(self) -> CheckpointWriter | None:
         config = self.config

@@ -18,6 +18,7 @@ counts against the quota, so retention empties a file (truncates it) before unli
 
 from __future__ import annotations
 
+import filecmp
 import os
 import threading
 import time
@@ -30,21 +31,29 @@ import torch
 
 from utils.fileio import (
     TEMP_SUFFIX,
+    TempOwner,
     copy_atomically,
     fsync_directory,
+    host_id,
     link_atomically,
-    temp_file_pid,
+    temp_file_owner,
 )
 from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
+    CHECKPOINT_NAME_RE,
+    SIDECAR_SUFFIX,
     fallback_dir_for,
+    folder_identity,
+    names_beside,
     read_sidecar,
+    record_fallback_folder,
     save_checkpoint_in,
     sidecar_path,
     write_sidecar,
 )
 from utils.training.engine.errors import CheckpointWriteError
 from utils.training.engine.listing import named_checkpoints
+from utils.training.engine.runs import is_lease_name
 
 # Where Google Drive is mounted in Colab; UTILS_DRIVE_ROOT adds another (tests, stand-ins).
 DRIVE_ROOTS = ("/content/drive",)
@@ -182,13 +191,22 @@ def update_best_model(checkpoint_path: Path) -> Path:
     return best
 
 
-def copy_checkpoint(source: Path, folder: Path) -> Path:
-    """Copy a checkpoint and its sidecar into `folder` the crash-safe way (temp + rename)."""
-    target = folder / source.name
-    copy_atomically(source, target)
+def copy_checkpoint(source: Path, folder: Path, run_id: str | None = None) -> Path:
+    """Copy a checkpoint and its sidecar into `folder` the crash-safe way (temp + rename),
+    never replacing a file: when its name is taken (another run's checkpoint of the same
+    name), the copy takes the next free name (`names_beside`). A file there with the same
+    bytes is an earlier copy of this one (interrupted before the local file was removed)."""
     meta = read_sidecar(source)
+    for name in names_beside(source.name, run_id or (meta or {}).get("run_id")):
+        target = folder / name
+        if target.is_file() and filecmp.cmp(source, target, shallow=False):
+            break
+        if copy_atomically(source, target, replace=False):
+            break
+    else:
+        raise FileExistsError(f"every name for {source.name} is taken in {folder}")
     if meta is not None:
-        write_sidecar(target, meta)
+        write_sidecar(target, {**meta, "filename": target.name})
     return target
 
 
@@ -242,16 +260,47 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# A temporary file of another machine (or one named before names carried the machine)
+# counts as abandoned once nothing has been written to it for this long: a write in progress
+# keeps changing it, and the same machine's dead writers are recognised at once by pid.
+STALE_TEMP_SECONDS = 3600.0
+
+
+def is_our_file_name(name: str) -> bool:
+    """Whether `name` is one this package writes into a checkpoint folder: a checkpoint,
+    best_model.pt, their sidecars, a run's lease."""
+    if is_lease_name(name):
+        return True
+    if name.endswith(SIDECAR_SUFFIX):
+        name = name[:-len(SIDECAR_SUFFIX)]
+    return bool(CHECKPOINT_NAME_RE.match(name)) or name == BEST_MODEL_NAME
+
+
+def _abandoned(path: Path, owner: TempOwner) -> bool:
+    """Provably left behind: written on this machine by a process that is gone, or (another
+    machine's, whose processes cannot be asked) untouched for `STALE_TEMP_SECONDS`."""
+    if owner.host == host_id():
+        return not _alive(owner.pid)
+    try:
+        return time.time() - path.stat().st_mtime > STALE_TEMP_SECONDS
+    except OSError:
+        return False
+
+
 def remove_stale_temp_files(checkpoint_dir: str | Path) -> list[Path]:
-    """Delete `.*.tmp` files left by a write that was killed (they can be gigabytes);
-    a temporary file of a process still alive (another training) is left alone."""
+    """Delete the temporary files of our writes that were killed (they can be gigabytes).
+    Only our own temp names (`fileio.temp_path` of a file we write) are considered, and only
+    when `_abandoned`: a user's `.notes.tmp`, and a write in progress here or on another
+    machine sharing the folder, are left alone."""
     removed = []
     folder = Path(checkpoint_dir)
     if not folder.is_dir():
         return removed
     for candidate in folder.glob(f".*{TEMP_SUFFIX}"):
-        pid = temp_file_pid(candidate)
-        if candidate.is_file() and not (pid is not None and _alive(pid)):
+        owner = temp_file_owner(candidate)
+        if owner is None or not is_our_file_name(owner.final_name):
+            continue
+        if candidate.is_file() and not candidate.is_symlink() and _abandoned(candidate, owner):
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed
@@ -276,6 +325,8 @@ class CheckpointWriter:
                  run_id: str | None = None) -> None:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.fallback_dir = fallback_dir_for(checkpoint_dir)
+        # Taken now, while the folder works: the fallback folder records it when first used.
+        self.folder_identity = folder_identity(checkpoint_dir)
         self.keep_last = keep_last
         self.keep_best = keep_best
         self.background = background
@@ -370,8 +421,9 @@ class CheckpointWriter:
         """The checkpoint folder failed: write to the fallback folder, keep training."""
         cause = error.__cause__ or error
         try:
+            record_fallback_folder(self.fallback_dir, self.checkpoint_dir, self.folder_identity)
             path = save_checkpoint_in(state, self.fallback_dir)
-        except CheckpointWriteError as local_error:
+        except (CheckpointWriteError, OSError) as local_error:
             raise CheckpointWriteError(
                 f"could not write checkpoint step {state.get('global_step')} to "
                 f"{self.checkpoint_dir} ({cause}) nor to the local fallback folder "
@@ -389,13 +441,14 @@ class CheckpointWriter:
         """The checkpoint folder works again: move local-only checkpoints into it."""
         for local in list(self.local_only):
             try:
-                copied = copy_checkpoint(local, self.checkpoint_dir)
+                copied = copy_checkpoint(local, self.checkpoint_dir, self.run_id)
             except OSError:
                 return  # still failing: try again at the next checkpoint
             self.written.add(copied.absolute())
             remove_checkpoint(local)
             self.local_only.remove(local)
-            self.notices.append(f"copied {local.name} back into {self.checkpoint_dir}")
+            renamed = f" as {copied.name} (its name was taken)" if copied.name != local.name else ""
+            self.notices.append(f"copied {local.name} back into {self.checkpoint_dir}{renamed}")
 
     def _prune(self, protect: tuple[Path, ...]) -> None:
         # Listing the checkpoint folder includes its fallback folder: one retention over
