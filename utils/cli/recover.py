@@ -65,6 +65,19 @@ def check_csv_target(path: str | None) -> None:
     if not target.parent.is_dir():
         raise UserError(f"--metrics-csv {path}: the folder {target.parent} does not exist; "
                         f"create it first or choose another path")
+    if target.exists() and not target.is_file():  # opening a FIFO to write would hang
+        raise UserError(f"--metrics-csv {path} is not a regular file (a FIFO, device or "
+                        f"socket); give a file name such as {target.parent / 'metrics.csv'}")
+
+
+def write_csv(metrics: Any, path: str) -> None:
+    """The metrics as CSV; a write that fails (disk full, read-only) names the file."""
+    try:
+        metrics.to_csv(path, index=False)
+    except OSError as error:
+        if error.filename is not None:
+            raise
+        raise OSError(error.errno, error.strerror, path) from error
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,6 +101,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"metrics history: {len(results['metrics'])} evaluation(s) recovered, logged up "
           f"to step {results['last_logged_step']}")
     if args.metrics_csv:
-        results["metrics"].to_csv(args.metrics_csv, index=False)
+        write_csv(results["metrics"], args.metrics_csv)
         print(f"metrics written to {args.metrics_csv}")
     return 0
