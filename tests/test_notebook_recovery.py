@@ -123,3 +123,36 @@ def test_kill_during_training_then_recover_load_and_resume_in_a_fresh_kernel(tmp
         assert newest["run_id"] == last["run_id"]
     finally:
         fresh.shutdown()
+
+
+def test_interrupting_the_kernel_during_training_checkpoints_the_step_it_stopped_at(tmp_path):
+    """The stop button (Kernel -> Interrupt: SIGINT to the kernel) during Cell 32: training
+    ends at the next step with a checkpoint of that step, and says where it resumes."""
+    import threading
+
+    checkpoint_dir = tmp_path / "checkpoints"
+    parameters = {**CRASH_PARAMETERS, "CHECKPOINT_DIR": str(checkpoint_dir),
+                  "OUTPUT_DIR": str(tmp_path / "outputs")}
+    kernel = NotebookKernel()
+    try:
+        kernel.run_cells([*SETUP_CELLS, 15, 16], parameters)
+        result: dict = {}
+        training = threading.Thread(target=lambda: result.update(
+            zip(("status", "text"), kernel.run(kernel.cells[32]), strict=True)))
+        training.start()
+        deadline = time.monotonic() + 240
+        while not list(checkpoint_dir.glob("checkpoint_*.pt.json")):
+            assert time.monotonic() < deadline and training.is_alive(), result
+            time.sleep(0.05)
+        kernel.manager.interrupt_kernel()
+        training.join(timeout=240)
+        assert result["status"] == "error" and "KeyboardInterrupt" in result["text"], result
+        stopped = kernel.value("trainer.global_step")
+        assert f"Ctrl-C: stopping at step {stopped}, writing its checkpoint" in result["text"]
+        assert f"training stopped at step {stopped}" in result["text"]
+        assert f"resumes the run at step {stopped}" in result["text"]
+        on_disk = checkpoints_on_disk(checkpoint_dir)
+        assert max(on_disk) == stopped and on_disk[stopped]["optimizer_state_dict"]["state"]
+        assert f"latest checkpoint at step {stopped}" in kernel.run_cell(33)
+    finally:
+        kernel.shutdown()
