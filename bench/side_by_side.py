@@ -36,7 +36,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -163,7 +162,7 @@ class GpuMemoryPoller:
 
 def _stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
-        process.send_signal(signal.SIGINT)  # both save nothing at that point; then KILL
+        process.terminate()  # SIGTERM: no checkpoint on the way out (our Ctrl-C writes one)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -245,7 +245,10 @@ EXPORT_FROM = ""  # @param {type:"string"}
 # DROPOUT: the dropout rate of a model trained from scratch (QUICK_MODE's tiny model: 0).
 # CHECKPOINT_DIR: empty means Google Drive in Colab, ./checkpoints elsewhere.
 # CHECKPOINT_OVERRIDE: a checkpoint file for Cell 34 to load instead of the best one.
-# RUN_ID: which run Cells 33-35 recover and load (empty: the newest; Cell 33 lists the runs).
+# RUN_ID: which run Cells 33-37 and 40 use (empty: the run Cell 32 trained, or the newest
+#   after a crash; Cell 33 lists the runs).
+# RESUME_EXTRA_STEPS: Cell 37 trains the run on to step MAX_STEPS + RESUME_EXTRA_STEPS (a
+#   target: running it again trains nothing more).
 # PROMPT: the text Cell 38 continues, and the samples' start while training (SAMPLE_EVERY).
 # OUTPUT_DIR: where the loss curve and the exported models go.
 # EXPORT_FROM: what Cells 41-42 export: empty means the checkpoint Cell 34 loaded; "model"
@@ -488,13 +491,14 @@ code(33, "Checkpoint Recovery", '''
 # Reads the run back from the folder (the runtime's memory may be gone): every run there,
 # then the chosen run's best and latest checkpoints and its metrics up to the last logged
 # step (also the steps after the last checkpoint, from the run's metrics log).
-from utils.notebook import check_form, friendly_errors, show_recovery_report
+# The run: RUN_ID, else the one Cell 32 trained (not another run written there later).
+from utils.notebook import check_form, friendly_errors, notebook_run, show_recovery_report
 from utils.plots import plot_loss_curves
 from utils.training.engine.recovery import recover_training_results
 
 with friendly_errors("CHECKPOINT_DIR", "RUN_ID"):
     check_form(globals(), "RUN_ID")
-    results = recover_training_results(CHECKPOINT_DIR, run=RUN_ID or "latest")
+    results = recover_training_results(CHECKPOINT_DIR, run=notebook_run(globals()))
 show_recovery_report(results)  # the runs as a table, then the chosen run
 curve = plot_loss_curves(results["train_curve"] if len(results["train_curve"]) else
                          results["metrics"], title=f"run {results['run_id']}")
@@ -505,7 +509,7 @@ code(34, "Load Model Weights from Checkpoint", '''
 USE_WIDGET_PICKER = False  # @param {type:"boolean"}
 from utils.notebook import check_form, friendly_errors, load_weights_cell
 
-with friendly_errors():
+with friendly_errors("CHECKPOINT_OVERRIDE"):
     check_form(globals(), "CHECKPOINT_OVERRIDE")
     checkpoint_path, checkpoint = load_weights_cell(globals(), CHECKPOINT_DIR,
                                                     override=CHECKPOINT_OVERRIDE or None,
@@ -538,25 +542,16 @@ display(metrics.tail(10))
 ''')
 
 code(37, "Resume Training from the Latest Checkpoint", '''
-# Continues exactly where the latest checkpoint stopped (optimizer, schedule, data position)
-# and trains RESUME_EXTRA_STEPS more: an interrupted run keeps its learning-rate schedule
-# (up to MAX_STEPS); past MAX_STEPS the run is extended.
-# After a crash: Cells 1-13 and 15 first (the settings of the run that wrote the checkpoints).
-import dataclasses
+# Trains the run on to step MAX_STEPS + RESUME_EXTRA_STEPS, continuing exactly where its
+# newest checkpoint stopped (optimizer, schedule, data position). A target, not "N more":
+# running this cell (or Run all) again trains nothing more. The run: RUN_ID, else the one
+# Cell 32 trained, else the newest with these settings; it keeps its own saved training
+# settings, and is refused on other data. An unfinished run keeps its learning-rate
+# schedule; a finished one is extended. After a crash: Cells 1-13 and 15 first.
+from utils.notebook import continue_training, friendly_errors
 
-from utils.notebook import check_form, friendly_errors
-from utils.training.engine.recovery import recover_training_results
-from utils.training.engine.trainer import Trainer
-
-with friendly_errors():
-    check_form(globals(), "RESUME_EXTRA_STEPS")
-    latest = recover_training_results(CHECKPOINT_DIR)
-    stop_at = latest["global_step"] + RESUME_EXTRA_STEPS
-    horizon = max(training_config.max_steps or 0, stop_at)
-    resume_config = dataclasses.replace(training_config, max_steps=horizon)
-    trainer = Trainer(model, resume_config, train_loader, val_loader, tokenizer_name=TOKENIZER)
-    trainer.fit(resume_from="latest", stop_at_step=stop_at)
-    print(f"✅ resumed from step {latest['global_step']} to step {trainer.global_step}")
+with friendly_errors("RESUME_EXTRA_STEPS", "RUN_ID"):
+    trainer = continue_training(globals())
 ''')
 
 md("## 8 · Inference and evaluation")
@@ -592,11 +587,12 @@ code(40, "Compare Checkpoints", '''
 from IPython.display import display
 from utils.training.engine.compare import (
     compare_checkpoints, compare_predictions, plot_weight_changes)
+from utils.notebook import notebook_run
 from utils.training.engine.evaluation import validation_settings
 from utils.training.engine.recovery import list_checkpoints
 
 validation = validation_settings(training_config)  # Cell 39's (and the Trainer's) windows
-kept = sorted(list_checkpoints(CHECKPOINT_DIR, run=RUN_ID or "latest"),  # one run's
+kept = sorted(list_checkpoints(CHECKPOINT_DIR, run=notebook_run(globals())),  # one run's
               key=lambda info: info.global_step)
 if len(kept) >= 2:
     changes = compare_checkpoints(kept[0].path, kept[-1].path)

@@ -53,4 +53,6 @@ def make_state(step: int, val_loss: float | None, seed: int = 0, run_id: str | N
         "tokenizer": "byte",
         "run_id": run_id,  # None: a checkpoint of the legacy run (written before runs)
         "run_fingerprint": run_fingerprint,
+        "total_steps": 100,
+        "data_identity": None,  # unknown (as in checkpoints written before it existed)
     }

@@ -7,6 +7,11 @@ user errors escaped as tracebacks. Every case here starts `sys.executable -m uti
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,11 +44,24 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (root / "model.bin").write_bytes(b"an earlier export")
     (root / "empty").mkdir()
     found = {path.name.split(".")[0]: path for path in root.iterdir()}
-    return found | {"root": root, "keep": root / "full" / "keep.txt"}
+    (root / "loop_a").symlink_to(root / "loop_b")  # a symbolic link loop
+    (root / "loop_b").symlink_to(root / "loop_a")
+    os.mkfifo(root / "fifo")  # opening it to write would wait for a reader forever
+    # A twin of /dev/full (the same device): the real one is shared with every process here
+    os.mknod(root / "dev-full", stat.S_IFCHR | 0o666, os.makedev(1, 7))
+    from utils.__main__ import main
+
+    trained = tmp_path_factory.mktemp("trained")  # a folder with one run, for recover
+    assert main([arg.format(corpus=root / "corpus.txt", root=root) for arg in TRAIN[:-1]]
+                + [str(trained)]) == 0
+    return found | {"root": root, "keep": root / "full" / "keep.txt", "loop": root / "loop_a",
+                    "fifo": root / "fifo", "long": root / ("a" * 300), "trained": trained,
+                    "devfull": root / "dev-full"}
 
 
 
 
+TOO_LONG = "longer than the file system allows"
 TRAIN = ["train", "--data", "{corpus}", "--tokenizer", "byte", "--layers", "1", "--heads", "2",
          "--dim", "16", "--context", "16", "--max-steps", "1", "--no-progress",
          "--checkpoint-dir", "{root}/ck"]
@@ -106,13 +124,31 @@ CASES = {
                                 ["not a training checkpoint"]),
     "train-resume-latest-empty": ([*TRAIN, "--resume", "--checkpoint-dir", "{empty}"],
                                   ["no checkpoints"]),
+    # OSErrors of a user's path: one line naming the flag, the cause and the fix
+    "train-checkpoint-dir-name-too-long": ([*TRAIN, "--checkpoint-dir", "{long}"],
+                                           ["--checkpoint-dir", TOO_LONG, "shorter names"]),
+    "train-data-name-too-long": ([*TRAIN, "--data", "{long}.txt"], ["--data", TOO_LONG]),
+    "train-data-symlink-loop": ([*TRAIN, "--data", "{loop}"],
+                                ["loop_a", "Too many levels of symbolic links", "pass a UTF-8"]),
+    "recover-name-too-long": (["recover", "--checkpoint-dir", "{long}"],
+                              ["--checkpoint-dir", TOO_LONG]),
+    "recover-csv-name-too-long": (["recover", "--checkpoint-dir", "{root}", "--metrics-csv",
+                                   "{long}.csv"], ["--metrics-csv", TOO_LONG]),
+    "recover-csv-fifo": (["recover", "--checkpoint-dir", "{trained}", "--metrics-csv", "{fifo}"],
+                         ["--metrics-csv", "fifo"]),
+    "recover-csv-dev-full": (["recover", "--checkpoint-dir", "{trained}", "--metrics-csv",
+                              "{devfull}"], ["--metrics-csv", "dev-full"]),
+    "load-name-too-long": (["load", "--checkpoint", "{long}.pt"], ["--checkpoint", TOO_LONG]),
+    "load-dir-name-too-long": (["load", "--checkpoint-dir", "{long}"],
+                               ["--checkpoint-dir", TOO_LONG]),
 }
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input_is_one_error_line_and_exit_2(files, name):
     argv, expected = CASES[name]
-    assert_one_error_line(run_cli(*[arg.format(**files) for arg in argv]), *expected)
+    assert_one_error_line(run_cli(*[arg.format(**files) for arg in argv], timeout=120),
+                          *expected)
 
 
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
@@ -166,3 +202,85 @@ def test_a_dotted_checkpoint_dir_is_a_folder(files, capsys):
     argv = [arg.format(**files) for arg in TRAIN[:-1]] + [str(folder)]
     assert main(argv) == 0
     assert folder.is_dir() and any(folder.glob("checkpoint_*.pt"))
+
+
+# ---------------------------------------------------------------- disks that refuse writes
+
+def mounted_tmpfs(where: Path, size: str) -> Path:
+    """A real small file system (tmpfs) mounted at `where`."""
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                   check=True, capture_output=True)
+    return where
+
+
+def unmount(where: Path) -> None:
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def run_cli_with_token_cache(cache: Path, *args: object):
+    """The command line, as a real process, with its token cache in `cache` (set here until
+    the command line has its --cache-dir flag)."""
+    code = ("import sys; from pathlib import Path; import utils.data.prepare as prepare; "
+            f"prepare.DEFAULT_CACHE_DIR = Path({str(cache)!r}); "
+            "from utils.__main__ import main; sys.exit(main())")
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def fresh_corpus(path: Path) -> Path:
+    """A corpus no token cache has seen (its own text), big enough to fill a tiny disk."""
+    path.write_text(" ".join(f"{path.name}-{i}" for i in range(40_000)), encoding="utf-8")
+    return path
+
+
+def test_a_read_only_file_system_is_one_line_naming_the_flag(files, tmp_path):
+    """A checkpoint folder, an export, a metrics CSV and the token cache on a file system
+    mounted read-only: each command says which flag names the read-only place."""
+    disk = mounted_tmpfs(tmp_path / "ro", "1m")
+    try:
+        (disk / "ck").mkdir()
+        (disk / "cache").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True,
+                       capture_output=True)
+        train = [arg.format(**files) for arg in TRAIN[:-2]]
+        ro = "read-only file system"
+        cases = [
+            ([*train, "--checkpoint-dir", disk / "ck"], ["--checkpoint-dir", ro]),  # exists
+            ([*train, "--checkpoint-dir", disk / "new" / "ck"], ["--checkpoint-dir", ro]),
+            (["export", "--checkpoint", files["converted"], "--format", "hf", "-o",
+              disk / "hf"], ["--output", ro, "writable disk"]),
+            (["export", "--checkpoint", files["converted"], "--format", "llmc", "-o",
+              disk / "model.bin"], ["--output", ro]),
+            (["recover", "--checkpoint-dir", files["trained"], "--metrics-csv", disk / "m.csv"],
+             ["--metrics-csv", ro]),
+        ]
+        for argv, expected in cases:
+            assert_one_error_line(run_cli(*argv), *expected)
+        corpus = fresh_corpus(tmp_path / "ro-corpus.txt")
+        result = run_cli_with_token_cache(disk / "cache", *train[:2], corpus, *train[3:],
+                                          "--checkpoint-dir", tmp_path / "ck")
+        assert_one_error_line(result, "token cache", ro, "--cache-dir")
+        assert sorted(p.name for p in disk.iterdir()) == ["cache", "ck"]
+    finally:
+        unmount(disk)
+
+
+def test_a_full_disk_is_one_line_naming_the_flag(files, tmp_path):
+    disk = mounted_tmpfs(tmp_path / "full", "64k")
+    try:
+        (disk / "cache").mkdir()
+        with open(disk / "filler", "wb", buffering=0) as filler, contextlib.suppress(OSError):
+            while True:  # fill it up
+                filler.write(b"x" * 4096)
+        assert_one_error_line(run_cli("recover", "--checkpoint-dir", files["trained"],
+                                      "--metrics-csv", disk / "m.csv"),
+                              "--metrics-csv", "disk is full", "free some space")
+        train = [arg.format(**files) for arg in TRAIN[:-2]]
+        corpus = fresh_corpus(tmp_path / "full-corpus.txt")
+        result = run_cli_with_token_cache(disk / "cache", *train[:2], corpus, *train[3:],
+                                          "--checkpoint-dir", tmp_path / "ck")
+        assert_one_error_line(result, "token cache", "disk is full", "--cache-dir")
+        assert list((disk / "cache").iterdir()) == []  # no partial cache file left behind
+    finally:
+        unmount(disk)

@@ -122,3 +122,26 @@ def test_error_line_is_one_line_with_the_flags():
     assert error_line(error, SETTING_FLAGS) == "error: --batch-size must be >= 1, got 0"
     assert error_line(FileNotFoundError()) == "error: FileNotFoundError"
 
+
+
+def test_an_os_error_is_one_line_naming_the_flag_the_cause_and_the_fix():
+    import errno
+
+    paths = {"--checkpoint-dir": "/mnt/ro/ck", "--output": "/x/model.bin", "--data": "c.txt"}
+    line = error_line(OSError(errno.EROFS, "Read-only file system", "/mnt/ro/ck"), {}, paths)
+    assert line == ("error: --checkpoint-dir /mnt/ro/ck: it is on a read-only file system "
+                    "(Read-only file system). Fix: choose a folder on a writable disk")
+    inside = error_line(OSError(errno.ENOSPC, "No space left on device",
+                                "/mnt/ro/ck/checkpoint_x.pt"), {}, paths)
+    assert inside.startswith("error: --checkpoint-dir /mnt/ro/ck: /mnt/ro/ck/checkpoint_x.pt:")
+    assert "the disk is full" in inside and "Fix: free some space" in inside
+    twin = error_line(OSError(errno.EROFS, "Read-only file system", "/x/model.bin.part"), {},
+                      paths)  # a temporary twin of the output file
+    assert twin.startswith("error: --output /x/model.bin: /x/model.bin.part:")
+    ours = OSError(errno.ELOOP, "cannot read data path 'c.txt' (Too many levels of symbolic "
+                               "links); pass a UTF-8 .txt file")
+    assert error_line(ours, {}, paths) == ("error: cannot read data path 'c.txt' (Too many "
+                                           "levels of symbolic links); pass a UTF-8 .txt file")
+    cache = OSError(errno.EROFS, "cannot write the token cache in '/c' (Read-only file "
+                                 "system); choose a token cache folder ... (cache_dir)")
+    assert error_line(cache, {"cache_dir": "--cache-dir"}).endswith("(--cache-dir)")

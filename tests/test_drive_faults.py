@@ -20,6 +20,7 @@ from utils.training.engine.checkpoint import (
     fallback_dir_for,
 )
 from utils.training.engine.recovery import list_checkpoints, recover_training_results
+from utils.training.engine.runs import metrics_log_path, read_metrics_log
 from utils.training.engine.writer import DRIVE_ROOT_ENV, CheckpointWriter
 
 
@@ -76,8 +77,12 @@ def test_read_only_then_unmounted_drive_costs_no_training(tmp_path, small_drive,
     infos = list_checkpoints(folder, include_invalid=True)  # recovery sees the local folder
     assert infos and all(info.valid and info.local_only for info in infos)
     assert max(info.global_step for info in infos) == 24
-    # the metrics logged while Drive was gone went to the local folder's log at the end
-    assert recover_training_results(folder)["last_logged_step"] == 24
+    # the metrics logged while Drive was gone went to the local folder's log, said once
+    assert output.count("was deleted during training (or its folder went away)") == 1
+    run_id = recover_training_results(folder)["run_id"]
+    local_log = read_metrics_log(metrics_log_path(fallback_dir_for(folder), run_id))
+    assert [r["step"] for r in local_log if r["kind"] == "train"][-1] == 24
+    assert recover_training_results(folder)["train_curve"]["step"].max() == 24
     again = finish(start(folder, out, env=env))  # "Run all" again: the run is complete
     assert "already finished at step 24" in again
 

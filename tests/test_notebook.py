@@ -157,7 +157,7 @@ def test_whole_notebook_runs_headless_in_quick_mode_as_in_colab(tmp_path, monkey
     assert "✅ model" in outputs[35] and "✅ results" in outputs[35]
     assert "✅ checkpoint_path" in outputs[35] and "✅ best_checkpoint_path" in outputs[35]
     assert "LOADING MODEL WEIGHTS" in outputs[34]
-    assert "resumed from step 10 to step 15" in outputs[37]
+    assert "from step 10 to step 15" in outputs[37] and "✅ resumed run" in outputs[37]
     assert "val_loss" in outputs[40] and "sample" in outputs[40]
     assert "Need at least two checkpoints" not in outputs[40]  # steps 10 and 15 compared
     # artefacts: the loss curve, a Hugging Face folder and the binary weights
@@ -707,3 +707,42 @@ def test_cell_3_training_settings_come_from_training_config():
     for variable, setting in builder.TRAINING_FORM_FIELDS.items():
         assert values[variable] == setting_default(setting), variable
         assert f"# {variable}: {setting_help(setting)}" in source
+
+
+def test_an_os_error_in_a_cell_names_the_path_the_fix_and_the_field():
+    import errno
+
+    text = nb.format_error(OSError(errno.ENAMETOOLONG, "File name too long", "/a/" + "b" * 300),
+                           ("CHECKPOINT_DIR",))
+    assert "longer than the file system allows" in text and "choose shorter names" in text
+    assert "check CHECKPOINT_DIR in Cell 3" in text and "[Errno" not in text
+    cache = OSError(errno.ENOSPC, "cannot write the token cache in '/c' (No space left on "
+                                  "device); choose a token cache folder that is writable and "
+                                  "has free space (cache_dir)")
+    hint = nb.format_error(cache, ("DATA_PATH",)).split("▶ In this notebook:")[1]
+    assert "CACHE_DIR" in hint  # the token cache's folder field
+
+
+def test_the_cells_after_training_use_the_notebooks_run():
+    class Trained:
+        run_id = "20250101-000000-aaaaaa"
+
+    assert nb.notebook_run({"RUN_ID": "", "trainer": Trained()}) == Trained.run_id
+    assert nb.notebook_run({"RUN_ID": " 20250102-000000-bbbbbb ", "trainer": Trained()}) == \
+        "20250102-000000-bbbbbb"
+    assert nb.notebook_run({"RUN_ID": ""}) == "latest"  # a fresh runtime after a crash
+
+
+def test_cell_37_continues_with_the_runs_saved_settings_to_its_target():
+    from utils.config import TrainingConfig
+
+    saved = {"training_config": TrainingConfig(max_steps=100, learning_rate=1e-3,
+                                               seed=3, device="cuda").to_dict(),
+             "total_steps": 100}
+    form = TrainingConfig(max_steps=24, learning_rate=6e-4, seed=9, device="cpu",
+                          checkpoint_dir="here", eval_interval=7)
+    config = nb.continued_config(saved, form, target=28)
+    assert (config.learning_rate, config.seed) == (1e-3, 3)  # the run's own
+    assert (config.device, config.checkpoint_dir, config.eval_interval) == ("cpu", "here", 7)
+    assert config.max_steps == 100  # an unfinished run keeps its schedule
+    assert nb.continued_config({**saved, "total_steps": 24}, form, target=28).max_steps == 28

@@ -9,6 +9,9 @@ kernel would, and a NameError from a variable left over by a failed cell would s
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+
 import nbformat
 import pytest
 
@@ -35,7 +38,28 @@ CASES = [
     ("CHECKPOINT_INTERVAL", {"CHECKPOINT_INTERVAL": 0}, 15, ["CHECKPOINT_INTERVAL = 0"]),
     ("VAL_FRACTION", {"VAL_FRACTION": 1.5}, 7, ["VAL_FRACTION = 1.5", "between 0 and 1"]),
     ("LOG_TO", {"LOG_TO": "tensorbord"}, 15, ["LOG_TO = 'tensorbord'", "tensorboard, csv"]),
+    # a path or disk the user gave (an OSError): the field, the cause and the fix
+    ("CHECKPOINT_DIR name too long", {"CHECKPOINT_DIR": "@TMP@/" + "a" * 300}, 5,
+     ["CHECKPOINT_DIR", "longer than the file system allows", "shorter names"]),
+    ("CHECKPOINT_DIR on a read-only file system", {"CHECKPOINT_DIR": "@READ_ONLY@/checkpoints"},
+     5, ["CHECKPOINT_DIR", "read-only file system", "writable disk"]),
+    ("DATA_PATH a symbolic link loop", {"DATA_PATH": "@LOOP@"}, 7,
+     ["DATA_PATH", "Too many levels of symbolic links"]),
+    ("RUN_ID names no run", {"RUN_ID": "20990101-000000-abcdef"}, 33,
+     ["RUN_ID", "run '20990101-000000-abcdef' is not in", "the runs there are"]),
 ]
+
+
+@contextlib.contextmanager
+def read_only_tmpfs(where):
+    """A small tmpfs at `where`, remounted read-only; unmounted afterwards."""
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +95,25 @@ def test_a_wrong_form_value_stops_run_all_at_its_first_use(case, parameters, sto
 
     a_file = tmp_path / "not_a_folder.txt"
     a_file.write_text("a file, not a folder")
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
+    read_only = tmp_path / "read_only"
+    places = {"@FILE@": str(a_file), "@TMP@": str(tmp_path), "@LOOP@": str(tmp_path / "loop_a"),
+              "@READ_ONLY@": str(read_only)}
     parameters = {**BASE, "CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
                   "OUTPUT_DIR": str(tmp_path / "outputs"), **parameters}
-    parameters = {k: (str(a_file) if v == "@FILE@" else v) for k, v in parameters.items()}
+    for name, value in parameters.items():
+        for placeholder, path in places.items():
+            if isinstance(value, str) and value.startswith(placeholder):
+                parameters[name] = path + value[len(placeholder):]
     executed = tmp_path / "executed.ipynb"
-    with pytest.raises(papermill.PapermillExecutionError) as stopped:
-        papermill.execute_notebook(str(fresh_namespace_notebook), str(executed),
-                                   parameters=parameters, kernel_name="python3",
-                                   km=shared_kernel, progress_bar=False)
+    with contextlib.ExitStack() as mounted:
+        if str(read_only) in parameters["CHECKPOINT_DIR"]:  # a real read-only file system
+            mounted.enter_context(read_only_tmpfs(read_only))
+        with pytest.raises(papermill.PapermillExecutionError) as stopped:
+            papermill.execute_notebook(str(fresh_namespace_notebook), str(executed),
+                                       parameters=parameters, kernel_name="python3",
+                                       km=shared_kernel, progress_bar=False)
     assert stopped.value.ename == "StopRun"
 
     cells = executed_cells(executed)

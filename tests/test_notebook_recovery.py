@@ -76,10 +76,12 @@ def test_kill_during_training_then_recover_load_and_resume_in_a_fresh_kernel(tmp
     last = on_disk[last_step]
     assert last_step >= 3 and last_step < CRASH_PARAMETERS["MAX_STEPS"]
 
-    # 2. Reconnect: a fresh kernel runs only the set-up cells, Cell 33 and Cell 34.
+    # 2. Reconnect: a fresh kernel runs only the set-up cells, Cell 33 and Cell 34. MAX_STEPS
+    # is now where the run stopped, so Cell 37 trains RESUME_EXTRA_STEPS past it (its target
+    # is MAX_STEPS + RESUME_EXTRA_STEPS); the run keeps its own schedule (100,000 steps).
     fresh = NotebookKernel()
     try:
-        fresh.run_cells(SETUP_CELLS, parameters)
+        fresh.run_cells(SETUP_CELLS, {**parameters, "MAX_STEPS": last_step})
         fresh.run_cell(33)
         recovered = fresh.value(
             "{'global_step': results['global_step'], 'latest': results['latest_checkpoint_path'],"
@@ -106,15 +108,51 @@ def test_kill_during_training_then_recover_load_and_resume_in_a_fresh_kernel(tmp
         loaded = torch.load(tmp_path / "probe.pt", weights_only=True)
         assert torch.allclose(loaded, expected, atol=1e-5, rtol=0), (loaded - expected).abs().max()
 
-        # 3. Resume: training continues from the last checkpoint's step.
+        # 3. Resume: training continues from the last checkpoint's step, the run found by
+        # this notebook's settings (no Cell 32 ran in this kernel).
         fresh.run_cells([15])  # as docs/03 says: Cell 15, then Cell 37
         text = fresh.run_cell(37)
-        assert f"resumed from step {last_step}" in text
+        assert f"resumed run {last['run_id']} from step {last_step}" in text
         assert fresh.value("trainer.global_step") == last_step + CRASH_PARAMETERS["RESUME_EXTRA_STEPS"]
         after = checkpoints_on_disk(checkpoint_dir)
         newest = after[max(after)]
         assert max(after) == last_step + CRASH_PARAMETERS["RESUME_EXTRA_STEPS"]
         # the resumed run's history starts with everything logged before the kill
         assert newest["metrics_history"][:len(last["metrics_history"])] == last["metrics_history"]
+        assert newest["training_config"]["max_steps"] == CRASH_PARAMETERS["MAX_STEPS"]
+        assert newest["run_id"] == last["run_id"]
     finally:
         fresh.shutdown()
+
+
+def test_interrupting_the_kernel_during_training_checkpoints_the_step_it_stopped_at(tmp_path):
+    """The stop button (Kernel -> Interrupt: SIGINT to the kernel) during Cell 32: training
+    ends at the next step with a checkpoint of that step, and says where it resumes."""
+    import threading
+
+    checkpoint_dir = tmp_path / "checkpoints"
+    parameters = {**CRASH_PARAMETERS, "CHECKPOINT_DIR": str(checkpoint_dir),
+                  "OUTPUT_DIR": str(tmp_path / "outputs")}
+    kernel = NotebookKernel()
+    try:
+        kernel.run_cells([*SETUP_CELLS, 15, 16], parameters)
+        result: dict = {}
+        training = threading.Thread(target=lambda: result.update(
+            zip(("status", "text"), kernel.run(kernel.cells[32]), strict=True)))
+        training.start()
+        deadline = time.monotonic() + 240
+        while not list(checkpoint_dir.glob("checkpoint_*.pt.json")):
+            assert time.monotonic() < deadline and training.is_alive(), result
+            time.sleep(0.05)
+        kernel.manager.interrupt_kernel()
+        training.join(timeout=240)
+        assert result["status"] == "error" and "KeyboardInterrupt" in result["text"], result
+        stopped = kernel.value("trainer.global_step")
+        assert f"Ctrl-C: stopping at step {stopped}, writing its checkpoint" in result["text"]
+        assert f"training stopped at step {stopped}" in result["text"]
+        assert f"resumes the run at step {stopped}" in result["text"]
+        on_disk = checkpoints_on_disk(checkpoint_dir)
+        assert max(on_disk) == stopped and on_disk[stopped]["optimizer_state_dict"]["state"]
+        assert f"latest checkpoint at step {stopped}" in kernel.run_cell(33)
+    finally:
+        kernel.shutdown()

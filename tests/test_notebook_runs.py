@@ -10,6 +10,9 @@ a third time reports the finished run instead of training it again.
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from tests.notebook_helpers import (
     executed_cells,
 )
 from utils.config import TrainingConfig
+from utils.training.engine.checkpoint import BEST_MODEL_NAME
 from utils.training.engine.recovery import list_checkpoints, list_runs
 from utils.training.engine.runs import metrics_log_path, read_metrics_log
 
@@ -40,8 +44,9 @@ def drive_checkpoints(root: Path) -> Path:
     return root / "mydrive" / "gpt2-training" / "checkpoints"
 
 
-def run_all(root: Path, monkeypatch) -> dict[int, dict]:
-    """Runtime -> Run all, in a fresh kernel (papermill), with root's stand-in Drive."""
+def run_all(root: Path, monkeypatch, **changed) -> dict[int, dict]:
+    """Runtime -> Run all, in a fresh kernel (papermill), with root's stand-in Drive;
+    `changed`: form fields set otherwise than PARAMETERS."""
     import papermill
 
     root.mkdir(exist_ok=True)
@@ -50,11 +55,32 @@ def run_all(root: Path, monkeypatch) -> dict[int, dict]:
     executed = root / f"executed-{time.monotonic_ns()}.ipynb"
     papermill.execute_notebook(
         str(NOTEBOOK_PATH), str(executed), cwd=str(REPO_ROOT), kernel_name="python3",
-        parameters={**PARAMETERS, "OUTPUT_DIR": str(root / "outputs")}, progress_bar=False)
+        parameters={**PARAMETERS, "OUTPUT_DIR": str(root / "outputs"), **changed},
+        progress_bar=False)
     cells = executed_cells(executed)
     assert all(cell["ran"] and not cell["error"] for cell in cells.values()), \
         {number: cell["text"][-1500:] for number, cell in cells.items() if cell["error"]}
     return cells
+
+
+def folder_state(folder: Path) -> dict[str, tuple[str, int]]:
+    """{file name: (sha256, modification time in ns)} of every file in the folder."""
+    return {path.name: (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
+            for path in folder.iterdir() if path.is_file()}
+
+
+def write_another_run(folder: Path) -> set[str]:
+    """Another run in the notebook's folder, written after the notebook's (the command line,
+    other settings); returns the names of its files."""
+    before = {path.name for path in folder.iterdir()}
+    result = subprocess.run(
+        [sys.executable, "-m", "utils", "train", "--preset", "tiny", "--tokenizer", "byte",
+         "--context", "32", "--batch-size", "2", "--max-steps", "2", "--lr", "1e-3",
+         "--checkpoint-dir", str(folder), "--new-run", "--no-progress"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return {path.name for path in folder.iterdir()} - before - {BEST_MODEL_NAME,
+                                                                 f"{BEST_MODEL_NAME}.json"}
 
 
 def final_weights(folder: Path, step: int) -> dict:
@@ -89,7 +115,8 @@ def test_kill_during_training_then_run_all_finishes_the_same_run(tmp_path, monke
     # reconnect, Run all: the same run continues and finishes, every later cell works
     cells = run_all(root, monkeypatch)
     assert f"resuming run {crashed_run.run_id} at step {crashed_run.steps}" in cells[32]["text"]
-    assert f"resumed from step {MAX_STEPS} to step {MAX_STEPS + EXTRA}" in cells[37]["text"]
+    assert f"resumed run {crashed_run.run_id} from step {MAX_STEPS} to step {MAX_STEPS + EXTRA}" \
+        in cells[37]["text"]
     [run] = list_runs(folder)
     assert run.run_id == crashed_run.run_id and run.steps == MAX_STEPS + EXTRA
     records = read_metrics_log(metrics_log_path(folder, run.run_id))
@@ -104,10 +131,37 @@ def test_kill_during_training_then_run_all_finishes_the_same_run(tmp_path, monke
     assert all(torch.equal(resumed[k], reference[k]) for k in reference), \
         "the crashed-and-resumed notebook differs from the uninterrupted one"
 
-    # Run all once more: the run is reported as finished, not trained again
+    # Run all once more: the run is reported as finished and Cell 37 finds it at its
+    # target: not one file in the folder changes (names, bytes, modification times)
+    before = folder_state(folder)
     cells = run_all(root, monkeypatch)
     assert f"run {run.run_id} already finished at step {MAX_STEPS + EXTRA}" in cells[32]["text"]
+    assert f"run {run.run_id} is at step {MAX_STEPS + EXTRA}, at or past Cell 37's target" \
+        in cells[37]["text"]
+    assert folder_state(folder) == before
     assert [r.run_id for r in list_runs(folder)] == [run.run_id]
+
+    # Another run is written to the folder later: this notebook's cells keep to its own run
+    others = write_another_run(folder)
+    [other] = [r for r in list_runs(folder) if r.run_id != run.run_id]
+    best_of_run = list_checkpoints(folder, run=run.run_id)[0].filename
+    before = folder_state(folder)
+    cells = run_all(root, monkeypatch, RESUME_EXTRA_STEPS=EXTRA + 2)
+    assert f"run {run.run_id} already finished" in cells[32]["text"]
+    assert f"Run {run.run_id}:" in cells[33]["text"] and f"Run {other.run_id}:" not in \
+        cells[33]["text"]
+    assert best_of_run in cells[34]["text"]
+    assert not any(name in cells[34]["text"] for name in others)
+    assert f"resumed run {run.run_id} from step {MAX_STEPS + EXTRA} to step " \
+           f"{MAX_STEPS + EXTRA + 2}" in cells[37]["text"]
+    after = folder_state(folder)
+    assert {name: after.get(name) for name in others} == {name: before[name] for name in others}
+    newest = max(list_checkpoints(folder, run=run.run_id), key=lambda info: info.global_step)
+    assert newest.global_step == MAX_STEPS + EXTRA + 2
+    saved = torch.load(newest.path, weights_only=True)
+    assert saved["run_id"] == run.run_id and saved["run_fingerprint"] == run.fingerprint
+    assert list_runs(folder)[0].run_id == run.run_id  # it is the newest again
+    assert other.steps == 2 and {r.run_id: r.steps for r in list_runs(folder)}[other.run_id] == 2
 
 
 @pytest.mark.slow

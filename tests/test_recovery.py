@@ -15,10 +15,13 @@ from utils.training.engine.checkpoint import (
     save_checkpoint,
     sidecar_path,
 )
-from utils.training.engine.errors import NoCheckpointsError
+from utils.training.engine.errors import NoCheckpointsError, RunNotFoundError
 from utils.training.engine.recovery import (
     CheckpointWarning,
+    check_run,
     list_checkpoints,
+    load_newest_readable,
+    plan_resume,
     recover_training_results,
 )
 from utils.training.engine.writer import CheckpointWriter
@@ -155,3 +158,37 @@ def test_no_checkpoints_error_names_the_folder_and_the_fix(tmp_path):
     with pytest.raises(NoCheckpointsError, match="does not exist"):
         recover_training_results(tmp_path / "missing")
     assert list_checkpoints(tmp_path / "missing") == []
+
+
+def test_a_run_id_that_names_no_run_lists_the_runs_there(tmp_path):
+    """Not "no checkpoints ... train first": the folder has runs, just not that one."""
+    run_id = "20250101-000000-aaaaaa"
+    save_checkpoint(make_state(4, 1.0, run_id=run_id), tmp_path)
+    for ask in (lambda: recover_training_results(tmp_path, run="20990101-000000-ffffff"),
+                lambda: load_newest_readable(tmp_path, lambda path: path,
+                                             run="20990101-000000-ffffff")):
+        with pytest.raises(RunNotFoundError) as caught:
+            ask()
+        message = str(caught.value)
+        assert "run '20990101-000000-ffffff' is not in" in message
+        assert f"the runs there are {run_id} (" in message and "step 4" in message
+        assert not isinstance(caught.value, NoCheckpointsError)
+    check_run(tmp_path, run_id)  # a run that is there, and "latest", pass
+    check_run(tmp_path, "latest")
+
+
+def test_plan_tells_an_interrupted_run_from_a_finished_one(tmp_path):
+    """A run that stopped at step 10 of its 40 and is asked for 8 steps was interrupted;
+    one that reached its own budget has finished."""
+    interrupted = make_state(10, 1.0, run_id="20250101-000000-aaaaaa", run_fingerprint="f" * 16)
+    interrupted["total_steps"] = 40
+    save_checkpoint(interrupted, tmp_path / "a")
+    plan = plan_resume(tmp_path / "a", "f" * 16, total_steps=8)
+    assert plan.action == "interrupted"
+    assert "stopped at step 10 of its 40 steps" in plan.message
+    assert "max_steps to 40" in plan.message and "--new-run" in plan.message
+    assert plan_resume(tmp_path / "a", "f" * 16, total_steps=40).action == "resume"
+    finished = make_state(10, 1.0, run_id="20250101-000000-aaaaaa", run_fingerprint="f" * 16)
+    finished["total_steps"] = 10
+    save_checkpoint(finished, tmp_path / "b")
+    assert plan_resume(tmp_path / "b", "f" * 16, total_steps=8).action == "finished"

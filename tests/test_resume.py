@@ -19,7 +19,13 @@ import pytest
 import torch
 
 from tests import _train_worker as worker
-from tests._run_helpers import assert_same_weights, finish, kill_after_step, start
+from tests._run_helpers import (
+    assert_same_weights,
+    finish,
+    kill_after_step,
+    start,
+    wait_for_step,
+)
 from utils.training.engine.recovery import list_checkpoints
 
 DETERMINISTIC = ("step", "epoch", "train_loss", "val_loss", "perplexity", "learning_rate",
@@ -130,3 +136,32 @@ def test_stop_at_step_then_resume_equals_one_run(tmp_path, uninterrupted_run):
     assert [h["learning_rate"] for h in history] == [h["learning_rate"] for h in reference_history]
     with pytest.raises(ValueError, match="stop_at_step"):
         worker.make_trainer(tmp_path).fit(resume_from="latest", stop_at_step=3)
+
+
+def test_ctrl_c_checkpoints_the_step_it_stopped_at_and_resume_is_exact(tmp_path,
+                                                                     uninterrupted_run):
+    """SIGINT (Ctrl-C) to a training process: it finishes the step it is in, writes a
+    checkpoint of that step (no step lost, not only the interval's), says where training
+    resumes, and stops; the same command then continues bit for bit."""
+    checkpoint_dir, out = tmp_path / "checkpoints", tmp_path / "final.pt"
+    process = start(checkpoint_dir, out, "--step-sleep", "0.2")
+    seen: list[str] = []
+    wait_for_step(process, 10, seen)  # checkpoints at 3, 6, 9; the interval's next is 12
+    process.send_signal(signal.SIGINT)
+    output = "".join(seen) + process.communicate(timeout=120)[0]
+    assert process.returncode == -signal.SIGINT, output  # KeyboardInterrupt, re-raised
+    [stopped] = {int(line.split("training stopped at step ")[1].split()[0])
+                 for line in output.splitlines() if "training stopped at step" in line}
+    assert stopped in (10, 11) and f"resumes the run at step {stopped}" in output
+    newest = max(list_checkpoints(checkpoint_dir), key=lambda info: info.global_step)
+    assert newest.global_step == stopped
+    _assert_only_valid_checkpoints(checkpoint_dir)
+
+    resumed = finish(start(checkpoint_dir, out))
+    assert f"at step {stopped}" in resumed and "step 1\n" not in resumed
+    final = torch.load(out, weights_only=True)
+    reference_state, reference_history = uninterrupted_run
+    assert_same_weights(final["model"], reference_state)
+    for after, uninterrupted in zip(final["history"], reference_history, strict=True):
+        assert {k: after[k] for k in DETERMINISTIC} == \
+               {k: uninterrupted[k] for k in DETERMINISTIC}

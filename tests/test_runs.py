@@ -245,3 +245,102 @@ def test_a_folder_from_before_runs_still_recovers_and_resumes(tmp_path, uninterr
     after = file_hashes(folder)
     assert {name: after.get(name) for name in legacy if not name.startswith("best_model")} \
         == {name: h for name, h in legacy.items() if not name.startswith("best_model")}
+
+
+# ---------------------------------------------------------------- a log or folder deleted
+
+
+def _train_records(log: Path) -> list[int]:
+    return [r["step"] for r in read_metrics_log(log) if r["kind"] == "train"]
+
+
+def test_a_metrics_log_deleted_mid_run_is_said_once_and_started_again(tmp_path,
+                                                                      uninterrupted_weights):
+    folder, out = tmp_path / "checkpoints", tmp_path / "final.pt"
+    process = start(folder, out, "--step-sleep", "0.3")
+    seen: list[str] = []
+    wait_for_step(process, 4, seen)
+    [log] = folder.glob("metrics_*.jsonl")
+    log.unlink()  # someone tidies the folder while training runs
+    output = "".join(seen) + finish(process)
+    assert output.count("was deleted during training") == 1, output
+    steps = _train_records(log)  # the lines after the deletion, in a new log of that name
+    assert steps and steps[0] > 4 and steps == list(range(steps[0], worker.STEPS + 1))
+    assert_same_weights(torch.load(out, weights_only=True)["model"], uninterrupted_weights)
+
+
+def test_a_checkpoint_folder_deleted_mid_run_is_recreated_and_said_once(tmp_path,
+                                                                        uninterrupted_weights):
+    import shutil
+
+    folder, out = tmp_path / "checkpoints", tmp_path / "final.pt"
+    process = start(folder, out, "--step-sleep", "0.3")
+    seen: list[str] = []
+    wait_for_step(process, 4, seen)
+    run_id = list_runs(folder)[0].run_id
+    shutil.rmtree(folder)  # the whole folder, checkpoint of step 3 and log included
+    output = "".join(seen) + finish(process)
+    assert output.count("was deleted during training (or its folder went away)") == 1, output
+    steps = _train_records(metrics_log_path(folder, run_id))
+    assert steps and steps[0] > 4 and steps == list(range(steps[0], worker.STEPS + 1))
+    results = recover_training_results(folder)  # the run goes on in the recreated folder
+    assert results["run_id"] == run_id and results["global_step"] == worker.STEPS
+    assert results["last_logged_step"] == worker.STEPS
+    assert_same_weights(torch.load(out, weights_only=True)["model"], uninterrupted_weights)
+
+
+# ---------------------------------------------------------------- Ctrl-C, budgets, other data
+
+
+def test_ctrl_c_on_the_command_line_checkpoints_where_it_stopped_and_exits_130(tmp_path):
+    """SIGINT stops at the next step with a checkpoint there, says where training resumes
+    (exit 130); a rerun whose --max-steps is below that step is told the run was
+    interrupted, not that it finished; the same command resumes at that step."""
+    folder = tmp_path / "checkpoints"
+    process = cli(folder, "--max-steps", "1000")  # replaces CLI_TRAIN's 30 (the last wins)
+    deadline = time.monotonic() + 240
+    while not list(folder.glob("checkpoint_*.pt.json")):
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 130, output
+    assert "Traceback" not in output
+    [line] = [line for line in output.splitlines() if line.startswith("interrupted: ")]
+    [run] = list_runs(folder)
+    stopped = run.steps
+    assert f"training stopped at step {stopped} of run {run.run_id}" in line
+    assert f"resumes the run at step {stopped}" in line and run.latest.path.name in line
+    assert stopped % 5 != 0 or stopped > 5  # not only the interval's checkpoint
+    saved = torch.load(run.latest.path, weights_only=True)
+    assert saved["global_step"] == stopped and saved["optimizer_state_dict"]["state"]
+
+    before = file_hashes(folder)
+    refused = cli(folder, "--max-steps", str(stopped - 1))
+    output = refused.communicate(timeout=300)[0]
+    assert refused.returncode == 2 and "Traceback" not in output, output
+    [error] = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert f"stopped at step {stopped} of its 1000 steps" in error
+    assert "already finished" not in output
+    assert "--max-steps to 1000" in error and "--new-run" in error
+    assert file_hashes(folder) == before
+
+    resumed = finish(cli(folder, "--max-steps", str(stopped + 2)))
+    assert f"resuming run {run.run_id} at step {stopped}" in resumed
+
+
+def test_resume_latest_on_other_data_is_refused_with_the_fix(tmp_path):
+    folder = tmp_path / "checkpoints"
+    first, other = tmp_path / "first.txt", tmp_path / "other.txt"
+    first.write_text("the first corpus, " * 400, encoding="utf-8")
+    other.write_text("another corpus entirely. " * 400, encoding="utf-8")
+    finish(cli(folder, "--data", str(first), "--max-steps", "5"))
+    before = file_hashes(folder)
+    process = cli(folder, "--data", str(other), "--resume", "latest", "--max-steps", "10")
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 2 and "Traceback" not in output, output
+    [error] = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert "was trained on other data than this" in error and "--new-run" in error
+    assert file_hashes(folder) == before
+    again = finish(cli(folder, "--data", str(first), "--resume", "latest", "--max-steps", "7"))
+    assert "resuming at step 5" in again

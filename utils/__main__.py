@@ -13,7 +13,7 @@ from pathlib import Path
 
 from utils import DISTRIBUTION, __version__
 from utils.cli import COMMANDS
-from utils.cli.common import error_line, use_help_formatters
+from utils.cli.common import error_line, path_flags, use_help_formatters
 from utils.errors import UserError, user_error_types
 
 __all__ = ["UserError", "build_parser", "main"]  # UserError's home is utils.errors
@@ -44,15 +44,17 @@ def _setting_flags(command: str | None) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        # training's says where it stopped and where it resumes
+        print(f"interrupted{': ' if str(interrupt) else ''}{interrupt}", file=sys.stderr)
         return 130
     except user_error_types() as error:
-        print(error_line(error, _setting_flags(getattr(args, "command", None))),
-              file=sys.stderr)
+        print(error_line(error, _setting_flags(getattr(args, "command", None)),
+                         path_flags(args, parser)), file=sys.stderr)
         return 2
 
 

@@ -164,3 +164,24 @@ def link_atomically(source: Path, target: Path) -> bool:
         raise
     fsync_directory(target.parent)
     return True
+
+
+def check_writable_folder(folder: str | Path) -> None:
+    """Raise an OSError naming `folder` when files cannot be created in it (or, while it
+    does not exist yet, in the nearest folder above it that does): a read-only file system
+    (EROFS) or no permission (EACCES). Creates nothing: on Google Drive a probe file would
+    land in Drive's trash. A full disk is not detected here (writers fall back for it)."""
+    path = Path(folder).expanduser().absolute()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or os.access(existing, os.W_OK | os.X_OK):
+        return
+    code = errno.EROFS if _read_only(existing) else errno.EACCES
+    raise OSError(code, os.strerror(code), str(folder))
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # Windows has no statvfs
+        return False
+

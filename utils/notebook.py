@@ -23,7 +23,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from utils.errors import user_error_types
+from utils.errors import describe_os_error, user_error_types
+from utils.fileio import check_writable_folder
 from utils.training.engine.loggers import in_notebook, log_folder
 
 DRIVE_MOUNT_POINT = "/content/drive"  # Colab's; GPT2_DRIVE_MOUNT_POINT overrides it
@@ -156,12 +157,18 @@ def choose_checkpoint_dir(requested: str | Path | None = None, use_drive: bool |
     else:
         path = Path(requested or "checkpoints")
     path = path.expanduser()
-    blocking = next((p for p in (path, *path.parents) if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
+    try:
+        blocking = next((p for p in (path, *path.parents) if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise FormValueError("CHECKPOINT_DIR", str(requested or path),
+                                 f"{blocking} is a file, not a folder; give a folder (it is "
+                                 "created if missing), or leave it empty for the default")
+        path.mkdir(parents=True, exist_ok=True)
+        check_writable_folder(path)  # a read-only folder: checkpoints could not be written
+    except OSError as error:  # a name too long, a read-only disk, a lost mount, ...
         raise FormValueError("CHECKPOINT_DIR", str(requested or path),
-                             f"{blocking} is a file, not a folder; give a folder (it is "
-                             "created if missing), or leave it empty for the default")
-    path.mkdir(parents=True, exist_ok=True)
+                             f"checkpoints cannot be written there: "
+                             f"{describe_os_error(error)}") from None
     return path
 
 
@@ -420,6 +427,12 @@ def _notebook_hints() -> list[tuple[type[BaseException], str]]:
 
     return [
         (errors.ModelNotInitializedError, "run Cell 13 (Initialize Model), then this cell again"),
+        (errors.RunNotFoundError, f"set RUN_ID in {SETTINGS_CELL} to one of the runs named "
+                                  "above, or leave it empty for this notebook's run, then run "
+                                  "this cell again"),
+        (errors.RunMismatchError, f"set DATA_PATH in {SETTINGS_CELL} to the data that run was "
+                                  "trained on and run Cells 7-16 again, or leave RUN_ID empty "
+                                  "to continue this notebook's own run"),
         (errors.NoCheckpointsError, "train first (Cell 32), or set CHECKPOINT_DIR in "
                                     f"{SETTINGS_CELL} to the folder that holds them"),
         (errors.ArchitectureMismatchError, "make MODEL_PRESET, CONTEXT_LENGTH and TOKENIZER in "
@@ -452,6 +465,7 @@ SETTING_FIELDS = {
     "weight_decay": "WEIGHT_DECAY", "keep_last": "KEEP_LAST", "keep_best": "KEEP_BEST",
     "dropout_rate": "DROPOUT", "val_fraction": "VAL_FRACTION", "log_to": "LOG_TO",
     "sample_every": "SAMPLE_EVERY", "sample_prompt": "PROMPT",
+    "cache_dir": "CACHE_DIR",  # the token cache folder
 }
 
 
@@ -486,6 +500,8 @@ def format_error(error: BaseException, fields: tuple[str, ...] = ()) -> str:
         from utils.reports import error_report
 
         text = error_report(error).rstrip().removesuffix(RULE).rstrip()
+    elif isinstance(error, OSError):  # a path or disk: which one, what went wrong, the fix
+        text = f"❌ {describe_os_error(error)}"
     else:
         text = f"❌ {error}"
     hint = notebook_hint(error, fields)
@@ -679,14 +695,16 @@ def load_weights_cell(namespace: Mapping[str, Any], checkpoint_dir: str | Path,
     (or, where widgets cannot render, the table) and loads when Load is clicked.
     """
     from utils.training.engine.errors import ModelNotInitializedError
-    from utils.training.engine.recovery import list_checkpoints, select_checkpoint
+    from utils.training.engine.recovery import check_run, list_checkpoints, select_checkpoint
 
     model = namespace.get("model")
     if model is None:
         raise ModelNotInitializedError(
             "Model instance not found: there is no 'model' to load weights into.")
-    run = namespace.get("RUN_ID") or "latest"  # the run Cell 33 recovered
+    run = notebook_run(namespace)  # the run Cell 33 recovered
     infos = list_checkpoints(checkpoint_dir, run=run)
+    if not any(info.valid for info in infos):
+        check_run(checkpoint_dir, run)  # a RUN_ID that names no run says so, with the runs
     path, method = select_checkpoint(results=namespace.get("results"),
                                      checkpoint_dir=checkpoint_dir, override=override or None,
                                      infos=infos)
@@ -785,3 +803,104 @@ def model_to_export(namespace: Mapping[str, Any], export_from: str = "") -> Expo
     origin = "EXPORT_FROM" if choice else "the checkpoint Cell 34 loaded"
     return ExportSource(loaded, f"{path} ({origin}: step {checkpoint.get('global_step')}, "
                         f"val loss {_describe(checkpoint.get('val_loss'))})", path)
+
+
+# --------------------------------------------------------------------------------------
+# Which run the cells after training use, and Cell 37 (train it further)
+# --------------------------------------------------------------------------------------
+
+def notebook_run(namespace: Mapping[str, Any]) -> str:
+    """The run Cells 33, 34, 37 and 40 work on: RUN_ID when set, else the run Cell 32
+    trained or found finished (`trainer.run_id`), else the most recent run ("latest", as
+    after a crash in a fresh runtime). Another run written to the folder later is never
+    taken for this notebook's."""
+    chosen = namespace.get("RUN_ID")
+    if isinstance(chosen, str) and chosen.strip():
+        return chosen.strip()
+    run_id = getattr(namespace.get("trainer"), "run_id", None)
+    return run_id if isinstance(run_id, str) and run_id else "latest"
+
+
+def continue_training(namespace: dict[str, Any]) -> Any:
+    """Cell 37: train the notebook's run on to step MAX_STEPS + RESUME_EXTRA_STEPS.
+
+    That step is a target, not "N more": run again (or "Run all" on a finished notebook),
+    it finds the run there and trains nothing, so no file changes. The run is RUN_ID, else
+    the one Cell 32 trained, else (a fresh runtime) the newest run trained with this
+    notebook's settings. It continues from its newest checkpoint with its own saved
+    training settings (learning rate, schedule, batch, ...: what makes it that run); the
+    form gives only what does not change the run (folder, device, intervals, compile). On
+    other data it is refused (`RunMismatchError`), on another model shape too
+    (`ArchitectureMismatchError`). Returns the Trainer (the session's `trainer` when there
+    was nothing to train).
+    """
+    from utils.training.engine.recovery import load_newest_readable
+
+    check_form(namespace, "MAX_STEPS", "RESUME_EXTRA_STEPS", "RUN_ID", "CHECKPOINT_DIR")
+    folder, settings = namespace["CHECKPOINT_DIR"], namespace["training_config"]
+    target = namespace["MAX_STEPS"] + namespace["RESUME_EXTRA_STEPS"]
+    run_id = notebook_run(namespace)
+    if run_id == "latest":  # no run chosen or trained in this session: the one of these settings
+        run_id = _run_with_settings(folder, _cell_trainer(namespace, settings))
+    path, saved = load_newest_readable(folder, _resumable, run=run_id)
+    step = int(saved["global_step"])
+    if step >= target:
+        print(f"✅ run {run_id} is at step {step}, at or past Cell 37's target MAX_STEPS + "
+              f"RESUME_EXTRA_STEPS = {target}: nothing to train (raise RESUME_EXTRA_STEPS "
+              "in Cell 3 to train further)")
+        return namespace.get("trainer")
+    trainer = _cell_trainer(namespace, continued_config(saved, settings, target))
+    trainer.fit(resume_from=path, stop_at_step=target)
+    print(f"✅ resumed run {run_id} from step {step} to step {trainer.global_step}")
+    return trainer
+
+
+def continued_config(saved: Mapping[str, Any], settings: Any, target: int) -> Any:
+    """The TrainingConfig that continues a run to `target`: the run's saved settings, with
+    those of the form (`settings`) that do not change the run (`NOT_IN_FINGERPRINT`).
+    The schedule's horizon is the run's own budget, or `target` when that is further:
+    an unfinished run keeps its learning-rate schedule, a finished one is extended."""
+    from utils.config import TrainingConfig
+    from utils.training.engine.runs import NOT_IN_FINGERPRINT
+
+    values = dict(saved["training_config"])
+    values.update({key: value for key, value in settings.to_dict().items()
+                   if key in NOT_IN_FINGERPRINT})
+    budget = saved.get("total_steps") or saved["training_config"].get("max_steps") or 0
+    values.update(max_steps=max(int(budget), target), epochs=None)
+    return TrainingConfig.from_dict(values)
+
+
+def _cell_trainer(namespace: Mapping[str, Any], config: Any) -> Any:
+    """A Trainer on the session's model and data (Cells 10, 13), as Cell 16 builds it."""
+    from utils.training.engine.trainer import Trainer
+
+    return Trainer(namespace["model"], config, namespace["train_loader"],
+                   namespace["val_loader"], tokenizer_name=namespace.get("TOKENIZER"),
+                   init_from=namespace.get("initialised_from"))
+
+
+def _run_with_settings(folder: str | Path, trainer: Any) -> str:
+    """The newest run in `folder` trained with `trainer`'s settings (what Cell 32 would
+    continue); `RunNotFoundError` listing the runs when there is none."""
+    from utils.training.engine.errors import RunNotFoundError
+    from utils.training.engine.listing import describe_runs, list_runs
+
+    runs = list_runs(folder)
+    same = [run for run in runs if run.fingerprint == trainer.fingerprint]
+    if not same:
+        raise RunNotFoundError(
+            f"no run in {folder} was trained with this notebook's settings (the runs there: "
+            f"{describe_runs(runs)}). Fix: run Cell 32, which starts or continues this "
+            "notebook's run, or set RUN_ID to the run to continue.")
+    return same[0].run_id
+
+
+def _resumable(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents (tensors left on disk) when training can continue it."""
+    from utils.training.engine.checkpoint import check_resumable, load_checkpoint_file
+
+    checkpoint = load_checkpoint_file(path, mmap=True)
+    check_resumable(path, checkpoint)
+    return checkpoint
+

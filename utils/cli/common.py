@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
-from utils.errors import UserError
+from utils.errors import UserError, describe_os_error
 
 # Fields named by a single common word ("device", "seed") are translated only where the
 # message clearly means the setting: `device=...`, `device must ...`, `TrainingConfig.device`.
@@ -76,10 +76,52 @@ def _subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParse
             for sub in action.choices.values()]
 
 
-def error_line(error: BaseException, flags: Mapping[str, str] | None = None) -> str:
-    """The one line `error: ...` that the command line prints for a user error."""
-    text = " ".join(str(error).split()) or type(error).__name__
+def error_line(error: BaseException, flags: Mapping[str, str] | None = None,
+               paths: Mapping[str, str] | None = None) -> str:
+    """The one line `error: ...` that the command line prints for a user error.
+
+    An OSError (a path or disk the user gave) is worded by `describe_os_error` and starts
+    with the flag that named the path, when one of `paths` ({flag: value typed}) holds it.
+    """
+    if isinstance(error, OSError):
+        text = describe_os_error(error)
+        flag = flag_of_path(error, paths or {})
+        if flag is not None:
+            value = paths[flag]
+            text = f"{flag} {value}: {text.removeprefix(f'{value}: ')}"
+    else:
+        text = " ".join(str(error).split()) or type(error).__name__
     return f"error: {with_flag_names(text, flags or {})}"
+
+
+def flag_of_path(error: OSError, paths: Mapping[str, str]) -> str | None:
+    """The flag whose value is the failing path, a folder above it, or a file whose
+    temporary twin (`out.bin.part`, `.out.bin.123.tmp`) failed; the longest value wins."""
+    import os
+
+    failed = [os.fspath(p) for p in (error.filename, error.filename2)
+              if isinstance(p, (str, os.PathLike))]
+    def names(path: str, value: str) -> bool:
+        folder, name = os.path.split(value.rstrip("/"))
+        twin = os.path.dirname(path) == folder and name and name in os.path.basename(path)
+        return path == value or path.startswith(value.rstrip("/") + "/") or bool(twin)
+
+    matching = [flag for flag, value in paths.items() if any(names(p, value) for p in failed)]
+    return max(matching, key=lambda flag: len(paths[flag]), default=None)
+
+
+def path_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, str]:
+    """{flag as typed (`--checkpoint-dir`, or SOURCE for a positional): value} for every
+    option of the subcommand that holds text: the paths an OSError may be about."""
+    names: dict[str, str] = {}
+    for action in parser._actions:  # the subcommand's parser, once parsed
+        if isinstance(action, argparse._SubParsersAction):
+            command = action.choices.get(getattr(args, "command", None))
+            return path_flags(args, command) if command is not None else {}
+        long = [option for option in action.option_strings if option.startswith("--")]
+        names[action.dest] = long[0] if long else (action.metavar or action.dest.upper())
+    return {names[dest]: value for dest, value in vars(args).items()
+            if dest in names and isinstance(value, str) and value}
 
 
 def _available(device_type: str) -> bool:

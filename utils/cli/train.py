@@ -47,7 +47,9 @@ MODEL_FLAGS = {"number_of_layers": "--layers", "number_of_heads": "--heads",
                "dropout_rate": "--dropout"}
 # Library messages name settings by field; a command-line user sees the flag (__main__, and
 # the Trainer's printed messages). Fit's arguments are flags too.
-SETTING_FLAGS = {**TRAINING_FLAGS, **MODEL_FLAGS, "resume_from=None": "--new-run"}
+# cache_dir: the token cache folder (its flag is --cache-dir).
+SETTING_FLAGS = {**TRAINING_FLAGS, **MODEL_FLAGS, "resume_from=None": "--new-run",
+                 "cache_dir": "--cache-dir"}
 
 
 # Settings whose None the command line can give explicitly, and the words for it (a parsed
@@ -231,10 +233,16 @@ def build_training_config(args: argparse.Namespace, saved: dict[str, Any] | None
 
 
 def check_checkpoint_dir(folder: str | None) -> None:
-    """Refuse a --checkpoint-dir that is an existing file: checkpoints would replace it."""
+    """Refuse a --checkpoint-dir that is an existing file (checkpoints would replace it) or
+    where nothing can be written (a read-only file system): every checkpoint would go to
+    the local fallback folder instead."""
     if folder and Path(folder).exists() and not Path(folder).is_dir():
         raise UserError(f"--checkpoint-dir {folder} is a file, not a folder; name a folder "
                         f"for the checkpoints (it is created if missing)")
+    if folder:
+        from utils.fileio import check_writable_folder
+
+        check_writable_folder(folder)
 
 
 def model_config(args: argparse.Namespace, saved: dict[str, Any] | None, vocab_size: int):

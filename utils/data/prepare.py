@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -322,9 +323,14 @@ def _writing_cache(cache_dir: Path) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        raise type(error)(error.errno, f"cannot write the token cache in {str(cache_dir)!r} "
-                          f"({error.strerror or error}); pass cache_dir= a writable folder "
-                          "with free space") from error
+        code, reason = error.errno, error.strerror or str(error)
+        if code is None:  # numpy's short write ("N requested and M written"): a full disk
+            code, reason = errno.ENOSPC, f"{reason}: the disk is full"
+        # The fix names the setting (cache_dir): the command line shows it as --cache-dir,
+        # the notebook as its CACHE_DIR field.
+        raise type(error)(code, f"cannot write the token cache in {str(cache_dir)!r} "
+                          f"({reason}); choose a token cache folder that is writable and "
+                          "has free space (cache_dir)") from error
 
 
 def prepare_stream(stream: TextStream, tokenizer: Any, cache_dir: Path, source: str,

@@ -52,15 +52,18 @@ CHECKPOINT_KEYS = (
     "format_version", "model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
     "scaler_state_dict", "config", "training_config", "epoch", "global_step", "train_loss",
     "val_loss", "learning_rate", "timestamp", "metrics_history", "rng_state", "data_state",
-    "tokenizer", "run_id", "run_fingerprint", "precision",
+    "tokenizer", "run_id", "run_fingerprint", "precision", "total_steps", "data_identity",
 )
 # One `metrics_history` entry per evaluation.
 METRIC_FIELDS = ("step", "epoch", "train_loss", "val_loss", "perplexity", "learning_rate",
                  "tokens_seen", "elapsed_s", "tokens_per_s", "mfu", "timestamp")
+# `total_steps`: the run's step budget (an unfinished run is told from a finished one);
+# `data_identity`: sha256 and sizes of the tokens it trained on (a resume on other data is
+# refused).
 # Scalars copied into the sidecar so listing never has to open the large file.
 SIDECAR_KEYS = ("format_version", "epoch", "global_step", "train_loss", "val_loss",
                 "learning_rate", "timestamp", "tokenizer", "config", "run_id",
-                "run_fingerprint")
+                "run_fingerprint", "total_steps")
 
 # Test hook: seconds to sleep between writing the temporary file and renaming it, so a test
 # can SIGKILL the process in the middle of a checkpoint write. Never set in normal use.

@@ -81,3 +81,12 @@ class TrainingOutOfMemoryError(RuntimeError):
 
 class RunInUseError(CheckpointError):
     """Another process is training the same run in the same folder right now."""
+
+
+class RunNotFoundError(CheckpointError, LookupError):
+    """A run id that names no run in the checkpoint folder; the message lists the runs there."""
+
+
+class RunMismatchError(CheckpointError):
+    """A run was asked to continue on other data than it was trained on."""
+

@@ -66,6 +66,7 @@ class CheckpointInfo:
     run_fingerprint: str | None = None
     local_only: bool = False  # in the fallback folder, not (yet) in the checkpoint folder
     config: dict[str, Any] | None = field(default=None, repr=False)
+    total_steps: int | None = None  # the run's step budget when it was written (None: older)
 
     @property
     def run(self) -> str:
@@ -156,6 +157,7 @@ def _info_from_metadata(path: Path, meta: dict[str, Any], size_bytes: int) -> Ch
         run_id=_identifier(meta, "run_id"),
         run_fingerprint=_identifier(meta, "run_fingerprint"),
         config=config if isinstance(config, dict) else None,
+        total_steps=_integer(meta, "total_steps"),
     )
 
 

@@ -22,6 +22,7 @@ from utils.training.engine.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     NoCheckpointsError,
+    RunNotFoundError,
 )
 from utils.training.engine.listing import (  # noqa: F401  (public here: DESIGN.md's names)
     CheckpointInfo,
@@ -30,6 +31,8 @@ from utils.training.engine.listing import (  # noqa: F401  (public here: DESIGN.
     _newest_in_run,
     _resolve_run,
     _sort_key,
+    checkpoint_folders,
+    describe_runs,
     latest_checkpoint,
     list_checkpoints,
     list_runs,
@@ -41,7 +44,9 @@ from utils.training.engine.runs import LEGACY_RUN_ID, metrics_log_path, read_met
 
 @dataclass
 class ResumePlan:
-    """What `Trainer.fit(resume_from="auto")` does: "resume", "finished" or "new"."""
+    """What `Trainer.fit(resume_from="auto")` does: "resume", "finished", "new", or
+    "interrupted" (the run stopped before its own budget, and the budget asked for now
+    is not past where it stopped: nothing to do, and the message says what to change)."""
 
     action: str
     run: RunInfo | None
@@ -57,6 +62,16 @@ def plan_resume(checkpoint_dir: str | Path, fingerprint: str, total_steps: int) 
     if not same:
         return ResumePlan("new", None, "no run with these settings: starting a new one", runs)
     run = same[0]
+    budget = run.latest.total_steps  # the run's own, as its newest checkpoint recorded it
+    if run.steps >= total_steps and budget is not None and budget > run.steps:
+        return ResumePlan(
+            "interrupted", run,
+            f"run {run.run_id} stopped at step {run.steps} of its {budget} steps (it was "
+            f"interrupted, or stopped early on purpose: its newest checkpoint is "
+            f"{run.latest.filename}), and max_steps={total_steps} asks for no step past "
+            f"that, so nothing was trained. Fix: to finish the run, set max_steps to "
+            f"{budget} (or more); to train {total_steps} steps from scratch, start a new "
+            "run (resume_from=None; command line: --new-run).", runs)
     if run.steps >= total_steps:
         return ResumePlan(
             "finished", run,
@@ -72,6 +87,27 @@ def resume_candidates(checkpoint_dir: str | Path, run: str = "latest") -> list[C
     """The run's checkpoints to resume from, newest first (try the next if one is bad)."""
     infos = list_checkpoints(checkpoint_dir, run=run)
     return sorted(infos, key=_newest_in_run, reverse=True)
+
+
+def run_not_found_error(checkpoint_dir: str | Path, run: str,
+                        runs: list[RunInfo]) -> RunNotFoundError:
+    """A run id that is not in the folder: say so and list the runs that are."""
+    return RunNotFoundError(
+        f"run {run!r} is not in {checkpoint_dir}: "
+        + (f"the runs there are {describe_runs(runs)}" if runs else "it holds no checkpoints")
+        + ". Fix: choose one of these run ids, or leave the run empty (or 'latest') for the "
+        "most recent run.")
+
+
+def check_run(checkpoint_dir: str | Path, run: str,
+              infos: list[CheckpointInfo] | None = None) -> None:
+    """Raise `RunNotFoundError` when `run` (a run id; "latest" always exists) names no run
+    in the folder. `infos`: its listing, when the caller has it."""
+    if run == "latest":
+        return
+    runs = list_runs(checkpoint_dir, infos=infos)
+    if not any(each.run_id == run for each in runs):
+        raise run_not_found_error(checkpoint_dir, run, runs)
 
 
 def no_checkpoints_error(checkpoint_dir: str | Path) -> NoCheckpointsError:
@@ -90,6 +126,7 @@ def load_newest_readable(checkpoint_dir: str | Path, load: Callable[[Path], Any]
                          run: str = "latest") -> tuple[Path, Any]:
     """`(path, load(path))` for the run's newest checkpoint that `load` can read; each newer
     one that cannot is skipped with a `CheckpointWarning` naming it."""
+    check_run(checkpoint_dir, run)
     path, loaded, _ = load_first_readable(resume_candidates(checkpoint_dir, run=run), load,
                                           checkpoint_dir, f"of run {run} ", "newest")
     return path, loaded
@@ -195,14 +232,26 @@ def _readable_latest(run: RunInfo) -> tuple[CheckpointInfo, dict[str, Any], set[
                                  + "; ".join(errors))
 
 
-def _metrics_frames(run: RunInfo, checkpoint: dict[str, Any], latest_step: int):
-    """(evaluations, per-step training curve) from the run's log, else the checkpoint."""
+def _metrics_frames(run: RunInfo, checkpoint: dict[str, Any], latest_step: int,
+                    checkpoint_dir: str | Path):
+    """(evaluations, per-step training curve) from the run's log, else the checkpoint.
+
+    The log is read in every folder that holds the run's checkpoints and in the checkpoint
+    folder and its fallback folder (lines written while the folder was gone land there)."""
     import pandas as pd
 
-    records = []
-    for folder in {info.path.parent for info in run.checkpoints}:
+    folders = {info.path.parent.absolute() for info in run.checkpoints}
+    folders |= {folder.absolute() for folder, _ in checkpoint_folders(checkpoint_dir)}
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    for folder in sorted(folders):
         if run.run_id != LEGACY_RUN_ID:
-            records += read_metrics_log(metrics_log_path(folder, run.run_id))
+            for record in read_metrics_log(metrics_log_path(folder, run.run_id)):
+                key = (str(record.get("kind", "train")), record["step"])
+                earlier = records.get(key)
+                if earlier is None or str(record.get("timestamp")) >= \
+                        str(earlier.get("timestamp")):
+                    records[key] = record  # a step logged twice (resumed): the later one
+    records = sorted(records.values(), key=lambda r: (r["step"], r.get("kind") == "eval"))
     evaluations = [r for r in records if r.get("kind") == "eval"]
     if not evaluations:
         evaluations = [dict(entry) for entry in checkpoint.get("metrics_history") or []
@@ -237,14 +286,12 @@ def recover_training_results(checkpoint_dir: str | Path = "checkpoints",
     wanted = _resolve_run(run, infos)
     chosen = next((each for each in runs if each.run_id == wanted), None)
     if chosen is None:
-        raise NoCheckpointsError(
-            f"no run {run!r} in {checkpoint_dir}. Fix: choose one of: "
-            f"{', '.join(each.run_id for each in runs)}.")
+        raise run_not_found_error(checkpoint_dir, run, runs)
     latest, checkpoint, unreadable = _readable_latest(chosen)
     members = [info for info in chosen.checkpoints if info.path not in unreadable]
     best = min(members, key=_sort_key)
     latest_step = latest.global_step or 0
-    metrics, curve = _metrics_frames(chosen, checkpoint, latest_step)
+    metrics, curve = _metrics_frames(chosen, checkpoint, latest_step, checkpoint_dir)
     steps = [*metrics["step"].dropna(), *curve["step"].dropna(), latest_step]
     return {
         "checkpoint_path": str(best.path),

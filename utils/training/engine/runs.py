@@ -109,6 +109,10 @@ class MetricsLog:
     and fsynced every `flush_seconds` (a machine that dies loses at most that much). A
     failing folder (Drive disconnected) never stops training: lines wait in memory and
     are written by the next append or flush that works; `close()` says if some never were.
+    A log deleted during training (the file, or its whole folder) is noticed at the next
+    line, said once, and started again where the writer puts checkpoints then: in the
+    checkpoint folder (recreated, but never the folders above it: a mount that went away
+    must not be recreated on the local disk), else in the fallback folder.
     """
 
     def __init__(self, folder: str | Path, run_id: str, flush_seconds: float = 5.0,
@@ -120,8 +124,11 @@ class MetricsLog:
         self._handle = None
         self._last_sync = time.monotonic()
         self._warned = False
+        self._moved_said = False
+        self._step: Any = None  # the step of the latest record, for messages
 
     def append(self, record: dict[str, Any]) -> None:
+        self._step = record.get("step", self._step)
         self._pending.append(json.dumps({k: _json_safe(v) for k, v in record.items()},
                                         default=str))
         self._write(sync=time.monotonic() - self._last_sync >= self.flush_seconds)
@@ -132,6 +139,8 @@ class MetricsLog:
 
     def _write(self, sync: bool) -> bool:
         try:
+            if self._handle is not None and not self._still_there():
+                self._reopen_elsewhere()
             if self._handle is None:
                 self._handle = self._open()
             if self._pending:
@@ -167,6 +176,35 @@ class MetricsLog:
             handle.close()
             raise
         return _TextAppender(handle)
+
+    def _still_there(self) -> bool:
+        """Whether the open log is still the file at its path (not deleted or replaced)."""
+        try:
+            now, opened = os.stat(self.path), os.fstat(self._handle.fileno())
+        except OSError:  # deleted, its folder gone, or the mount lost
+            return False
+        return (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)
+
+    def _reopen_elsewhere(self) -> None:
+        """The log vanished: start it again in its folder (recreated if it alone was
+        deleted) or in the fallback folder, and say so once."""
+        self._drop_handle()
+        gone = self.path
+        try:
+            self.path.parent.mkdir(exist_ok=True)  # the folder itself, never its parents
+            self._handle = self._open()
+        except OSError:
+            if self.fallback is None:
+                raise
+            self.fallback.parent.mkdir(parents=True, exist_ok=True)
+            self.path = self.fallback
+            self._handle = self._open()
+        if not self._moved_said:
+            self._moved_said = True
+            warnings.warn(f"the metrics log {gone} was deleted during training (or its "
+                          f"folder went away) at step {self._step}; the lines from there "
+                          f"on are written to {self.path} (earlier evaluations are also in "
+                          "the checkpoints)", stacklevel=4)
 
     def _drop_handle(self) -> None:
         if self._handle is not None:

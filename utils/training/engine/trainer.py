@@ -61,6 +61,7 @@ from utils.training.engine.errors import (
     CheckpointWriteError,
     NoCheckpointsError,
     RunInUseError,
+    RunMismatchError,
     TrainingDivergedError,
     TrainingOutOfMemoryError,
 )
@@ -199,6 +200,7 @@ class Trainer:
         self._grad_norm: torch.Tensor | None = None  # the last measured step's, on the device
         self._measure_norm = False  # the next step is logged: measure its gradient norm
         self._sampler: tuple[Any, list[int]] | None = None  # (tokenizer, prompt ids)
+        self._stop_requested = False  # Ctrl-C during fit(): stop at the next step boundary
 
     # ---------------------------------------------------------------- data
     def _context_length(self, data: Any) -> int:
@@ -331,19 +333,53 @@ class Trainer:
             "tokenizer": self.tokenizer_name,
             "run_id": self.run_id,
             "run_fingerprint": self.fingerprint,
+            "total_steps": self.total_steps,
+            "data_identity": self.data_identity(),
         }
 
     @property
     def fingerprint(self) -> str:
         """What makes two trainings the same run (see `runs.run_fingerprint`)."""
         if self._fingerprint is None:
-            if self._data_sha256 is None:
-                val = self.val_loader.tokens if self.val_loader is not None else None
-                self._data_sha256 = data_sha256(self.train_loader.tokens, val)
             self._fingerprint = run_fingerprint(
                 model_config_dict(unwrap_model(self.model)), self.tokenizer_name,
-                self._data_sha256, {**self.config.to_dict(), "init_from": self.init_from})
+                self._data_hash(), {**self.config.to_dict(), "init_from": self.init_from})
         return self._fingerprint
+
+    def _data_hash(self) -> str:
+        """sha256 of the training and validation tokens (computed once per Trainer)."""
+        if self._data_sha256 is None:
+            val = self.val_loader.tokens if self.val_loader is not None else None
+            self._data_sha256 = data_sha256(self.train_loader.tokens, val)
+        return self._data_sha256
+
+    def data_identity(self) -> dict[str, Any]:
+        """What the checkpoint records of the data: the tokens' sha256 and their counts."""
+        return {"sha256": self._data_hash(), "train_tokens": len(self.train_loader.tokens),
+                "val_tokens": (len(self.val_loader.tokens) if self.val_loader is not None
+                               else None)}
+
+    def _check_same_data(self, path: Path, state: dict[str, Any]) -> None:
+        """Refuse to continue a run on other tokens than it was trained on: the data
+        position would be replayed on another corpus and the run's name would lie. A
+        checkpoint written before data identities were recorded is not checked."""
+        saved = state.get("data_identity")
+        if not isinstance(saved, dict) or not isinstance(saved.get("sha256"), str):
+            return
+        now = self.data_identity()
+        if saved["sha256"] == now["sha256"]:
+            return
+        counts = ""
+        if isinstance(saved.get("train_tokens"), int):
+            counts = (f" ({saved['train_tokens']:,} training tokens then, "
+                      f"{now['train_tokens']:,} now)")
+        raise RunMismatchError(
+            f"{path} (run {state.get('run_id') or 'legacy'}) was trained on other data than "
+            f"this{counts}: its tokens' sha256 begins {saved['sha256'][:12]}, this data's "
+            f"{now['sha256'][:12]}. Continuing it would mix two corpora in one run. Fix: "
+            "give the data that run was trained on (command line: --data; notebook: "
+            "DATA_PATH), or start a new run on this data "
+            "(resume_from=None; command line: --new-run).")
 
     def load_checkpoint(self, checkpoint: str | Path) -> dict[str, Any]:
         """Restore everything `checkpoint_state` saved (model, optimizer, ..., RNG, data)."""
@@ -351,6 +387,7 @@ class Trainer:
         path = Path(checkpoint)
         state = load_checkpoint_file(path, mmap=False)
         check_resumable(path, state)  # a weights-only file (a convert output) says so
+        self._check_same_data(path, state)  # before anything is changed
         model = unwrap_model(self.model)
         _check_fits(model, state, path)  # before touching anything: a mismatch changes nothing
         model.load_state_dict(state["model_state_dict"], strict=True)
@@ -434,7 +471,7 @@ class Trainer:
         try:
             if self.dist.is_main:
                 self._loggers = open_loggers(self.config, self.run_id, self.global_step)
-            with tf32_matmuls(self.device):
+            with tf32_matmuls(self.device), self._stop_on_ctrl_c():
                 self._train_loop(training_model, writer, bar)
             failed = False
         except Exception as error:
@@ -444,7 +481,52 @@ class Trainer:
         finally:
             bar.close()
             self._finish(writer, failed)
+        if self._stop_requested:  # the checkpoint of this step is on disk (_finish waited)
+            # A plain KeyboardInterrupt, so a script stopped by Ctrl-C still exits as one
+            # (killed by SIGINT: a shell loop around it stops too); the message says where
+            # training resumes (the command line prints it as its last line).
+            raise KeyboardInterrupt(self._interrupted_message(writer))
         return self.metrics_history
+
+    @contextlib.contextmanager
+    def _stop_on_ctrl_c(self):
+        """Ctrl-C (SIGINT) ends training at the next step boundary, with a checkpoint of
+        that step written through the writer; `fit` then raises KeyboardInterrupt,
+        saying where training resumes. A second Ctrl-C stops at once (no checkpoint).
+        Only where it can work: the main thread of one process (under torchrun the ranks
+        would have to agree on the step), with a checkpoint folder, and while SIGINT has
+        Python's default handler (a program that set its own keeps it)."""
+        import signal
+        import threading
+
+        self._stop_requested = False
+        if not (self.config.checkpoint_dir and not self.dist.enabled
+                and threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            yield
+            return
+
+        def request_stop(signum, frame) -> None:
+            self._stop_requested = True  # nothing printed here: a handler may interrupt a print
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _interrupted_message(self, writer: CheckpointWriter | None) -> str:
+        where = writer.last_path if writer is not None else None
+        saved = (f"its checkpoint is {where}" if where is not None
+                 else "no checkpoint could be written")
+        if self.global_step >= self.total_steps:
+            return (f"Ctrl-C came as run {self.run_id} finished at step {self.global_step}; "
+                    f"{saved}.")
+        return (f"training stopped at step {self.global_step} of run {self.run_id}; {saved}. "
+                f"Running the same training again resumes the run at step "
+                f"{self.global_step} (Cell 32 in the notebook, the same command on the "
+                "command line).")
 
     def _compiled_model(self) -> nn.Module | None:
         """`torch.compile(self.model)` when `config.compile` asks (True, or "auto" where it
@@ -518,6 +600,10 @@ class Trainer:
         if resume_from == "auto" and self.run_id is None and folder:
             plan = plan_resume(folder, self.fingerprint, self.total_steps)
             runs = plan.runs
+            if plan.action == "interrupted":
+                from utils.config import ConfigError
+
+                raise ConfigError(plan.message)  # names max_steps: the setting to change
             if plan.action == "resume":
                 self._lock_run(plan.run.run_id)  # before anything changes: it may be in use
             if plan.action != "new":
@@ -637,6 +723,10 @@ class Trainer:
             self._measure_norm = self._reads_loss_at(self.global_step + 1)
             losses.add(self._train_step(training_model))
             self.global_step += 1
+            stopping = self._stop_requested  # Ctrl-C: this step is the last, checkpointed
+            if stopping:
+                self._say(f"Ctrl-C: stopping at step {self.global_step}, writing its "
+                          "checkpoint (Ctrl-C again stops at once, without it)")
             if self._report_compile_time:  # one sync, once per Trainer: what compiling cost
                 self._report_compile_time = False
                 self._say_warmup(session_start)
@@ -645,7 +735,7 @@ class Trainer:
                 writer.prepare({"model_state_dict": unwrap_model(self.model).state_dict(),
                                 "optimizer_state_dict": self.optimizer.state_dict()})
             bar.update(1)
-            checkpoint_due = self._checkpoint_due()
+            checkpoint_due = self._checkpoint_due() or stopping
             record_due = (checkpoint_due or self.global_step % self.config.eval_interval == 0
                           or self.global_step == total)
             if record_due or self.global_step % self.config.log_interval == 0:
@@ -657,6 +747,8 @@ class Trainer:
                 if checkpoint_due:
                     self._checkpoint(record, writer)
                 speed.start(self.global_step)  # evaluation and checkpointing are not training
+            if stopping:
+                return
 
     def _say_warmup(self, session_start: float) -> None:
         if self.device.type == "cuda":
