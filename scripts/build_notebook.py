@@ -55,7 +55,10 @@ TRAINING_FORM_FIELDS = {"MAX_STEPS": "max_steps", "BATCH_SIZE": "batch_size",
                         "EVAL_INTERVAL": "eval_interval", "EVAL_BATCHES": "eval_batches",
                         "CHECKPOINT_INTERVAL": "checkpoint_interval",
                         "PRECISION": "precision", "COMPILE": "compile",
-                        "ACTIVATION_CHECKPOINTING": "activation_checkpointing", "SEED": "seed"}
+                        "ACTIVATION_CHECKPOINTING": "activation_checkpointing",
+                        "KEEP_LAST": "keep_last", "KEEP_BEST": "keep_best",
+                        "KEEP_FULL": "keep_full", "CHECK_STORAGE": "check_storage",
+                        "SEED": "seed"}
 
 
 def training_form_line(variable: str) -> str:
@@ -175,7 +178,9 @@ DATA_PATH = ""  # @param {type:"string"}
 TOKENIZER = "gpt2"  # @param ["gpt2", "byte"]
 CONTEXT_LENGTH = 256  # @param {type:"integer"}
 @TRAINING_SETTINGS@
+WEIGHTS_ONLY_DTYPE = "fp32"  # @param ["fp32", "bf16", "fp16"]
 CHECKPOINT_DIR = ""  # @param {type:"string"}
+CACHE_DIR = ""  # @param {type:"string"}
 CHECKPOINT_OVERRIDE = ""  # @param {type:"string"}
 RUN_ID = ""  # @param {type:"string"}
 RESUME_EXTRA_STEPS = 200  # @param {type:"integer"}
@@ -187,6 +192,13 @@ OUTPUT_DIR = "outputs"  # @param {type:"string"}
 # DATA_PATH: a .txt file or folder, a nanoGPT folder, llm.c shards, hf:NAME or a save_to_disk
 #   folder (docs/08-data.md); empty means the built-in corpus (no download).
 # CHECKPOINT_DIR: empty means Google Drive in Colab, ./checkpoints elsewhere.
+# KEEP_LAST, KEEP_BEST, KEEP_FULL, WEIGHTS_ONLY_DTYPE: the storage plan. Only the newest
+#   KEEP_FULL checkpoints keep the optimizer state (what a resume needs); the other kept ones
+#   and best_model.pt are weights-only, in fp32 or, to halve them again, bf16 / fp16. Cell 32
+#   says what the run keeps at most and refuses when it does not fit (CHECK_STORAGE).
+#   gpt2-small with the defaults: about 3.5 GB, gpt2-medium about 10 GB (docs/03).
+# CACHE_DIR: where prepared token ids are cached; empty means this machine's local disk
+#   (~/.cache/gpt2-training/data), so batches are never read through Google Drive.
 # CHECKPOINT_OVERRIDE: a checkpoint file for Cell 34 to load instead of the best one.
 # RUN_ID: which run Cells 33-35 recover and load (empty: the newest; Cell 33 lists the runs).
 # OUTPUT_DIR: where the loss curve and the exported models go.
@@ -246,10 +258,11 @@ code(7, "Load and Tokenise the Corpus", '''
 from utils.data import TOKEN_FILE_KINDS, detect_kind, load_data
 from utils.notebook import check_form, friendly_errors
 
-with friendly_errors("DATA_PATH"):  # a wrong DATA_PATH says what to pass instead
-    check_form(globals(), "DATA_PATH")
+with friendly_errors("DATA_PATH", "CACHE_DIR"):  # a wrong DATA_PATH says what to pass instead
+    check_form(globals(), "DATA_PATH", "CACHE_DIR")
     text_tokenizer = None if detect_kind(DATA_PATH or None) in TOKEN_FILE_KINDS else TOKENIZER
-    data = load_data(DATA_PATH or None, text_tokenizer, val_fraction=0.1)
+    data = load_data(DATA_PATH or None, text_tokenizer, val_fraction=0.1,
+                     cache_dir=CACHE_DIR or None)  # empty: the local disk, never Drive
     tokenizer, TOKENIZER = data.tokenizer, data.tokenizer_name
 print(f"Source: {data.source} ({data.kind})")
 print(f"Tokens: {data.num_tokens:,} (uint16, memory-mapped: not loaded into RAM)")
@@ -356,14 +369,17 @@ from utils.notebook import check_form, friendly_errors
 
 with friendly_errors():
     check_form(globals(), "LEARNING_RATE", "WARMUP_STEPS", "EVAL_INTERVAL", "EVAL_BATCHES",
-               "CHECKPOINT_INTERVAL", "PRECISION", "COMPILE", "ACTIVATION_CHECKPOINTING")
+               "CHECKPOINT_INTERVAL", "PRECISION", "COMPILE", "ACTIVATION_CHECKPOINTING",
+               "KEEP_LAST", "KEEP_BEST", "KEEP_FULL", "WEIGHTS_ONLY_DTYPE", "CHECK_STORAGE")
     training_config = TrainingConfig(
         learning_rate=LEARNING_RATE, min_learning_rate=LEARNING_RATE / 10,
         warmup_steps=WARMUP_STEPS, max_steps=MAX_STEPS, batch_size=BATCH_SIZE,
         eval_interval=EVAL_INTERVAL, eval_batches=EVAL_BATCHES,
         checkpoint_interval=CHECKPOINT_INTERVAL, checkpoint_dir=CHECKPOINT_DIR,
         precision=PRECISION, compile=COMPILE, activation_checkpointing=ACTIVATION_CHECKPOINTING,
-        seed=SEED, device=device)
+        seed=SEED, device=device, keep_last=KEEP_LAST, keep_best=KEEP_BEST,
+        keep_full=KEEP_FULL, check_storage=CHECK_STORAGE,
+        weights_only_dtype=None if WEIGHTS_ONLY_DTYPE == "fp32" else WEIGHTS_ONLY_DTYPE)
 for field, value in training_config.to_dict().items():
     print(f"{field:>26}: {value}")
 ''')
@@ -385,8 +401,9 @@ md("## 5 · Training")
 
 code(32, "Run Training", '''
 # A progress bar shows loss, learning rate and tokens/s; the plot updates at each evaluation.
-# Checkpoints are written every CHECKPOINT_INTERVAL steps to CHECKPOINT_DIR. After a crash,
-# running this cell again continues the same run exactly (same settings, same folder).
+# Checkpoints are written every CHECKPOINT_INTERVAL steps to CHECKPOINT_DIR; first it says
+# what the run keeps there at most and the free space (Drive's quota in Colab), and stops if
+# that does not fit. After a crash, running this cell again continues the same run exactly.
 from utils.notebook import friendly_errors
 
 with friendly_errors():

@@ -2,6 +2,7 @@
 
     python tests/_train_worker.py CHECKPOINT_DIR OUT_FILE [--resume auto|none|latest]
                                   [--lr LR] [--step-sleep SECONDS] [--hold FILE]
+                                  [--keep-last N] [--keep-best N]
 
 The same command run twice is what "Run all" after a crash does: `--resume auto` (the
 Trainer's default) continues the matching run. Prints `step N` after every optimizer step
@@ -73,11 +74,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--step-sleep", type=float, default=0.02)
     parser.add_argument("--hold", help="after each step, wait while this file exists")
+    parser.add_argument("--keep-last", type=int, default=2)
+    parser.add_argument("--keep-best", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(1)
     from utils.training.engine.errors import CheckpointError
 
-    trainer = make_trainer(args.checkpoint_dir, learning_rate=args.lr)
+    trainer = make_trainer(args.checkpoint_dir, learning_rate=args.lr,
+                           keep_last=args.keep_last, keep_best=args.keep_best)
     trainer.callbacks.append(step_reporter(args.step_sleep, args.hold))
     try:
         history = trainer.fit(resume_from=None if args.resume == "none" else args.resume)

@@ -26,6 +26,7 @@ SAMPLES = {
     "precision": "bf16", "compile": True, "activation_checkpointing": True, "log_interval": 3,
     "seed": 11, "device": "cpu",
     "checkpoint_interval": 6, "checkpoint_dir": "elsewhere", "keep_last": 5, "keep_best": 2,
+    "keep_full": 2, "weights_only_dtype": "bf16",
 }
 
 

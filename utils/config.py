@@ -125,6 +125,8 @@ PRESET_ALIASES = {
 }
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Half precisions the weights-only copies may be written in (None: as trained, fp32).
+WEIGHTS_ONLY_DTYPES = ("bf16", "fp16")
 
 
 def _setting(default: Any, meaning: str) -> Any:
@@ -179,6 +181,12 @@ class TrainingConfig:
         10, "optimizer steps between reads of the loss (progress bar, metrics log)")
     seed: int = _setting(1337, "random seed of batch order and dropout (CLI: initial weights too)")
     device: str | None = _setting(None, "cpu | cuda | cuda:1 | mps; unset: the best available")
+    keep_full: int = _setting(
+        1, "newest checkpoints that keep the optimizer state; older ones keep weights only")
+    weights_only_dtype: str | None = _setting(
+        None, "bf16 | fp16: weights-only copies in half precision; unset: as trained (fp32)")
+    check_storage: bool = _setting(
+        True, "refuse to train when the checkpoints would not fit in their folder")
 
     def __post_init__(self) -> None:
         self.betas = _check_training_values(self)
@@ -258,6 +266,10 @@ def _check_training_values(config: TrainingConfig) -> tuple[float, float]:
                           ("checkpoint_interval", 1), ("keep_last", 0), ("keep_best", 0)):
         _check_count(c, name, minimum)
     _require(c.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", c.precision)
+    _check_count(c, "keep_full", 1)
+    _require(c.weights_only_dtype is None or c.weights_only_dtype in WEIGHTS_ONLY_DTYPES,
+             "weights_only_dtype", f"None or one of {WEIGHTS_ONLY_DTYPES}",
+             c.weights_only_dtype)
     _require(_is_integer(c.seed), "seed", "an integer", c.seed)
     return tuple(float(b) for b in betas)
 

@@ -1,7 +1,7 @@
 """Durable writes: a file appears complete under its name, or not at all.
 
 The one way this project writes files that must survive a crash (checkpoints, sidecars,
-best_model.pt copies, the token cache's metadata): write a hidden temporary file in the
+best_model.pt, the token cache's metadata): write a hidden temporary file in the
 same folder, flush and fsync it, give it its final name atomically, fsync the folder.
 A crash at any moment leaves the previous state, or the new complete file, plus at most a
 hidden `.NAME.PID.tmp` that readers never pick up. Imports nothing heavy: usable from the
@@ -108,19 +108,17 @@ def write_bytes_atomically(path: Path, data: bytes) -> None:
     write_atomically(path, lambda out: out.write(data))
 
 
-def link_atomically(source: Path, target: Path) -> bool:
-    """Make `target` a hard link to `source`, replacing it atomically (a reader sees the
-    old file or the new one); False where the file system has no hard links."""
-    temporary = temp_path(target)
-    temporary.unlink(missing_ok=True)
-    try:
-        os.link(source, temporary)
-    except OSError:
-        return False
-    try:
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fsync_directory(target.parent)
-    return True
+# Where Google Drive is mounted in Colab; UTILS_DRIVE_ROOT adds another (tests, stand-ins),
+# and so does the notebook's GPT2_DRIVE_MOUNT_POINT (where Cell 1 and Cell 5 mount it).
+DRIVE_ROOTS = ("/content/drive",)
+DRIVE_ROOT_ENV = "UTILS_DRIVE_ROOT"
+NOTEBOOK_MOUNT_ENV = "GPT2_DRIVE_MOUNT_POINT"
+
+
+def on_google_drive(path: str | Path) -> bool:
+    """Whether `path` is on a Google Drive mount (its files go through Drive's client)."""
+    roots = [*DRIVE_ROOTS, *filter(None, [os.environ.get(DRIVE_ROOT_ENV),
+                                          os.environ.get(NOTEBOOK_MOUNT_ENV)])]
+    resolved = str(Path(path).absolute())
+    return any(resolved == root or resolved.startswith(root.rstrip("/") + "/")
+               for root in roots)

@@ -38,6 +38,7 @@ NOT_IN_FINGERPRINT = frozenset({
     "max_steps", "epochs", "checkpoint_dir", "checkpoint_interval", "checkpoint_every_epoch",
     "keep_last", "keep_best", "background_checkpointing", "eval_interval", "eval_batches",
     "device", "compile", "log_interval", "activation_checkpointing",
+    "keep_full", "weights_only_dtype", "check_storage",  # where and how checkpoints are kept
 })
 
 
