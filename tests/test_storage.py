@@ -244,8 +244,7 @@ def test_the_footprint_is_within_10_percent_of_what_a_finished_run_leaves(tmp_pa
     against the folder afterwards, allocated bytes."""
     folder = tmp_path / "checkpoints"
     trainer = worker.make_trainer(folder, keep_last=3, keep_best=1)
-    trainer._setup()  # model and optimizer as fit() builds them, before any step
-    plan = trainer.storage_plan()
+    plan = trainer.storage_plan()  # before any step: the moments are predicted
     trainer.fit(resume_from=None)
     said = capsys.readouterr().out
     assert f"storage plan: this run keeps at most {size_text(plan.kept_bytes)}" in said

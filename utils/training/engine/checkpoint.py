@@ -284,12 +284,28 @@ def save_checkpoint_in(state: dict[str, Any], folder: str | Path, create_parents
     return _save(state, folder, create_parents, folder / next(_candidate_names(state)), publish)
 
 
+def replace_checkpoint_file(state: dict[str, Any], path: str | Path) -> Path:
+    """Durably write `state` as the file `path` (+ its sidecar), replacing the checkpoint
+    there atomically, in a folder that must exist: a mounted drive that went away fails
+    (`CheckpointWriteError`) instead of being recreated on the local disk. Someone's other
+    file under that name is refused, as by `save_checkpoint`."""
+    path = Path(path)
+    if path.is_dir() or _is_folder_target(path):
+        raise CheckpointWriteError(f"{path} is a folder; it was left untouched")
+    return _save(state, path.parent, False, path,
+                 lambda: write_atomically(path, lambda handle: _torch_save(state, handle),
+                                          before_publish=_test_pause) and path,
+                 make_folder=False)
+
+
 def _save(state: dict[str, Any], folder: Path, create_parents: bool, target: Path,
-          publish) -> Path:
-    """Create the folder, `publish()` the checkpoint (returns its path), write the sidecar;
-    failures become `CheckpointWriteError` naming `target`, the file being written."""
+          publish, make_folder: bool = True) -> Path:
+    """Create the folder (unless `make_folder` is False), `publish()` the checkpoint
+    (returns its path), write the sidecar; failures become `CheckpointWriteError` naming
+    `target`, the file being written."""
     try:
-        folder.mkdir(parents=create_parents, exist_ok=True)
+        if make_folder:
+            folder.mkdir(parents=create_parents, exist_ok=True)
         path = publish()
     except (OSError, RuntimeError) as error:  # torch reports short writes as RuntimeError
         raise _write_failure(target, error) from error
@@ -455,4 +471,4 @@ def rewrite_weights_only(path: str | Path, dtype: str | None = None) -> Path:
     then stays as it was)."""
     path = Path(path)
     state = load_checkpoint_file(path, mmap=True)  # tensors are read while the copy is written
-    return save_checkpoint(weights_only_state(state, dtype), path)
+    return replace_checkpoint_file(weights_only_state(state, dtype), path)

@@ -222,7 +222,11 @@ def plan_storage(folder: str | Path, state: dict[str, Any], optimizer: torch.opt
     metrics history, `log_lines` (train, eval) lines in its metrics log."""
     history = list(state.get("metrics_history") or [])
     record = dict(history[-1]) if history else sample_record(state)
-    history += [record] * max(0, records - len(history))
+    # distinct records with distinct strings, as training makes them (pickle would store
+    # one object repeated `records` times only once)
+    stamp = str(record.get("timestamp"))
+    history += [{**record, "timestamp": stamp.encode().decode()}  # a new string each time
+                for _ in range(records - len(history))]
     full = {**state, "model_state_dict": as_meta(state["model_state_dict"]),
             "metrics_history": history,
             "optimizer_state_dict": predicted_optimizer_state(optimizer)}

@@ -555,7 +555,9 @@ class Trainer:
     def storage_plan(self) -> StoragePlan:
         """What this run keeps at most in `config.checkpoint_dir` (`storage.py`): its
         checkpoints (the newest `keep_full` whole, the others weights-only), best_model.pt
-        and its metrics log, sized from the model and optimizer as they are."""
+        and its metrics log, sized from the model and optimizer as they are (before the
+        first step, AdamW's moments are predicted)."""
+        self._setup()
         config, total = self.config, self.total_steps
         every_epoch = self.steps_per_epoch if config.checkpoint_every_epoch else None
         saves = [config.checkpoint_interval, every_epoch]

@@ -25,6 +25,7 @@ counts against the quota, so retention empties a file (truncates it) before unli
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -48,8 +49,8 @@ from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
     fallback_dir_for,
     read_sidecar,
+    replace_checkpoint_file,
     rewrite_weights_only,
-    save_checkpoint,
     save_checkpoint_in,
     sidecar_path,
     weights_only_state,
@@ -172,7 +173,7 @@ def write_best_model(state: dict[str, Any], checkpoint_path: Path,
     the run."""
     best = checkpoint_path.with_name(BEST_MODEL_NAME)
     try:
-        save_checkpoint(weights_only_state(state, weights_only_dtype), best)
+        replace_checkpoint_file(weights_only_state(state, weights_only_dtype), best)
         meta = read_sidecar(best) or {}
         meta["source"] = checkpoint_path.name
         write_sidecar(best, meta)
@@ -250,7 +251,7 @@ def keep_newest_full(checkpoint_dir: str | Path, keep_full: int | None,
     if keep_full is None:
         return []
     older = _newest_first(own_checkpoints(checkpoint_dir, run_id, written))[keep_full:]
-    rewritten = []
+    rewritten, failed = [], False
     for info in older:
         if not info.resumable:
             continue  # already weights-only
@@ -259,8 +260,13 @@ def keep_newest_full(checkpoint_dir: str | Path, keep_full: int | None,
         except (CheckpointError, OSError) as error:
             warnings.warn(f"could not rewrite {info.path} weights-only (it stays whole): "
                           f"{error}", stacklevel=2)
+            failed = True
             continue
         rewritten.append(info.path)
+    if failed:
+        # A failed write's traceback holds the file it read (memory-mapped) in a reference
+        # cycle; release it now, so that a drive that turned read-only can be unmounted.
+        gc.collect()
     return rewritten
 
 
