@@ -104,4 +104,5 @@ def make_ddp_comparable_trainer(checkpoint_dir: str | Path, batch_size: int, ste
     return make_trainer(checkpoint_dir, steps=steps, batch_size=batch_size,
                         gradient_accumulation_steps=1, warmup_steps=0, learning_rate=1e-3,
                         min_learning_rate=1e-3, checkpoint_interval=5, eval_interval=5,
-                        keep_last=None, dropout=0.0, device=device)
+                        keep_last=None, keep_full=None,  # resumed from step 5: kept whole
+                        dropout=0.0, device=device)

@@ -33,6 +33,7 @@ CASES = [
     ("LEARNING_RATE, INIT_FROM Scratch", {"LEARNING_RATE": -1, "INIT_FROM": "Scratch"}, 15,
      ["LEARNING_RATE = -1"]),
     ("CHECKPOINT_INTERVAL", {"CHECKPOINT_INTERVAL": 0}, 15, ["CHECKPOINT_INTERVAL = 0"]),
+    ("KEEP_FULL", {"KEEP_FULL": 0}, 15, ["KEEP_FULL = 0", "whole number >= 1"]),
 ]
 
 

@@ -141,7 +141,7 @@ def test_weights_only_files_load_list_compare_and_refuse_to_resume(tmp_path):
         path, loaded = load_newest_readable(tmp_path, lambda p: torch.load(p, weights_only=True))
     assert path == newest and loaded["optimizer_state_dict"] is not None
     newest.unlink()  # the only whole checkpoint is gone: the run cannot continue exactly
-    with pytest.raises(NotResumableError, match="keeps only weights-only checkpoints"):
+    with pytest.raises(NotResumableError, match="keeps only weights-only checkpoints.*keep_full=2"):
         load_newest_readable(tmp_path, lambda p: torch.load(p, weights_only=True))
     assert recover_training_results(tmp_path)["global_step"] == 1  # recovery still works
 
@@ -359,3 +359,15 @@ def test_train_takes_the_cache_folder_and_says_the_storage_plan(tmp_path, corpus
     assert "storage plan: this run keeps at most" in result.stdout
     assert result.stdout.index("storage plan") < result.stdout.index("done: step 10")
     assert "resume" in result.stdout  # the checkpoint table at the end has the column
+
+
+def test_the_notebook_says_which_settings_make_the_run_fit():
+    from utils.notebook import format_error
+    from utils.training.engine.errors import InsufficientStorageError
+
+    text = format_error(InsufficientStorageError("the checkpoints of this run need up to 9 GB"))
+    assert "Not enough space for this run's checkpoints!" in text
+    hint = text.split("▶ In this notebook:")[1]
+    for field in ("KEEP_LAST", "KEEP_BEST", "WEIGHTS_ONLY_DTYPE", "CHECKPOINT_DIR",
+                  "CHECK_STORAGE", "Cells 5, 15, 16 and 32"):
+        assert field in hint, field

@@ -181,8 +181,8 @@ class TrainingConfig:
         10, "optimizer steps between reads of the loss (progress bar, metrics log)")
     seed: int = _setting(1337, "random seed of batch order and dropout (CLI: initial weights too)")
     device: str | None = _setting(None, "cpu | cuda | cuda:1 | mps; unset: the best available")
-    keep_full: int = _setting(
-        1, "newest checkpoints that keep the optimizer state; older ones keep weights only")
+    keep_full: int | None = _setting(
+        1, "newest checkpoints keeping the optimizer state (None: all); others: weights only")
     weights_only_dtype: str | None = _setting(
         None, "bf16 | fp16: weights-only copies in half precision; unset: as trained (fp32)")
     check_storage: bool = _setting(
@@ -274,7 +274,8 @@ def _check_training_values(config: TrainingConfig) -> tuple[float, float]:
     return tuple(float(b) for b in betas)
 
 
-_OPTIONAL_COUNTS = ("max_steps", "epochs", "checkpoint_interval", "keep_last", "keep_best")
+_OPTIONAL_COUNTS = ("max_steps", "epochs", "checkpoint_interval", "keep_last", "keep_best",
+                    "keep_full")
 
 
 def _check_count(config: TrainingConfig, name: str, minimum: int) -> None:

@@ -80,7 +80,8 @@ def resumable_checkpoints(run: RunInfo) -> list[CheckpointInfo]:
         f"run {run.run_id} keeps only weights-only checkpoints (the newest, which held the "
         f"optimizer state, is gone or unreadable), so it cannot continue exactly. Fix: "
         f"start a new run (resume_from=None, --new-run); its weights still load "
-        f"(load_pretrained_model({str(run.latest.path)!r})).")
+        f"(load_pretrained_model({str(run.latest.path)!r})). keep_full=2 keeps a second "
+        f"whole checkpoint for such a case.")
 
 
 def resume_candidates(checkpoint_dir: str | Path, run: str = "latest") -> list[CheckpointInfo]:

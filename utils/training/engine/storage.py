@@ -151,7 +151,7 @@ class StoragePlan:
     checkpoints: int  # checkpoints the run writes (from step 0 to the end)
     keep_last: int | None
     keep_best: int | None
-    keep_full: int
+    keep_full: int | None  # None: every kept checkpoint whole
     best_model: bool  # whether best_model.pt is written (there is validation data)
 
     @property
@@ -164,7 +164,7 @@ class StoragePlan:
 
     @property
     def full_files(self) -> int:
-        return min(self.kept, self.keep_full)
+        return self.kept if self.keep_full is None else min(self.kept, self.keep_full)
 
     @property
     def weights_files(self) -> int:
