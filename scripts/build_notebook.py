@@ -59,7 +59,9 @@ TRAINING_FORM_FIELDS = {"MAX_STEPS": "max_steps", "BATCH_SIZE": "batch_size",
                         "CHECKPOINT_INTERVAL": "checkpoint_interval",
                         "KEEP_LAST": "keep_last", "KEEP_BEST": "keep_best",
                         "PRECISION": "precision", "COMPILE": "compile",
-                        "ACTIVATION_CHECKPOINTING": "activation_checkpointing", "SEED": "seed"}
+                        "ACTIVATION_CHECKPOINTING": "activation_checkpointing",
+                        "KEEP_FULL": "keep_full", "CHECK_STORAGE": "check_storage",
+                        "SEED": "seed"}
 # Settings whose notebook value differs from the library's default (the notebook is the
 # demo: its curves go to TensorBoard and a CSV, and it shows samples while training); their
 # meaning still comes from TrainingConfig.
@@ -226,7 +228,9 @@ TOKENIZER = "gpt2"  # @param ["gpt2", "byte"]
 CONTEXT_LENGTH = 256  # @param {type:"integer"}
 @DROPOUT_SETTING@
 @TRAINING_SETTINGS@
+WEIGHTS_ONLY_DTYPE = "fp32"  # @param ["fp32", "bf16", "fp16"]
 CHECKPOINT_DIR = ""  # @param {type:"string"}
+CACHE_DIR = ""  # @param {type:"string"}
 CHECKPOINT_OVERRIDE = ""  # @param {type:"string"}
 RUN_ID = ""  # @param {type:"string"}
 RESUME_EXTRA_STEPS = 200  # @param {type:"integer"}
@@ -244,6 +248,13 @@ EXPORT_FROM = ""  # @param {type:"string"}
 #   own validation file keep it).
 # DROPOUT: the dropout rate of a model trained from scratch (QUICK_MODE's tiny model: 0).
 # CHECKPOINT_DIR: empty means Google Drive in Colab, ./checkpoints elsewhere.
+# KEEP_LAST, KEEP_BEST, KEEP_FULL, WEIGHTS_ONLY_DTYPE: the storage plan. Only the newest
+#   KEEP_FULL checkpoints keep the optimizer state (what a resume needs); the other kept ones
+#   and best_model.pt are weights-only, in fp32 or, to halve them again, bf16 / fp16. Cell 32
+#   says what the run keeps at most and refuses when it does not fit (CHECK_STORAGE).
+#   gpt2-small with the defaults: about 3.5 GB, gpt2-medium about 10 GB (docs/03).
+# CACHE_DIR: where prepared token ids are cached; empty means this machine's local disk
+#   (~/.cache/gpt2-training/data), so batches are never read through Google Drive.
 # CHECKPOINT_OVERRIDE: a checkpoint file for Cell 34 to load instead of the best one.
 # RUN_ID: which run Cells 33-37 and 40 use (empty: the run Cell 32 trained, or the newest
 #   after a crash; Cell 33 lists the runs).
@@ -309,11 +320,11 @@ code(7, "Load and Tokenise the Corpus", '''
 from utils.data import TOKEN_FILE_KINDS, detect_kind, load_data
 from utils.notebook import check_form, friendly_errors
 
-with friendly_errors("DATA_PATH"):  # a wrong DATA_PATH says what to pass instead
-    check_form(globals(), "DATA_PATH", "VAL_FRACTION", "VAL_SPLIT")
+with friendly_errors("DATA_PATH", "CACHE_DIR"):  # a wrong DATA_PATH says what to pass instead
+    check_form(globals(), "DATA_PATH", "VAL_FRACTION", "VAL_SPLIT", "CACHE_DIR")
     text_tokenizer = None if detect_kind(DATA_PATH or None) in TOKEN_FILE_KINDS else TOKENIZER
     data = load_data(DATA_PATH or None, text_tokenizer, val_fraction=VAL_FRACTION,
-                     split=VAL_SPLIT)
+                     split=VAL_SPLIT, cache_dir=CACHE_DIR or None)  # empty: the local disk
     tokenizer, TOKENIZER = data.tokenizer, data.tokenizer_name
 print(f"Source: {data.source} ({data.kind})")
 print(f"Tokens: {data.num_tokens:,} (uint16, memory-mapped: not loaded into RAM)")
@@ -423,7 +434,8 @@ with friendly_errors():
     check_form(globals(), "LEARNING_RATE", "WARMUP_STEPS", "EVAL_INTERVAL", "EVAL_BATCHES",
                "CHECKPOINT_INTERVAL", "PRECISION", "COMPILE", "ACTIVATION_CHECKPOINTING",
                "GRADIENT_ACCUMULATION_STEPS", "WEIGHT_DECAY", "KEEP_LAST", "KEEP_BEST",
-               "LOG_TO", "SAMPLE_EVERY", "PROMPT")
+               "KEEP_FULL", "WEIGHTS_ONLY_DTYPE", "CHECK_STORAGE", "LOG_TO", "SAMPLE_EVERY",
+               "PROMPT")
     training_config = TrainingConfig(
         learning_rate=LEARNING_RATE, min_learning_rate=LEARNING_RATE / 10,
         warmup_steps=WARMUP_STEPS, max_steps=MAX_STEPS, batch_size=BATCH_SIZE,
@@ -433,7 +445,8 @@ with friendly_errors():
         keep_last=KEEP_LAST, keep_best=KEEP_BEST,
         precision=PRECISION, compile=COMPILE, activation_checkpointing=ACTIVATION_CHECKPOINTING,
         log_to=LOG_TO, sample_every=SAMPLE_EVERY, sample_prompt=PROMPT,
-        seed=SEED, device=device)
+        seed=SEED, device=device, keep_full=KEEP_FULL, check_storage=CHECK_STORAGE,
+        weights_only_dtype=None if WEIGHTS_ONLY_DTYPE == "fp32" else WEIGHTS_ONLY_DTYPE)
 for field, value in training_config.to_dict().items():
     print(f"{field:>26}: {value}")
 ''')
@@ -466,8 +479,9 @@ md("## 5 · Training")
 code(32, "Run Training", '''
 # A progress bar shows loss, learning rate and tokens/s; the plot updates at each evaluation,
 # and every SAMPLE_EVERY evaluations a sample continues PROMPT (also in TensorBoard).
-# Checkpoints are written every CHECKPOINT_INTERVAL steps to CHECKPOINT_DIR. After a crash,
-# running this cell again continues the same run exactly (same settings, same folder).
+# Checkpoints are written every CHECKPOINT_INTERVAL steps to CHECKPOINT_DIR; first it says
+# what the run keeps there at most and the free space (Drive's quota in Colab), and stops if
+# that does not fit. After a crash, running this cell again continues the same run exactly.
 from utils.notebook import friendly_errors
 
 with friendly_errors():

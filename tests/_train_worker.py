@@ -3,6 +3,7 @@
     python tests/_train_worker.py CHECKPOINT_DIR OUT_FILE [--resume auto|none|latest]
                                   [--lr LR] [--step-sleep SECONDS] [--hold FILE]
                                   [--log-to NAMES] [--log-interval N] [--sample-every N]
+                                  [--keep-last N] [--keep-best N]
 
 The same command run twice is what "Run all" after a crash does: `--resume auto` (the
 Trainer's default) continues the matching run. Prints `step N` after every optimizer step
@@ -78,13 +79,16 @@ def main() -> None:
     parser.add_argument("--log-to", default="")
     parser.add_argument("--log-interval", type=int, default=10)
     parser.add_argument("--sample-every", type=int, default=0)
+    parser.add_argument("--keep-last", type=int, default=2)
+    parser.add_argument("--keep-best", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(1)
     from utils.training.engine.errors import CheckpointError
 
     trainer = make_trainer(args.checkpoint_dir, learning_rate=args.lr, log_to=args.log_to,
                            log_interval=args.log_interval, sample_every=args.sample_every,
-                           sample_prompt="0 1")  # bytes below the model's vocabulary of 64
+                           sample_prompt="0 1",  # bytes below the model's vocabulary of 64
+                           keep_last=args.keep_last, keep_best=args.keep_best)
     trainer.callbacks.append(step_reporter(args.step_sleep, args.hold))
     try:
         history = trainer.fit(resume_from=None if args.resume == "none" else args.resume)
@@ -107,4 +111,5 @@ def make_ddp_comparable_trainer(checkpoint_dir: str | Path, batch_size: int, ste
     return make_trainer(checkpoint_dir, steps=steps, batch_size=batch_size,
                         gradient_accumulation_steps=1, warmup_steps=0, learning_rate=1e-3,
                         min_learning_rate=1e-3, checkpoint_interval=5, eval_interval=5,
-                        keep_last=None, dropout=0.0, device=device)
+                        keep_last=None, keep_full=None,  # resumed from step 5: kept whole
+                        dropout=0.0, device=device)

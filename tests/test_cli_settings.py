@@ -28,6 +28,7 @@ SAMPLES = {
     "checkpoint_interval": 6, "checkpoint_dir": "elsewhere", "keep_last": 5, "keep_best": 2,
     "log_to": "tensorboard,csv", "log_dir": "logs_here", "sample_every": 2,
     "sample_prompt": "Once upon",
+    "keep_full": 2, "weights_only_dtype": "bf16",
 }
 
 

@@ -1,6 +1,8 @@
 """Google Drive faults cost no training: real file systems that fill up, turn read-only and
 go away mid-run (a small tmpfs, remounted and unmounted under a real training process), and
 retention that empties files before deleting them on Drive (Drive's trash keeps quota).
+A small "Drive" sized for the storage plan holds a default run to the end; one too small
+even for the plan is refused before the first step.
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ import pytest
 import torch
 
 from tests._ckpt_helpers import make_state
-from tests._run_helpers import assert_same_weights, finish, start, wait_for_step
+from tests._run_helpers import (
+    assert_same_weights,
+    finish,
+    kill_after_step,
+    start,
+    wait_for_step,
+)
+from utils.config import TrainingConfig
 from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
     FALLBACK_ROOT_ENV,
@@ -138,3 +147,72 @@ def test_fallback_folder_is_stable_per_checkpoint_folder(tmp_path, monkeypatch):
     a, b = tmp_path / "x" / "checkpoints", tmp_path / "y" / "checkpoints"
     assert fallback_dir_for(a) == fallback_dir_for(a) != fallback_dir_for(b)
     assert fallback_dir_for(a).parent == tmp_path / "local"
+
+
+# ---------------------------------------------------------------- the storage plan
+
+DEFAULT_RETENTION = ("--keep-last", str(TrainingConfig().keep_last),
+                     "--keep-best", str(TrainingConfig().keep_best))
+
+
+def test_a_drive_sized_for_the_plan_holds_a_default_run_to_the_end(
+        tmp_path, small_drive, uninterrupted_weights, monkeypatch):
+    """1700k of "Drive": room for the plan with the defaults (one full checkpoint, four
+    weights-only files, and one more full checkpoint while it is written), not for keeping
+    every checkpoint whole as before (four kept plus the one written: five full files).
+    Killed mid-run and run again, the run finishes there: no fallback, exact resume."""
+    mount = small_drive("1700k")
+    monkeypatch.setenv(DRIVE_ROOT_ENV, str(mount))
+    env = {**local_fallback(tmp_path, monkeypatch), DRIVE_ROOT_ENV: str(mount)}
+    folder, out = mount / "MyDrive" / "checkpoints", tmp_path / "final.pt"
+    first = kill_after_step(start(folder, out, *DEFAULT_RETENTION, "--step-sleep", "0.1",
+                                  env=env), 14)
+    assert "storage plan: this run keeps at most" in first
+    assert "Google Drive's quota, as the mount reports it" in first
+    output = finish(start(folder, out, *DEFAULT_RETENTION, env=env))
+    assert "resuming run" in output and "storage plan" in output
+    for text in (first, output):
+        assert "written locally" not in text and "No space" not in text
+        assert "WARNING" not in text
+    assert not fallback_dir_for(folder).exists()
+    assert_same_weights(torch.load(out, weights_only=True)["model"], uninterrupted_weights)
+    infos = list_checkpoints(folder, include_invalid=True)
+    assert all(info.valid and not info.local_only for info in infos)
+    assert sorted(info.global_step for info in infos) == [3, 18, 21, 24]  # newest 3, best
+    assert [info.global_step for info in infos if info.resumable] == [24]
+    capacity = os.statvfs(mount).f_blocks * os.statvfs(mount).f_frsize
+    full = max(info.size_bytes for info in infos)
+    assert 5 * full > capacity  # what the folder needed before the plan
+    assert recover_training_results(folder)["last_logged_step"] == 24
+    again = finish(start(folder, out, *DEFAULT_RETENTION, env=env))
+    assert "already finished at step 24" in again
+
+
+def test_a_drive_too_small_even_for_the_plan_refuses_before_the_first_step(
+        tmp_path, small_drive, monkeypatch):
+    mount = small_drive("512k")
+    env = local_fallback(tmp_path, monkeypatch)
+    folder, out = mount / "MyDrive" / "checkpoints", tmp_path / "final.pt"
+    process = start(folder, out, env=env)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 2, output
+    assert "error: the checkpoints of this run need up to" in output
+    assert "keep_last=1 and keep_best=0" in output and "weights_only_dtype='bf16'" in output
+    assert "check_storage=False" in output and "step 1\n" not in output
+    assert "Traceback" not in output
+    assert not list(folder.glob("*.pt")) and not fallback_dir_for(folder).exists()
+
+    # the command line: one line with its own flags; --ignore-storage-check trains anyway
+    from tests.test_runs import CLI_TRAIN, REPO
+    command = [*CLI_TRAIN, "--checkpoint-dir", str(folder)]
+    refused = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=dict(
+        os.environ, OMP_NUM_THREADS="1", **env))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith("error: the checkpoints of this run need up to")
+    assert "--keep-last 1 and --keep-best 0" in line and "--ignore-storage-check" in line
+    assert not list(folder.glob("*.pt"))
+    anyway = subprocess.run([*command, "--ignore-storage-check"], cwd=REPO, capture_output=True,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1", **env))
+    assert anyway.returncode == 0, anyway.stderr
+    assert "WARNING: the checkpoints of this run need up to" in anyway.stdout

@@ -352,9 +352,11 @@ def trained_folder(tmp_path_factory) -> Path:
     return root
 
 
+# --keep-full 2: a second whole checkpoint, what a resume falls back to when the newest
+# cannot be read (with the default 1 the older ones are weights-only copies)
 TRAIN = ["train", "--tokenizer", "byte", "--layers", "1", "--heads", "2", "--dim", "16",
          "--context", "16", "--checkpoint-interval", "1", "--eval-interval", "1",
-         "--keep-last", "5", "--no-progress", "--device", "cpu"]
+         "--keep-last", "5", "--keep-full", "2", "--no-progress", "--device", "cpu"]
 
 
 def newest(folder: Path) -> Path:
@@ -397,10 +399,11 @@ def test_train_resume_latest_falls_back_and_names_the_skipped_file(tmp_path, tra
 
 @pytest.mark.parametrize("kind", UNREADABLE)
 def test_trainer_fit_resume_latest_falls_back_and_names_the_skipped_file(tmp_path, kind):
-    make_trainer(tmp_path, steps=3, checkpoint_interval=1, keep_last=5).fit(resume_from=None)
+    make_trainer(tmp_path, steps=3, checkpoint_interval=1, keep_last=5,
+                 keep_full=2).fit(resume_from=None)
     bad = newest(tmp_path)
     make_unreadable(bad, kind)
-    trainer = make_trainer(tmp_path, steps=4, checkpoint_interval=1, keep_last=5)
+    trainer = make_trainer(tmp_path, steps=4, checkpoint_interval=1, keep_last=5, keep_full=2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(resume_from="latest")

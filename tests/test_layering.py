@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "utils"
 # The checkpoint layer bottom-up (CLAUDE.md explains each), then training on top of it.
 ENGINE_ORDER = ["errors", "distributed", "reading", "checkpoint", "runs", "listing", "recovery",
-                "writer",
+                "writer", "storage",
                 "loading", "evaluation", "compare", "optim", "rng", "precision", "throughput",
                 "compiling", "device_loop", "loggers", "trainer"]
 

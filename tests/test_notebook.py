@@ -153,6 +153,14 @@ def test_whole_notebook_runs_headless_in_quick_mode_as_in_colab(tmp_path, monkey
     assert f"Checkpoint folder: {checkpoint_dir} " in outputs[5]
     assert sorted((my_drive / "gpt2-training" / "checkpoints").glob("checkpoint_epoch*_step*.pt"))
     assert "Quick mode replaced" in outputs[4]
+    # the storage plan: said before training, one checkpoint keeps the optimizer state
+    assert "storage plan: this run keeps at most" in outputs[32]
+    assert "Google Drive's quota, as the mount reports it" in outputs[32]
+    from utils.training.engine.recovery import list_checkpoints
+
+    kept = list_checkpoints(my_drive / "gpt2-training" / "checkpoints")
+    assert [info.resumable for info in kept].count(True) == 1 < len(kept)  # 10 and 15
+    assert "(resumable)" in outputs[34]  # the table Cell 34 shows says which can resume
     # training wrote checkpoints, recovery and loading found them, the summary is complete
     assert "✅ model" in outputs[35] and "✅ results" in outputs[35]
     assert "✅ checkpoint_path" in outputs[35] and "✅ best_checkpoint_path" in outputs[35]

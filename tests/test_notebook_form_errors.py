@@ -47,6 +47,7 @@ CASES = [
      ["DATA_PATH", "Too many levels of symbolic links"]),
     ("RUN_ID names no run", {"RUN_ID": "20990101-000000-abcdef"}, 33,
      ["RUN_ID", "run '20990101-000000-abcdef' is not in", "the runs there are"]),
+    ("KEEP_FULL", {"KEEP_FULL": 0}, 15, ["KEEP_FULL = 0", "whole number >= 1"]),
 ]
 
 

@@ -85,6 +85,49 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(tmp_path, uninte
     assert all(torch.equal(saved[name], tensor) for name, tensor in reference_state.items())
 
 
+def _kill_during_rewrite(process: subprocess.Popen, checkpoint_dir: Path,
+                         delay: float) -> Path:
+    """SIGKILL `delay` seconds after the writer began rewriting an older checkpoint
+    weights-only (a temporary file beside a checkpoint of the same name); returns that
+    checkpoint's path."""
+    deadline = time.monotonic() + 120
+    while True:
+        for temporary in checkpoint_dir.glob(".checkpoint_*.pt.*tmp"):
+            rewritten = checkpoint_dir / temporary.name[1:].rsplit(".", 2)[0]
+            if rewritten.exists():
+                time.sleep(delay)
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                return rewritten
+        assert process.poll() is None, "worker exited before rewriting a checkpoint"
+        assert time.monotonic() < deadline, "no weights-only rewrite started"
+        time.sleep(0.005)
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_weights_only_rewrite_leaves_a_whole_file(tmp_path, uninterrupted_run):
+    """The storage plan rewrites each checkpoint weights-only once a newer one exists. A kill
+    anywhere in that rewrite (here at a random moment of its write, pause and rename; the
+    writer sleeps 0.4 s before each rename) leaves the checkpoint whole under its name, full
+    or weights-only, and the run resumes bit for bit."""
+    checkpoint_dir, out = tmp_path / "checkpoints", tmp_path / "final.pt"
+    delay = random.Random(os.getpid()).uniform(0.0, 0.6)
+    print(f"kill {delay:.2f} s into the rewrite")
+    slow_writes = start(checkpoint_dir, out, env={"UTILS_TEST_CHECKPOINT_SLEEP": "0.4"})
+    rewritten = _kill_during_rewrite(slow_writes, checkpoint_dir, delay)
+    _assert_only_valid_checkpoints(checkpoint_dir)
+    saved = torch.load(rewritten, weights_only=True)  # whole: the full file or the copy
+    [info] = [i for i in list_checkpoints(checkpoint_dir) if i.path == rewritten]
+    assert info.resumable == (saved["optimizer_state_dict"] is not None)
+    assert any(i.resumable for i in list_checkpoints(checkpoint_dir))  # a resume has one
+
+    output = finish(start(checkpoint_dir, out))
+    assert "resuming run" in output
+    assert_same_weights(torch.load(out, weights_only=True)["model"], uninterrupted_run[0])
+    assert [i.resumable for i in list_checkpoints(checkpoint_dir)].count(True) == 1
+    assert not list(checkpoint_dir.glob(".*tmp"))  # the unfinished rewrite was cleaned up
+
+
 class _Crash(Exception):
     pass
 

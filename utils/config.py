@@ -125,6 +125,8 @@ PRESET_ALIASES = {
 }
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Half precisions the weights-only copies may be written in (None: as trained, fp32).
+WEIGHTS_ONLY_DTYPES = ("bf16", "fp16")
 
 
 def _setting(default: Any, meaning: str) -> Any:
@@ -187,6 +189,12 @@ class TrainingConfig:
         0, "print and log a text sample every N evaluations and at the last (0: none)")
     sample_prompt: str = _setting(
         "", "prompt of the text samples (empty: start from the end-of-text token)")
+    keep_full: int | None = _setting(
+        1, "newest checkpoints keeping the optimizer state (None: all); others: weights only")
+    weights_only_dtype: str | None = _setting(
+        None, "bf16 | fp16: weights-only copies in half precision; unset: as trained (fp32)")
+    check_storage: bool = _setting(
+        True, "refuse to train when the checkpoints would not fit in their folder")
 
     def __post_init__(self) -> None:
         self.betas = _check_training_values(self)
@@ -273,6 +281,10 @@ def _check_training_values(config: TrainingConfig) -> tuple[float, float]:
         _check_count(c, name, minimum)
     _require(c.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", c.precision)
     c.compile = _compile_setting(c.compile)
+    _check_count(c, "keep_full", 1)
+    _require(c.weights_only_dtype is None or c.weights_only_dtype in WEIGHTS_ONLY_DTYPES,
+             "weights_only_dtype", f"None or one of {WEIGHTS_ONLY_DTYPES}",
+             c.weights_only_dtype)
     _require(_is_integer(c.seed), "seed", "an integer", c.seed)
     _check_count(c, "sample_every", 0)
     for name in ("log_dir", "sample_prompt"):
@@ -311,7 +323,8 @@ def _logger_names(value: Any) -> str:
     return ",".join(dict.fromkeys(names))
 
 
-_OPTIONAL_COUNTS = ("max_steps", "epochs", "checkpoint_interval", "keep_last", "keep_best")
+_OPTIONAL_COUNTS = ("max_steps", "epochs", "checkpoint_interval", "keep_last", "keep_best",
+                    "keep_full")
 
 
 def _check_count(config: TrainingConfig, name: str, minimum: int) -> None:

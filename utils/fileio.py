@@ -1,7 +1,7 @@
 """Durable writes: a file appears complete under its name, or not at all.
 
 The one way this project writes files that must survive a crash (checkpoints, sidecars,
-best_model.pt copies, the token cache's metadata): write a hidden temporary file in the
+best_model.pt, the token cache's metadata): write a hidden temporary file in the
 same folder, flush and fsync it, give it its final name atomically, fsync the folder.
 A crash at any moment leaves the previous state, or the new complete file, plus at most a
 hidden `.NAME.PID-HOST.tmp` that readers never pick up; its name says which process on which
@@ -185,3 +185,18 @@ def _read_only(folder: Path) -> bool:
     except (OSError, AttributeError):  # Windows has no statvfs
         return False
 
+
+# Where Google Drive is mounted in Colab; UTILS_DRIVE_ROOT adds another (tests, stand-ins),
+# and so does the notebook's GPT2_DRIVE_MOUNT_POINT (where Cell 1 and Cell 5 mount it).
+DRIVE_ROOTS = ("/content/drive",)
+DRIVE_ROOT_ENV = "UTILS_DRIVE_ROOT"
+NOTEBOOK_MOUNT_ENV = "GPT2_DRIVE_MOUNT_POINT"
+
+
+def on_google_drive(path: str | Path) -> bool:
+    """Whether `path` is on a Google Drive mount (its files go through Drive's client)."""
+    roots = [*DRIVE_ROOTS, *filter(None, [os.environ.get(DRIVE_ROOT_ENV),
+                                          os.environ.get(NOTEBOOK_MOUNT_ENV)])]
+    resolved = str(Path(path).absolute())
+    return any(resolved == root or resolved.startswith(root.rstrip("/") + "/")
+               for root in roots)

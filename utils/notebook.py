@@ -319,6 +319,9 @@ FORM_FIELDS: dict[str, Any] = {
     "EVAL_BATCHES": _whole(1), "CHECKPOINT_INTERVAL": _whole(1),
     "PRECISION": _choice(_precisions), "COMPILE": _compile_choice,
     "ACTIVATION_CHECKPOINTING": _flag, "CHECKPOINT_DIR": _text,
+    "KEEP_FULL": _whole(1),
+    "WEIGHTS_ONLY_DTYPE": _choice({"fp32", "bf16", "fp16"}), "CHECK_STORAGE": _flag,
+    "CACHE_DIR": _text,
     "CHECKPOINT_OVERRIDE": _text, "RUN_ID": _text, "RESUME_EXTRA_STEPS": _whole(1),
     "PROMPT": _text,
     "OUTPUT_DIR": _text, "SEED": _whole(0),
@@ -440,6 +443,10 @@ def _notebook_hints() -> list[tuple[type[BaseException], str]]:
                                            "4-13 again, or choose another CHECKPOINT_OVERRIDE"),
         (errors.CheckpointNotFoundError, f"check CHECKPOINT_OVERRIDE in {SETTINGS_CELL} (empty "
                                          "picks the best checkpoint; Cell 33 lists them)"),
+        (errors.InsufficientStorageError, f"lower KEEP_LAST / KEEP_BEST, set WEIGHTS_ONLY_DTYPE"
+                                          f" = \"bf16\" or choose another CHECKPOINT_DIR in "
+                                          f"{SETTINGS_CELL} (CHECK_STORAGE = False trains "
+                                          "anyway), then run Cells 5, 15, 16 and 32 again"),
         (errors.CheckpointWriteError, f"set CHECKPOINT_DIR in {SETTINGS_CELL} to a writable "
                                       "folder with free space, then run Cells 5 and 32 again"),
         (errors.CheckpointError, "choose another checkpoint with CHECKPOINT_OVERRIDE in "
@@ -466,6 +473,8 @@ SETTING_FIELDS = {
     "dropout_rate": "DROPOUT", "val_fraction": "VAL_FRACTION", "log_to": "LOG_TO",
     "sample_every": "SAMPLE_EVERY", "sample_prompt": "PROMPT",
     "cache_dir": "CACHE_DIR",  # the token cache folder
+    "keep_full": "KEEP_FULL", "weights_only_dtype": "WEIGHTS_ONLY_DTYPE",
+    "check_storage": "CHECK_STORAGE",
 }
 
 
@@ -612,12 +621,23 @@ def run_report(results: Mapping[str, Any]) -> str:
     lines = [f"Run {results['run_id']}: {len(results['metrics'])} evaluations, logged up to "
              f"step {logged}; latest checkpoint at step {step}",
              f"Best checkpoint:   {results['checkpoint_path']}"
-             + (f" (val loss {best:.4f})" if best is not None else ""),
-             f"Latest checkpoint: {results['latest_checkpoint_path']}"]
+             + (f" (val loss {best:.4f}; {_resume_text(results, 'checkpoint_path')})"
+                if best is not None else ""),
+             f"Latest checkpoint: {results['latest_checkpoint_path']} "
+             f"({_resume_text(results, 'latest_checkpoint_path')})"]
     if logged > step:
         lines.append(f"Steps {step + 1}-{logged} were logged after the last checkpoint: "
                      "resuming retrains them from the checkpoint (Cell 32).")
     return "\n".join(lines)
+
+
+def _resume_text(results: Mapping[str, Any], key: str) -> str:
+    """'resumable' or 'weights only' for the checkpoint `results[key]` names."""
+    from utils.reports import resume_text
+
+    info = next((info for info in results.get("checkpoints") or []
+                 if str(info.path) == str(results[key])), None)
+    return resume_text(info) if info is not None else "resumable"
 
 
 def session_variables(results: Mapping[str, Any] | None) -> tuple[Any, ...]:

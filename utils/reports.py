@@ -22,6 +22,7 @@ from utils.training.engine.errors import (
     CheckpointWriteError,
     CorruptCheckpointError,
     EmptyCheckpointError,
+    InsufficientStorageError,
     InvalidWeightsError,
     ModelNotInitializedError,
     NoCheckpointsError,
@@ -74,7 +75,7 @@ def available_checkpoints_report(infos: Sequence[Any], selected_path: str | Path
                     f"Step {_integer(info.global_step, 4)} | "
                     f"train_loss={_number(info.train_loss)} | val_loss={_number(info.val_loss)}"
                     + (f" | run {run}" if run else "") + "\n"
-                    f"     {printable_name(info.filename)}")
+                    f"     {printable_name(info.filename)} ({resume_text(info)})")
     return section("AVAILABLE CHECKPOINTS", "\n\n".join(rows))
 
 
@@ -95,6 +96,12 @@ def checkpoints_table(infos: Sequence[Any], selected_path: str | Path | None = N
     table = pd.DataFrame(rows, columns=["", "epoch", "step", "train_loss", "val_loss", "run",
                                         "file"])
     return table.round({"train_loss": 4, "val_loss": 4})
+
+
+def resume_text(info: Any) -> str:
+    """Whether a listed checkpoint can resume training: 'resumable' or 'weights only'
+    (the storage plan keeps the optimizer state in a run's newest checkpoint only)."""
+    return "resumable" if getattr(info, "resumable", True) else "weights only"
 
 
 def selection_report(path: str | Path, method: str) -> str:
@@ -305,6 +312,12 @@ ERROR_GUIDANCE: list[tuple[type[BaseException], str, list[str], list[str]]] = [
       "Hugging Face GPT-2 and nanoGPT files also load; other models do not"]),
     (CorruptCheckpointError, "Checkpoint file is damaged!", [],
      ["Choose another checkpoint (list_checkpoints lists them)", "Or copy this one again"]),
+    (InsufficientStorageError, "Not enough space for this run's checkpoints!",
+     ["Full checkpoints hold the optimizer state too: about 3x the weights with AdamW",
+      "Other runs in the folder (or other files on the drive) use the space"],
+     ["Keep fewer checkpoints (keep_last, keep_best)",
+      "Write the weights-only copies in half precision (weights_only_dtype='bf16')",
+      "Use another folder with more free space (checkpoint_dir), or free space there"]),
     (CheckpointWriteError, "Checkpoint could not be written!",
      ["The disk is full or the folder is not writable"],
      ["Free disk space or choose another checkpoint folder (checkpoint_dir)",

@@ -9,7 +9,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from utils.reports import _number, available_checkpoints_report, error_report, full_load_report
+from utils.reports import (
+    _number,
+    available_checkpoints_report,
+    error_report,
+    full_load_report,
+    resume_text,
+)
 
 
 def widgets_can_render() -> bool:
@@ -24,13 +30,15 @@ def widgets_can_render() -> bool:
 
 
 def option_label(index: int, info: Any) -> str:
-    """`[0] epoch 9 | step 9 | val_loss=0.3876 | run 2026... | checkpoint_....pt`."""
+    """`[0] epoch 9 | step 9 | val_loss=0.3876 | run 2026... | resumable |
+    checkpoint_....pt` ("weights only" for a copy that cannot resume training)."""
     from utils.training.engine.recovery import printable_name
 
     run = getattr(info, "run", None)
     return (f"[{index}] epoch {info.epoch} | step {info.global_step} | "
             f"train_loss={_number(info.train_loss)} | val_loss={_number(info.val_loss)} | "
-            + (f"run {run} | " if run else "") + printable_name(info.filename))
+            + (f"run {run} | " if run else "") + f"{resume_text(info)} | "
+            + printable_name(info.filename))
 
 
 class CheckpointPicker:

@@ -35,21 +35,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def format_checkpoint_table(infos: Sequence[Any]) -> str:
-    """One row per checkpoint: epoch, step, train/val loss, LR, time, file (a name with a
-    newline is shown escaped, so it cannot add a fake row)."""
+    """One row per checkpoint: epoch, step, train/val loss, LR, time, whether it can resume
+    training (no: a weights-only copy), file (a name with a newline is shown escaped, so it
+    cannot add a fake row)."""
     from utils.training.engine.recovery import printable_name
 
     def number(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
     header = f"{'epoch':>5} {'step':>8} {'train loss':>10} {'val loss':>10} {'LR':>9}  " \
-             f"{'time':<19}  file"
+             f"{'time':<19}  {'resume':<6}  file"
     lines = [header, "-" * len(header)]
     for info in infos:
         when = (info.timestamp or "-")[:19].replace("T", " ")
         row = (f"{number(info.epoch, 'd'):>5} {number(info.global_step, 'd'):>8} "
                f"{number(info.train_loss, '.4f'):>10} {number(info.val_loss, '.4f'):>10} "
                f"{number(info.learning_rate, '.2e'):>9}  {when:<19}  "
+               f"{'yes' if getattr(info, 'resumable', True) else 'no':<6}  "
                f"{printable_name(info.filename)}")
         if not getattr(info, "valid", True):
             row += f"  [invalid: {' '.join(str(info.error).split())}]"

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from utils.cli.common import check_device, with_flag_names
-from utils.config import PRECISIONS, TrainingConfig, setting_default, setting_help
+from utils.config import (
+    PRECISIONS,
+    WEIGHTS_ONLY_DTYPES,
+    TrainingConfig,
+    setting_default,
+    setting_help,
+)
 from utils.errors import UserError
 
 # TrainingConfig field -> its flag. Help texts and defaults come from TrainingConfig
@@ -35,13 +41,16 @@ TRAINING_FLAGS = {
     "activation_checkpointing": "--activation-checkpointing", "log_interval": "--log-interval",
     "seed": "--seed", "device": "--device",
     "checkpoint_interval": "--checkpoint-interval", "checkpoint_dir": "--checkpoint-dir",
-    "keep_last": "--keep-last", "keep_best": "--keep-best",
+    "keep_last": "--keep-last", "keep_best": "--keep-best", "keep_full": "--keep-full",
+    "weights_only_dtype": "--weights-only-dtype",
     "log_to": "--log-to", "log_dir": "--log-dir", "sample_every": "--sample-every",
     "sample_prompt": "--sample-prompt",
 }
-# Set otherwise: background_checkpointing by --sync-checkpoints (its opposite); the others
-# keep TrainingConfig's default (or the checkpoint's, with --resume).
-FIELDS_WITHOUT_FLAG = ("background_checkpointing", "betas", "checkpoint_every_epoch")
+# Set otherwise: background_checkpointing by --sync-checkpoints and check_storage by
+# --ignore-storage-check (their opposites); the others keep TrainingConfig's default (or
+# the checkpoint's, with --resume).
+FIELDS_WITHOUT_FLAG = ("background_checkpointing", "betas", "checkpoint_every_epoch",
+                       "check_storage")
 MODEL_FLAGS = {"number_of_layers": "--layers", "number_of_heads": "--heads",
                "embedding_dimension": "--dim", "context_length": "--context",
                "dropout_rate": "--dropout"}
@@ -101,6 +110,8 @@ def add_setting(group: argparse._ActionsContainer, field: str, note: str = "") -
     elif field in NONE_WORDS:
         group.add_argument(flag, type=_or_none(_setting_type(field), NONE_WORDS[field]),
                            help=help_text)
+    elif field == "weights_only_dtype":
+        group.add_argument(flag, choices=WEIGHTS_ONLY_DTYPES, help=help_text)
     else:
         group.add_argument(flag, type=_setting_type(field), help=help_text)
 
@@ -141,6 +152,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "docs/08-data.md")
     data.add_argument("--tokenizer", default=None,
                       help="gpt2 (default) | byte; token files bring their own")
+    data.add_argument("--cache-dir", default=None,
+                      help="folder for the token cache of prepared text (default: the "
+                           "local disk's user cache, ~/.cache/gpt2-training/data; keep it "
+                           "off Google Drive)")
     data.add_argument("--val-fraction", type=float, default=0.1,
                       help="share of the tokens held out for validation (inputs with their "
                            "own validation split keep it)")
@@ -159,13 +174,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                   "log_interval", "seed", "device"):
         add_setting(run_group, field)
     checkpoints = parser.add_argument_group("checkpoints")
-    for field in ("checkpoint_interval", "checkpoint_dir"):
+    for field in ("checkpoint_interval", "checkpoint_dir", "keep_last", "keep_best",
+                  "keep_full", "weights_only_dtype"):
         add_setting(checkpoints, field)
     for field in ("keep_last", "keep_best"):
         add_setting(checkpoints, field, note="all or None: keep every one")
     checkpoints.add_argument("--sync-checkpoints", action="store_true",
                              help="write checkpoints on the training thread (default: "
                                   "in the background)")
+    checkpoints.add_argument("--ignore-storage-check", action="store_true",
+                             help="train even when the checkpoints would not fit in the "
+                                  "free space of --checkpoint-dir (default: refuse before "
+                                  "the first step)")
     start = checkpoints.add_mutually_exclusive_group()
     start.add_argument("--resume", nargs="?", const="latest", default="auto",
                        metavar="auto|latest|PATH",
@@ -217,6 +237,7 @@ def build_training_config(args: argparse.Namespace, saved: dict[str, Any] | None
     if args.lr is not None and args.min_lr is None:
         values["min_learning_rate"] = args.lr / 10
     values["background_checkpointing"] = not args.sync_checkpoints
+    values["check_storage"] = not args.ignore_storage_check
     if data_state and args.batch_size is None:
         # Keep the saved global batch (batch x processes) when the number of processes
         # changed, e.g. a 2-GPU run resumed on one: the same data stream continues.
@@ -322,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
     if not dist.is_main:
         dist.barrier()
     data = load_data(args.data, tokenizer_name, args.val_fraction, split=args.val_split,
-                     progress=dist.is_main and not args.no_progress)
+                     cache_dir=args.cache_dir, progress=dist.is_main and not args.no_progress)
     if dist.is_main:
         dist.barrier()
     train_tokens, val_tokens = data.train, data.val

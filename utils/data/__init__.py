@@ -33,6 +33,7 @@ from utils.data.prepare import (
     PIECE_BYTES,
     UINT16_MAX_TOKEN,
     TokenizedCorpus,
+    default_cache_dir,
     split_into_chunks,
     tokenize_corpus,
 )
@@ -41,6 +42,7 @@ from utils.data.sources import BUILTIN_SOURCE, check_data_path, load_text
 __all__ = [
     "BUILTIN_SOURCE", "CACHE_FORMAT_VERSION", "DEFAULT_CACHE_DIR", "KINDS",
     "PIECE_BYTES", "SPLITS", "TOKEN_FILE_KINDS", "UINT16_MAX_TOKEN", "BatchLoader", "LoadedData", "TokenView",
-    "TokenizedCorpus", "check_data_path", "detect_kind", "document_bounds", "load_data",
+    "TokenizedCorpus", "check_data_path", "default_cache_dir", "detect_kind", "document_bounds",
+    "load_data",
     "load_text", "split_into_chunks", "token_statistics", "tokenize_corpus", "train_val_split",
 ]

@@ -31,10 +31,23 @@ import numpy as np
 
 from utils.data import sources
 from utils.data.sources import BUILTIN_SOURCE
-from utils.fileio import write_bytes_atomically
+from utils.fileio import on_google_drive, write_bytes_atomically
 from utils.tokenizer import ENDOFTEXT, get_tokenizer
 
-DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent.parent / ".cache" / "data"
+
+def default_cache_dir() -> Path:
+    """Where prepared token ids go by default: the user's cache folder on this machine's
+    own disk (`$XDG_CACHE_HOME/gpt2-training/data`, else `~/.cache/gpt2-training/data`;
+    in Colab `/root/.cache/...`), outside the code and checkpoint folders, so training
+    never reads its batches through Google Drive even when the code lives there."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "gpt2-training" / "data"
+
+
+DEFAULT_CACHE_DIR = default_cache_dir()  # at import; `default_cache_dir()` reads it again
+# Where caches were kept before they moved to the local disk: inside the code folder
+# (which may be on Drive). A cache found there is still used when it is the only copy.
+LEGACY_CACHE_DIR = Path(__file__).resolve().parent.parent.parent / ".cache" / "data"
 CACHE_FORMAT_VERSION = 1
 UINT16_MAX_TOKEN = np.iinfo(np.uint16).max  # 65535: largest id a uint16 cache can hold
 
@@ -333,6 +346,15 @@ def _writing_cache(cache_dir: Path) -> Iterator[None]:
                           "has free space (cache_dir)") from error
 
 
+def _drive_note(cache_dir: Path, only_copy: bool) -> str:
+    why = "it is the only prepared copy, so it is used" if only_copy else "it was asked for"
+    return (f"note: the token cache in {cache_dir} is on Google Drive ({why}): every "
+            f"training batch is read through Drive's client, which is slow. A cache on the "
+            f"local disk ({default_cache_dir()}, the default cache_dir) is read far faster; "
+            f"to move it, delete the Drive copy (it is prepared again locally) or copy "
+            f"its files there.")
+
+
 def prepare_stream(stream: TextStream, tokenizer: Any, cache_dir: Path, source: str,
                    workers: int | None = None, progress: bool = True) -> tuple[Path, dict]:
     """Stream `stream` through the tokenizer into the cache; (bin path, metadata written).
@@ -484,33 +506,54 @@ def tokenize_corpus(
     the built-in corpus. The cache is keyed by the sha256 of the text and the tokenizer. A
     second call with unchanged files (same names, sizes and modification times) maps the
     cached ids without reading the text again. `workers`: processes that encode (default:
-    one per core; 1 encodes here).
+    one per core; 1 encodes here). `cache_dir`: where the ids are cached (default:
+    `default_cache_dir()`, on the local disk; a cache that earlier versions left in the code
+    folder's `.cache/data` is still used when it is the only copy). A cache on Google
+    Drive is used with a note: training would read every batch through Drive.
     """
     tokenizer = get_tokenizer(tokenizer_name)
     check_tokenizer(tokenizer, tokenizer_name)
-    cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+    chosen = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     plan = _plan(source, text_column)
-    index = _index_path(cache_dir, plan, tokenizer.name)
     identity = plan.identity()
-    digest = _indexed_digest(index, identity)
-    if digest is None and source is None:
-        digest = hashlib.sha256(sources.load_text().encode()).hexdigest()
-    if digest is not None:
-        bin_path, meta_path = cache_paths(cache_dir, tokenizer.name, digest)
-    if digest is None or not cache_is_valid(bin_path, meta_path, digest, tokenizer.name):
-        bin_path, meta = prepare_stream(plan.stream(), tokenizer, cache_dir, plan.source,
+    builtin = (hashlib.sha256(sources.load_text().encode()).hexdigest() if source is None
+               else None)
+    found = _find_cached(chosen, plan, tokenizer.name, identity, builtin)
+    if found is not None and on_google_drive(chosen):
+        print(_drive_note(chosen, only_copy=False))
+    if found is None and cache_dir is None and chosen != LEGACY_CACHE_DIR:
+        found = _find_cached(LEGACY_CACHE_DIR, plan, tokenizer.name, identity, builtin)
+        if found is not None and on_google_drive(LEGACY_CACHE_DIR):
+            print(_drive_note(LEGACY_CACHE_DIR, only_copy=True))
+    if found is None:
+        bin_path, meta = prepare_stream(plan.stream(), tokenizer, chosen, plan.source,
                                         workers, progress)
         digest, meta_path = meta["sha256"], bin_path.with_suffix(".json")
         if identity is not None and _unchanged(plan, identity):
-            with _writing_cache(cache_dir):
+            index = _index_path(chosen, plan, tokenizer.name)
+            with _writing_cache(chosen):
                 index.parent.mkdir(exist_ok=True)
                 write_bytes_atomically(index, json.dumps({"identity": identity,
                                                     "sha256": digest}).encode())
+    else:
+        bin_path, meta_path, digest = found
     meta = read_meta(meta_path)
     return TokenizedCorpus(tokens=np.memmap(bin_path, dtype=np.uint16, mode="r"),
                            source=plan.source, tokenizer_name=tokenizer_name, sha256=digest,
                            cache_path=bin_path, documents=meta.get("num_documents"),
                            characters=meta.get("num_characters"))
+
+
+def _find_cached(cache_dir: Path, plan: _Plan, tokenizer_name: str, identity: list | None,
+                 digest: str | None) -> tuple[Path, Path, str] | None:
+    """(ids, metadata, sha256) of a complete cache of `plan`'s text in `cache_dir`, found
+    by the text's sha256 (`digest`, when known) or by the index of unchanged sources."""
+    digest = digest or _indexed_digest(_index_path(cache_dir, plan, tokenizer_name), identity)
+    if digest is None:
+        return None
+    bin_path, meta_path = cache_paths(cache_dir, tokenizer_name, digest)
+    return ((bin_path, meta_path, digest)
+            if cache_is_valid(bin_path, meta_path, digest, tokenizer_name) else None)
 
 
 def _unchanged(plan: _Plan, identity: list) -> bool:

@@ -60,10 +60,18 @@ METRIC_FIELDS = ("step", "epoch", "train_loss", "val_loss", "perplexity", "learn
 # `total_steps`: the run's step budget (an unfinished run is told from a finished one);
 # `data_identity`: sha256 and sizes of the tokens it trained on (a resume on other data is
 # refused).
-# Scalars copied into the sidecar so listing never has to open the large file.
+# Scalars copied into the sidecar so listing never has to open the large file (plus
+# `resumable`, whether the file holds what a resume restores).
 SIDECAR_KEYS = ("format_version", "epoch", "global_step", "train_loss", "val_loss",
                 "learning_rate", "timestamp", "tokenizer", "config", "run_id",
-                "run_fingerprint", "total_steps")
+                "run_fingerprint", "total_steps", "weights_dtype")
+# What a weights-only copy leaves out: the state only a resume needs. The storage plan
+# (`TrainingConfig.keep_full`) keeps it in the run's newest checkpoint(s) alone; a
+# weights-only copy carries `weights_dtype` (None: the weights as trained, else "bf16" or
+# "fp16") and loads, lists, compares and exports like any checkpoint.
+RESUME_ONLY_KEYS = ("optimizer_state_dict", "scheduler_state_dict", "scaler_state_dict",
+                    "rng_state")
+HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Test hook: seconds to sleep between writing the temporary file and renaming it, so a test
 # can SIGKILL the process in the middle of a checkpoint write. Never set in normal use.
@@ -270,6 +278,7 @@ def sidecar_metadata(state: dict[str, Any], filename: str, size_bytes: int) -> d
     meta = {key: state.get(key) for key in SIDECAR_KEYS}
     for key in ("train_loss", "val_loss", "learning_rate"):
         meta[key] = _finite_or_none(meta[key])  # JSON has no NaN; a diverged loss reads None
+    meta["resumable"] = is_resumable(state)
     meta["filename"] = filename
     meta["size_bytes"] = size_bytes
     return meta
@@ -343,12 +352,28 @@ def save_checkpoint_in(state: dict[str, Any], folder: str | Path, create_parents
     return _save(state, folder, create_parents, folder / next(_candidate_names(state)), publish)
 
 
+def replace_checkpoint_file(state: dict[str, Any], path: str | Path) -> Path:
+    """Durably write `state` as the file `path` (+ its sidecar), replacing the checkpoint
+    there atomically, in a folder that must exist: a mounted drive that went away fails
+    (`CheckpointWriteError`) instead of being recreated on the local disk. Someone's other
+    file under that name is refused, as by `save_checkpoint`."""
+    path = Path(path)
+    if path.is_dir() or _is_folder_target(path):
+        raise CheckpointWriteError(f"{path} is a folder; it was left untouched")
+    return _save(state, path.parent, False, path,
+                 lambda: write_atomically(path, lambda handle: _torch_save(state, handle),
+                                          before_publish=_test_pause) and path,
+                 make_folder=False)
+
+
 def _save(state: dict[str, Any], folder: Path, create_parents: bool, target: Path,
-          publish) -> Path:
-    """Create the folder, `publish()` the checkpoint (returns its path), write the sidecar;
-    failures become `CheckpointWriteError` naming `target`, the file being written."""
+          publish, make_folder: bool = True) -> Path:
+    """Create the folder (unless `make_folder` is False), `publish()` the checkpoint
+    (returns its path), write the sidecar; failures become `CheckpointWriteError` naming
+    `target`, the file being written."""
     try:
-        folder.mkdir(parents=create_parents, exist_ok=True)
+        if make_folder:
+            folder.mkdir(parents=create_parents, exist_ok=True)
         path = publish()
     except (OSError, RuntimeError) as error:  # torch reports short writes as RuntimeError
         raise _write_failure(target, error) from error
@@ -406,11 +431,23 @@ TRAINING_STATE = ("optimizer_state_dict", "scheduler_state_dict", "data_state", 
                   "training_config", "config")
 
 
+def is_resumable(checkpoint: dict[str, Any]) -> bool:
+    """Whether the checkpoint holds everything a resume restores (not weights alone)."""
+    return all(checkpoint.get(key) is not None for key in TRAINING_STATE)
+
+
 def check_resumable(path: str | Path, checkpoint: dict[str, Any]) -> None:
     """Refuse, with the fix, a checkpoint that holds weights but no training state."""
     missing = [key for key in TRAINING_STATE if checkpoint.get(key) is None]
     if not missing:
         return
+    if "weights_dtype" in checkpoint:  # a weights-only copy of the storage plan
+        raise NotResumableError(
+            f"{path} is a weights-only copy (the storage plan keeps the optimizer state in "
+            "the run's newest checkpoint only), so training cannot continue from it exactly; "
+            "resume from the run's newest checkpoint (resume_from='latest', or 'auto' with "
+            "the same settings; on the command line --resume latest), or load these weights "
+            "for inference or fine-tuning (load_pretrained_model)")
     source = checkpoint.get("source")
     weights = source if isinstance(source, str) else "the weights' Hugging Face folder or file"
     raise NotResumableError(
@@ -490,3 +527,56 @@ def model_config_dict(model: nn.Module) -> dict[str, Any]:
     plain = json.loads(json.dumps(raw, default=str))
     plain["architecture"] = type(model).__name__
     return plain
+
+
+# --------------------------------------------------------------------------------------
+# Weights-only copies (the storage plan)
+# --------------------------------------------------------------------------------------
+
+def storage_identity(tensor: torch.Tensor) -> tuple:
+    """Which storage holds a tensor's bytes: tensors that share one (GPT-2's tied embedding
+    and head) are saved once. Holds for meta tensors too (size estimates use them)."""
+    return tensor.device.type, tensor.untyped_storage()._cdata
+
+
+def _cast_weights(state_dict: dict[str, torch.Tensor], dtype: torch.dtype
+                  ) -> dict[str, torch.Tensor]:
+    """Floating tensors in `dtype`; tensors that share storage (GPT-2's tied embedding and
+    head) stay shared, so the copy stores them once."""
+    cast: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for key, tensor in state_dict.items():
+        if not tensor.is_floating_point() or tensor.dtype == dtype:
+            out[key] = tensor
+            continue
+        identity = (storage_identity(tensor), tensor.storage_offset(), tuple(tensor.shape),
+                    tuple(tensor.stride()))
+        if identity not in cast:
+            cast[identity] = tensor.to(dtype)
+        out[key] = cast[identity]
+    return out
+
+
+def weights_only_state(state: dict[str, Any], dtype: str | None = None) -> dict[str, Any]:
+    """`state` without what only a resume needs (`RESUME_ONLY_KEYS` become None), its
+    weights in `dtype` ("bf16", "fp16"; None: as they are). Everything else stays:
+    config, metrics history, losses, run id."""
+    out = {key: None if key in RESUME_ONLY_KEYS else value for key, value in state.items()}
+    if dtype is not None:
+        out["model_state_dict"] = _cast_weights(state["model_state_dict"], HALF_DTYPES[dtype])
+    out["weights_dtype"] = dtype
+    return out
+
+
+def rewrite_weights_only(path: str | Path, dtype: str | None = None) -> Path:
+    """Replace the checkpoint at `path` by its weights-only copy (`weights_only_state`).
+
+    The copy goes to a temporary file, is fsynced and renamed over `path` (one atomic
+    step), then its sidecar follows: a kill at any moment leaves the full file or the
+    weights-only one whole under the name, never neither (while the sidecar still
+    describes the other one, listing reads the file itself). Raises `CheckpointError`
+    subclasses when the file cannot be read or the copy cannot be written (the full file
+    then stays as it was)."""
+    path = Path(path)
+    state = load_checkpoint_file(path, mmap=True)  # tensors are read while the copy is written
+    return replace_checkpoint_file(weights_only_state(state, dtype), path)

@@ -35,6 +35,11 @@ class CheckpointWriteError(CheckpointError):
     """A checkpoint could not be written (disk full, permissions); earlier ones are intact."""
 
 
+class InsufficientStorageError(CheckpointWriteError):
+    """The checkpoints a run would keep do not fit in the free space of their folder; said
+    before the first step, with the settings that make them fit."""
+
+
 # Finer kinds of the errors above, so a caller (and the bad-file tests) can tell a missing
 # file from a truncated one from a photo. Catching the base class still catches them all.
 

@@ -26,6 +26,7 @@ from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
     CHECKPOINT_NAME_RE,
     fallback_dir_for,
+    is_resumable,
     load_checkpoint_file,
     name_time,
     parse_timestamp,
@@ -65,6 +66,8 @@ class CheckpointInfo:
     run_id: str | None = None  # None: written before runs existed (the legacy run)
     run_fingerprint: str | None = None
     local_only: bool = False  # in the fallback folder, not (yet) in the checkpoint folder
+    # False for a weights-only copy (the storage plan): it loads, but cannot resume training
+    resumable: bool = True
     config: dict[str, Any] | None = field(default=None, repr=False)
     total_steps: int | None = None  # the run's step budget when it was written (None: older)
 
@@ -142,7 +145,8 @@ def _identifier(meta: dict, key: str) -> str | None:
     return value
 
 
-def _info_from_metadata(path: Path, meta: dict[str, Any], size_bytes: int) -> CheckpointInfo:
+def _info_from_metadata(path: Path, meta: dict[str, Any], size_bytes: int,
+                        resumable: bool) -> CheckpointInfo:
     """Raises ValueError naming the first field of the wrong type."""
     config = meta.get("config")
     return CheckpointInfo(
@@ -156,9 +160,19 @@ def _info_from_metadata(path: Path, meta: dict[str, Any], size_bytes: int) -> Ch
         size_bytes=size_bytes,
         run_id=_identifier(meta, "run_id"),
         run_fingerprint=_identifier(meta, "run_fingerprint"),
+        resumable=resumable,
         config=config if isinstance(config, dict) else None,
         total_steps=_integer(meta, "total_steps"),
     )
+
+
+def _sidecar_resumable(meta: dict[str, Any]) -> bool:
+    """A sidecar's `resumable`; sidecars written before weights-only copies existed lack
+    it, and every checkpoint training wrote then held the whole training state."""
+    value = meta.get("resumable", True)
+    if not isinstance(value, bool):
+        raise ValueError(f"field 'resumable' is {str(value)[:40]!r}, not true or false")
+    return value
 
 
 def _invalid(path: Path, reason: str, size: int = 0) -> CheckpointInfo:
@@ -180,23 +194,32 @@ def _checkpoint_info(path: Path) -> tuple[CheckpointInfo, dict[str, Any] | None]
     meta = read_sidecar(path)
     if meta is not None:
         try:
-            info = _info_from_metadata(path, meta, size)
+            info = _info_from_metadata(path, meta, size, _sidecar_resumable(meta))
             recorded = _integer(meta, "size_bytes")
         except ValueError:
             meta = None  # a sidecar of the wrong shape: the checkpoint itself decides
         else:
-            if recorded is not None and recorded != size:
-                info.valid = False
+            if recorded is None or recorded == size:
+                return info, meta
+            # A file rewritten (weights only) before its sidecar caught up reads fine; a
+            # truncated one does not.
+            info = _info_from_file(path, size)
+            if not info.valid:
                 info.error = (f"file is {size} bytes but its sidecar recorded {recorded}: "
                               f"truncated or overwritten")
-            return info, meta
+            return info, None
+    return _info_from_file(path, size), None
+
+
+def _info_from_file(path: Path, size: int) -> CheckpointInfo:
+    """Metadata read from the checkpoint itself (memory-mapped: no tensor is read)."""
     try:
         checkpoint = load_checkpoint_file(path, mmap=True)
-        return _info_from_metadata(path, checkpoint, size), None
+        return _info_from_metadata(path, checkpoint, size, is_resumable(checkpoint))
     except (CheckpointError, OSError, RecursionError) as error:
-        return _invalid(path, str(error) or type(error).__name__, size), None
+        return _invalid(path, str(error) or type(error).__name__, size)
     except ValueError as error:
-        return _invalid(path, f"its metadata is unusable: {error}", size), None
+        return _invalid(path, f"its metadata is unusable: {error}", size)
 
 
 # --------------------------------------------------------------------------------------

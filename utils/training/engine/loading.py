@@ -315,6 +315,16 @@ def _model_config(recognized: RecognizedCheckpoint, config: ModelConfig | dict |
     return chosen
 
 
+def half_copy_note(metadata: dict[str, Any]) -> str | None:
+    """The note for a weights-only copy saved in half precision (`weights_dtype` "bf16" or
+    "fp16", the storage plan's `weights_only_dtype`): loading upcasts it to float32."""
+    dtype = metadata.get("weights_dtype")
+    if dtype not in ("bf16", "fp16"):
+        return None
+    return (f"the file holds a {dtype} weights-only copy: its weights were upcast to "
+            f"float32 (they differ from the trained ones by {dtype} rounding)")
+
+
 # ---------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------
@@ -358,6 +368,11 @@ def load_pretrained_model(checkpoint_path: str | Path, device: str | torch.devic
         state_dict = {key: tensor.float() if tensor.dtype == torch.float64 else tensor
                       for key, tensor in state_dict.items()}
         recognized.notes.append("float64 weights were cast to float32")
+    note = half_copy_note(recognized.metadata)
+    if note:  # the model trains and runs in float32; the file saved half the bytes
+        state_dict = {key: tensor.float() if tensor.is_floating_point() else tensor
+                      for key, tensor in state_dict.items()}
+        recognized.notes.append(note)
     model.load_state_dict(state_dict, strict=True, assign=True)
     model.tie_weights()  # assign=True gave the head its own Parameter object
     leftover = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
@@ -405,6 +420,9 @@ def load_model_weights(model: nn.Module | None, checkpoint_path: str | Path,
     check_weights(state_dict, str(path))
     if any(tensor.dtype == torch.float64 for tensor in state_dict.values()):
         report.notes.append("float64 weights were cast to the model's dtype")
+    note = half_copy_note(recognized.metadata)
+    if note:  # _stage casts every tensor to the model's dtype
+        report.notes.append(note)
     staged = _stage(model, state_dict, target)
     _swap_in(model, staged)  # plain assignments from here on: nothing left to fail
     if recognized.metadata.get("gelu_approximate") == "none":

@@ -22,6 +22,7 @@ from utils.training.engine.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     NoCheckpointsError,
+    NotResumableError,
     RunNotFoundError,
 )
 from utils.training.engine.listing import (  # noqa: F401  (public here: DESIGN.md's names)
@@ -78,15 +79,34 @@ def plan_resume(checkpoint_dir: str | Path, fingerprint: str, total_steps: int) 
             f"run {run.run_id} already finished at step {run.steps} "
             f"({run.latest.filename}); nothing to train. To train further, raise the step "
             "budget (max_steps) and run again, or start another run (resume_from=None).", runs)
+    newest = next((info for info in run.checkpoints if info.resumable), run.latest)
     return ResumePlan("resume", run,
-                      f"resuming run {run.run_id} at step {run.steps} from {run.latest.path}",
-                      runs)
+                      f"resuming run {run.run_id} at step {newest.global_step or 0} from "
+                      f"{newest.path}", runs)
+
+
+def resumable_checkpoints(run: RunInfo) -> list[CheckpointInfo]:
+    """The run's checkpoints that hold the training state, newest first (weights-only
+    copies are left out); `NotResumableError` when the run keeps none."""
+    found = [info for info in run.checkpoints if info.resumable]
+    if found:
+        return found
+    raise NotResumableError(
+        f"run {run.run_id} keeps only weights-only checkpoints (the newest, which held the "
+        f"optimizer state, is gone or unreadable), so it cannot continue exactly. Fix: "
+        f"start a new run (resume_from=None, --new-run); its weights still load "
+        f"(load_pretrained_model({str(run.latest.path)!r})). keep_full=2 keeps a second "
+        f"whole checkpoint for such a case.")
 
 
 def resume_candidates(checkpoint_dir: str | Path, run: str = "latest") -> list[CheckpointInfo]:
-    """The run's checkpoints to resume from, newest first (try the next if one is bad)."""
+    """The run's checkpoints to resume from, newest first (try the next if one is bad);
+    weights-only copies are left out: they cannot resume."""
     infos = list_checkpoints(checkpoint_dir, run=run)
-    return sorted(infos, key=_newest_in_run, reverse=True)
+    if not infos:
+        return []
+    return resumable_checkpoints(RunInfo(infos[0].run, sorted(infos, key=_newest_in_run,
+                                                                reverse=True)))
 
 
 def run_not_found_error(checkpoint_dir: str | Path, run: str,

@@ -51,6 +51,7 @@ NOT_IN_FINGERPRINT = frozenset({
     "keep_last", "keep_best", "background_checkpointing", "eval_interval", "eval_batches",
     "device", "compile", "log_interval", "activation_checkpointing",
     "log_to", "log_dir", "sample_every", "sample_prompt",  # what is reported, not trained
+    "keep_full", "weights_only_dtype", "check_storage",  # where and how checkpoints are kept
 })
 
 

@@ -59,6 +59,7 @@ from utils.training.engine.distributed import (
 from utils.training.engine.errors import (
     ArchitectureMismatchError,
     CheckpointWriteError,
+    InsufficientStorageError,
     NoCheckpointsError,
     RunInUseError,
     RunMismatchError,
@@ -89,6 +90,7 @@ from utils.training.engine.recovery import (
     load_first_readable,
     load_newest_readable,
     plan_resume,
+    resumable_checkpoints,
 )
 from utils.training.engine.rng import rng_state, seed_everything, set_rng_state
 from utils.training.engine.runs import (
@@ -98,6 +100,13 @@ from utils.training.engine.runs import (
     data_sha256,
     new_run_id,
     run_fingerprint,
+)
+from utils.training.engine.storage import (
+    StoragePlan,
+    check_storage,
+    count_due_steps,
+    plan_storage,
+    sample_record,
 )
 from utils.training.engine.throughput import ThroughputMeter, model_flops_per_token, peak_flops
 from utils.training.engine.writer import CheckpointWriter, remove_stale_temp_files
@@ -461,6 +470,11 @@ class Trainer:
             seed_everything(self.config.seed)  # same seed on every rank: identical dropout
         self._say_precision()
         writer = self._make_writer()
+        try:
+            self._check_storage(writer)  # before the first step: said, or refused
+        except BaseException:
+            self._finish(writer, failed=True)
+            raise
         compiled = self._compiled_model()
         training_model = self.dist.wrap(self.model if compiled is None else compiled)
         training_model.train()
@@ -608,8 +622,8 @@ class Trainer:
                 self._lock_run(plan.run.run_id)  # before anything changes: it may be in use
             if plan.action != "new":
                 self._say(plan.message)
-                load_first_readable(plan.run.checkpoints, self.load_checkpoint, folder,
-                                    f"of run {plan.run.run_id} ", "newest")
+                load_first_readable(resumable_checkpoints(plan.run), self.load_checkpoint,
+                                    folder, f"of run {plan.run.run_id} ", "newest")
             if plan.action == "finished":
                 self.finished = True
                 return False
@@ -688,7 +702,42 @@ class Trainer:
                                fallback_folder=fallback_dir_for(config.checkpoint_dir))
         return CheckpointWriter(config.checkpoint_dir, config.keep_last, config.keep_best,
                                 background=config.background_checkpointing,
-                                run_id=self.run_id)
+                                run_id=self.run_id, keep_full=config.keep_full,
+                                weights_only_dtype=config.weights_only_dtype)
+
+    def storage_plan(self) -> StoragePlan:
+        """What this run keeps at most in `config.checkpoint_dir` (`storage.py`): its
+        checkpoints (the newest `keep_full` whole, the others weights-only), best_model.pt
+        and its metrics log, sized from the model and optimizer as they are (before the
+        first step, AdamW's moments are predicted)."""
+        self._setup()
+        config, total = self.config, self.total_steps
+        every_epoch = self.steps_per_epoch if config.checkpoint_every_epoch else None
+        saves = [config.checkpoint_interval, every_epoch]
+        records = count_due_steps(total, [config.eval_interval, *saves], (total,))
+        train_lines = count_due_steps(total, [config.log_interval, config.eval_interval,
+                                              *saves], (total,))
+        record = sample_record({"global_step": total, "epoch": total // self.steps_per_epoch})
+        if self.val_loader is None:
+            record.update(val_loss=None, perplexity=None)
+        state = self.checkpoint_state(record)  # live tensors: measured, never copied
+        state.update(global_step=total, epoch=record["epoch"])
+        return plan_storage(config.checkpoint_dir, state, self.optimizer, config,
+                            checkpoints=count_due_steps(total, saves, (total,)),
+                            records=records, log_lines=(train_lines, records),
+                            best_model=self.val_loader is not None)
+
+    def _check_storage(self, writer: CheckpointWriter | None) -> None:
+        """Say what the run keeps at most in its folder and the free space there; refuse
+        a plan that does not fit unless `check_storage` is False (all ranks stop)."""
+        error: BaseException | None = None
+        if writer is not None:
+            try:
+                self._say(check_storage(self.storage_plan(), self.run_id,
+                                        refuse=self.config.check_storage))
+            except InsufficientStorageError as caught:
+                error = caught
+        self._fail_together(error)
 
     def _progress_bar(self):
         from tqdm.auto import tqdm

@@ -9,6 +9,13 @@ file this writer wrote, and DESIGN.md's name pattern). Any other file in the fol
 older run, a colleague's model, a converted file, something someone resumed from) is
 never deleted or overwritten.
 
+The storage plan: only the run's newest `keep_full` checkpoints keep the training state
+(optimizer, scheduler, scaler, RNG) that a resume needs; every other checkpoint retention
+keeps is rewritten weights-only once it is no longer among them (`keep_newest_full`), and
+`best_model.pt` is always a weights-only file of its own (never a link to a checkpoint,
+so writing over it changes nothing else). `weights_only_dtype` writes those copies in
+bf16 or fp16.
+
 When the checkpoint folder fails (Google Drive disconnected, quota, read-only, gone), the
 checkpoint is written to a local fallback folder and training goes on; the checkpoint
 folder is tried again at every later checkpoint, and the local-only checkpoints are copied
@@ -19,6 +26,7 @@ counts against the quota, so retention empties a file (truncates it) before unli
 from __future__ import annotations
 
 import filecmp
+import gc
 import os
 import threading
 import time
@@ -29,14 +37,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.fileio import (
+from utils.fileio import (  # noqa: F401  (DRIVE_ROOTS, DRIVE_ROOT_ENV: public here too)
+    DRIVE_ROOT_ENV,
+    DRIVE_ROOTS,
     TEMP_SUFFIX,
     TempOwner,
     copy_atomically,
     fsync_directory,
     host_id,
     link_atomically,
+    on_google_drive,
     temp_file_owner,
+    temp_file_pid,
 )
 from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
@@ -47,18 +59,16 @@ from utils.training.engine.checkpoint import (
     names_beside,
     read_sidecar,
     record_fallback_folder,
+    replace_checkpoint_file,
+    rewrite_weights_only,
     save_checkpoint_in,
     sidecar_path,
+    weights_only_state,
     write_sidecar,
 )
-from utils.training.engine.errors import CheckpointWriteError
-from utils.training.engine.listing import named_checkpoints
+from utils.training.engine.errors import CheckpointError, CheckpointWriteError
+from utils.training.engine.listing import CheckpointInfo, named_checkpoints
 from utils.training.engine.runs import is_lease_name
-
-# Where Google Drive is mounted in Colab; UTILS_DRIVE_ROOT adds another (tests, stand-ins).
-DRIVE_ROOTS = ("/content/drive",)
-DRIVE_ROOT_ENV = "UTILS_DRIVE_ROOT"
-
 
 # --------------------------------------------------------------------------------------
 # Snapshot: a CPU copy of the training state that the writer thread can save at leisure.
@@ -142,13 +152,6 @@ def snapshot(state: Any, buffers: SnapshotBuffers | None = None,
 # Deleting: only our own files, and without filling Drive's trash
 # --------------------------------------------------------------------------------------
 
-def on_google_drive(path: Path) -> bool:
-    roots = [*DRIVE_ROOTS, *filter(None, [os.environ.get(DRIVE_ROOT_ENV)])]
-    resolved = str(Path(path).absolute())
-    return any(resolved == root or resolved.startswith(root.rstrip("/") + "/")
-               for root in roots)
-
-
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -159,7 +162,8 @@ def _same_file(a: Path, b: Path) -> bool:
 def remove_checkpoint(path: Path) -> None:
     """Delete a checkpoint and its sidecar. On Google Drive the file is first truncated, so
     the copy Drive keeps in its trash costs no quota, unless it is also `best_model.pt`
-    (a hard link to the same data)."""
+    (a hard link to the same data, as folders written before best_model.pt was a file of
+    its own may hold)."""
     best = path.with_name(BEST_MODEL_NAME)
     if on_google_drive(path) and not _same_file(path, best):
         try:
@@ -172,18 +176,16 @@ def remove_checkpoint(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def update_best_model(checkpoint_path: Path) -> Path:
-    """Point `best_model.pt` (and its sidecar) at `checkpoint_path`, atomically.
-
-    A hard link costs nothing; on Google Drive and where links are not supported the file
-    is copied (a link would let retention's truncation empty best_model.pt too). Either way
-    the old best stays in place until the rename. The sidecar names the source and its run.
-    """
+def write_best_model(state: dict[str, Any], checkpoint_path: Path,
+                     weights_only_dtype: str | None = None) -> Path:
+    """Write `best_model.pt` beside `checkpoint_path`: the weights of `state` (the
+    checkpoint just written there), weights-only, in a file of its own, durably (the old
+    best stays whole until the atomic rename). Its sidecar names the source checkpoint and
+    the run."""
     best = checkpoint_path.with_name(BEST_MODEL_NAME)
     try:
-        if on_google_drive(checkpoint_path) or not link_atomically(checkpoint_path, best):
-            copy_atomically(checkpoint_path, best)
-        meta = read_sidecar(checkpoint_path) or {}
+        replace_checkpoint_file(weights_only_state(state, weights_only_dtype), best)
+        meta = read_sidecar(best) or {}
         meta["source"] = checkpoint_path.name
         write_sidecar(best, meta)
     except (OSError, RuntimeError, ValueError) as error:
@@ -210,6 +212,20 @@ def copy_checkpoint(source: Path, folder: Path, run_id: str | None = None) -> Pa
     return target
 
 
+def own_checkpoints(checkpoint_dir: str | Path, run_id: str | None = None,
+                    written: set[Path] | None = None) -> list[CheckpointInfo]:
+    """The writing run's checkpoints: DESIGN.md's name pattern and run id `run_id`, or one
+    of `written` (files this writer made)."""
+    written = {Path(p).absolute() for p in written or ()}
+    return [info for info in named_checkpoints(checkpoint_dir)
+            if info.path.absolute() in written
+            or (run_id is not None and info.run_id == run_id)]
+
+
+def _newest_first(infos: list[CheckpointInfo]) -> list[CheckpointInfo]:
+    return sorted(infos, key=lambda i: (i.global_step or 0, i.sort_time()), reverse=True)
+
+
 def apply_retention(checkpoint_dir: str | Path, keep_last: int | None,
                     keep_best: int | None, protect: tuple[Path, ...] = (),
                     run_id: str | None = None, written: set[Path] | None = None) -> list[Path]:
@@ -223,12 +239,8 @@ def apply_retention(checkpoint_dir: str | Path, keep_last: int | None,
     """
     if keep_last is None or keep_best is None:
         return []
-    written = {Path(p).absolute() for p in written or ()}
-    infos = [info for info in named_checkpoints(checkpoint_dir)
-             if info.path.absolute() in written
-             or (run_id is not None and info.run_id == run_id)]
-    newest = sorted(infos, key=lambda i: (i.global_step or 0, i.sort_time()),
-                    reverse=True)[:keep_last]
+    infos = own_checkpoints(checkpoint_dir, run_id, written)
+    newest = _newest_first(infos)[:keep_last]
     scored = [info for info in infos if info.val_loss is not None]
     best = sorted(scored, key=lambda info: info.val_loss)[:keep_best]
     keep = {info.path.absolute() for info in (*newest, *best)}
@@ -246,6 +258,36 @@ def apply_retention(checkpoint_dir: str | Path, keep_last: int | None,
     for folder in {path.parent for path in deleted}:
         fsync_directory(folder)
     return deleted
+
+
+def keep_newest_full(checkpoint_dir: str | Path, keep_full: int | None,
+                     weights_only_dtype: str | None = None, run_id: str | None = None,
+                     written: set[Path] | None = None) -> list[Path]:
+    """Rewrite the writing run's checkpoints weights-only (`rewrite_weights_only`), all but
+    its newest `keep_full` (by step): those keep the training state a resume needs.
+    `None` keeps every checkpoint whole. Which checkpoints are the run's own: as in
+    `apply_retention`. A checkpoint that cannot be rewritten stays whole (a warning says
+    why). Returns the rewritten paths."""
+    if keep_full is None:
+        return []
+    older = _newest_first(own_checkpoints(checkpoint_dir, run_id, written))[keep_full:]
+    rewritten, failed = [], False
+    for info in older:
+        if not info.resumable:
+            continue  # already weights-only
+        try:
+            rewrite_weights_only(info.path, weights_only_dtype)
+        except (CheckpointError, OSError) as error:
+            warnings.warn(f"could not rewrite {info.path} weights-only (it stays whole): "
+                          f"{error}", stacklevel=2)
+            failed = True
+            continue
+        rewritten.append(info.path)
+    if failed:
+        # A failed write's traceback holds the file it read (memory-mapped) in a reference
+        # cycle; release it now, so that a drive that turned read-only can be unmounted.
+        gc.collect()
+    return rewritten
 
 
 def _alive(pid: int) -> bool:
@@ -311,7 +353,8 @@ def remove_stale_temp_files(checkpoint_dir: str | Path) -> list[Path]:
 # --------------------------------------------------------------------------------------
 
 class CheckpointWriter:
-    """Writes checkpoints to `checkpoint_dir`, then updates `best_model.pt` and prunes.
+    """Writes checkpoints to `checkpoint_dir`, then prunes (retention, then the storage
+    plan's weights-only rewrites) and writes `best_model.pt`.
 
     `submit(state, is_best)` snapshots `state` to CPU on the calling thread (the only
     time training is blocked), waits for the previous write if it is still running, and
@@ -322,13 +365,16 @@ class CheckpointWriter:
 
     def __init__(self, checkpoint_dir: str | Path, keep_last: int | None = 3,
                  keep_best: int | None = 1, background: bool = True,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, keep_full: int | None = 1,
+                 weights_only_dtype: str | None = None) -> None:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.fallback_dir = fallback_dir_for(checkpoint_dir)
         # Taken now, while the folder works: the fallback folder records it when first used.
         self.folder_identity = folder_identity(checkpoint_dir)
         self.keep_last = keep_last
         self.keep_best = keep_best
+        self.keep_full = keep_full  # newest checkpoints that stay whole (None: all)
+        self.weights_only_dtype = weights_only_dtype
         self.background = background
         self.run_id = run_id
         self.buffers = SnapshotBuffers()
@@ -410,12 +456,12 @@ class CheckpointWriter:
             self._copy_back()
         self.last_path = path
         self.written.add(path.absolute())
+        self._prune(protect=(path,))  # before best_model.pt: the folder's peak stays lower
         if is_best:
             try:
-                update_best_model(path)
+                write_best_model(state, path, self.weights_only_dtype)
             except CheckpointWriteError as error:  # the checkpoint itself is safe
                 self.notices.append(f"best_model.pt not updated: {error}")
-        self._prune(protect=(path,))
 
     def _write_locally(self, state: dict[str, Any], error: CheckpointWriteError) -> Path:
         """The checkpoint folder failed: write to the fallback folder, keep training."""
@@ -453,10 +499,13 @@ class CheckpointWriter:
     def _prune(self, protect: tuple[Path, ...]) -> None:
         # Listing the checkpoint folder includes its fallback folder: one retention over
         # both. While the checkpoint folder is gone, prune the fallback folder alone.
+        # Retention first: a checkpoint about to be deleted is never rewritten.
         folder = self.checkpoint_dir if self.checkpoint_dir.is_dir() else self.fallback_dir
         try:
             apply_retention(folder, self.keep_last, self.keep_best, protect=protect,
                             run_id=self.run_id, written=self.written)
+            keep_newest_full(folder, self.keep_full, self.weights_only_dtype,
+                             run_id=self.run_id, written=self.written)
         except OSError as error:  # pruning is housekeeping: warn, keep training
             warnings.warn(f"could not prune old checkpoints in {folder}: {error}",
                           stacklevel=2)
