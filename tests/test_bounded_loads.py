@@ -104,7 +104,8 @@ def tampered(trained: Path, folder: Path, change) -> Path:
 
 
 def bomb_in_history(state: dict) -> None:
-    state["metrics_history"][0]["note"] = shared_lists()
+    """A field `recover` writes to the CSV (and a resume copies into every checkpoint)."""
+    state["metrics_history"][0]["train_loss"] = shared_lists()
 
 
 def test_a_300_kb_checkpoint_holding_a_billion_elements_is_refused_by_resume(tmp_path,

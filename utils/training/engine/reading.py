@@ -394,7 +394,8 @@ def check_bounded(path: str | Path, value: Any, max_elements: int = MAX_ELEMENTS
     """
     expanded: dict[int, int] = {}  # id -> elements counted with repeats, once finished
     seen: set[int] = set()
-    stack: list[tuple[Any, int, bool]] = [(value, 1, False)]
+    # (container, depth, its container children once visited, how many children it has)
+    stack: list[tuple[Any, int, list | None, int]] = [(value, 1, None, 0)]
 
     def refuse(why: str) -> CorruptCheckpointError:
         return CorruptCheckpointError(
@@ -402,14 +403,17 @@ def check_bounded(path: str | Path, value: Any, max_elements: int = MAX_ELEMENTS
             f"before anything expanded it (a crafted or damaged file). Fix: {fix}.")
 
     while stack:
-        node, depth, children_done = stack.pop()
-        key = id(node)
-        if children_done:
-            expanded[key] = 1 + sum(expanded.get(id(child), 1) for child in _children(node))
-            if expanded[key] > max_elements:
+        node, depth, inner, count = stack.pop()
+        if inner is not None:  # its container children are counted: count it
+            total = 1 + count - len(inner) + sum(expanded[id(child)] for child in inner)
+            if total > max_elements:
                 raise refuse(f"expands to more than {max_elements:,} elements through shared "
                              "references")
+            expanded[id(node)] = total
             continue
+        if not isinstance(node, _CONTAINERS):
+            continue
+        key = id(node)
         if key in seen:
             if key not in expanded:
                 raise refuse("contains itself (a reference cycle)")
@@ -420,9 +424,10 @@ def check_bounded(path: str | Path, value: Any, max_elements: int = MAX_ELEMENTS
         seen.add(key)
         if depth > max_depth:
             raise refuse(f"nests deeper than {max_depth} levels")
-        stack.append((node, depth, True))
-        stack.extend((child, depth + 1, False) for child in _children(node)
-                     if isinstance(child, _CONTAINERS))
+        children = _children(node)
+        containers = [child for child in children if isinstance(child, _CONTAINERS)]
+        stack.append((node, depth, containers, len(children)))
+        stack.extend((child, depth + 1, None, 0) for child in containers)
     return value
 
 
