@@ -63,7 +63,8 @@ SETTING_FLAGS = {**TRAINING_FLAGS, **MODEL_FLAGS, "resume_from=None": "--new-run
 
 # Settings whose None the command line can give explicitly, and the words for it (a parsed
 # None means "not given": with --resume the checkpoint's value then stands).
-NONE_WORDS = {"grad_clip": ("none",), "keep_last": ("all", "none"), "keep_best": ("all", "none")}
+NONE_WORDS = {"grad_clip": ("none",), "keep_last": ("all", "none"), "keep_best": ("all", "none"),
+              "keep_full": ("all", "none")}
 
 
 class _ExplicitNone:
@@ -174,11 +175,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                   "log_interval", "seed", "device"):
         add_setting(run_group, field)
     checkpoints = parser.add_argument_group("checkpoints")
-    for field in ("checkpoint_interval", "checkpoint_dir", "keep_last", "keep_best",
-                  "keep_full", "weights_only_dtype"):
+    for field in ("checkpoint_interval", "checkpoint_dir"):
         add_setting(checkpoints, field)
-    for field in ("keep_last", "keep_best"):
+    for field in ("keep_last", "keep_best", "keep_full"):
         add_setting(checkpoints, field, note="all or None: keep every one")
+    add_setting(checkpoints, "weights_only_dtype")
     checkpoints.add_argument("--sync-checkpoints", action="store_true",
                              help="write checkpoints on the training thread (default: "
                                   "in the background)")
