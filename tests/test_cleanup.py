@@ -120,8 +120,10 @@ def test_copy_back_never_replaces_another_runs_file_of_the_same_name(tmp_path, l
     before = {path: sha(path) for path in (theirs, sidecar_path(theirs))}
     ours_digest = sha(ours)
 
+    # keep_full=None: every checkpoint stays whole, so the copy keeps its bytes (the storage
+    # plan would rewrite step 1 weights-only once step 2 is written)
     writer = CheckpointWriter(folder, keep_last=None, keep_best=None, background=False,
-                              run_id=RUN)
+                              run_id=RUN, keep_full=None)
     assert writer.local_only == [ours]
     writer.submit(make_state(2, 1.5, run_id=RUN))
     assert {path: sha(path) for path in before} == before

@@ -168,9 +168,8 @@ def check_output_file(path: Path, flag: str, overwrite: bool,
             raise UserError(f"{flag} {path}: the folder {path.parent} does not exist; create it "
                             "first or choose another path") from None
         return
-    except OSError as error:
-        raise UserError(f"{flag} {path} cannot be used ({error.strerror or error}); choose "
-                        "another path") from None
+    except OSError as error:  # a name too long, a loop of links, no permission: say which
+        raise UserError(f"{flag} {describe_os_error(error)}") from None
     if stat.S_ISDIR(info.st_mode):
         raise UserError(f"{flag} {path} is a folder; give a file name such as "
                         f"{path / ('metrics.csv' if 'csv' in flag else 'model.pt')}")

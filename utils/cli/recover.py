@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "runs table")
     parser.add_argument("--metrics-csv", default=None,
                         help="also write the recovered metrics history to this CSV file "
-                             "(a new name; an existing file only with --overwrite)")
+                             "(a new name; an existing file only with --overwrite; default: none)")
     parser.add_argument("--overwrite", action="store_true",
                         help="let --metrics-csv replace an existing file")
     parser.set_defaults(func=run)

@@ -183,7 +183,9 @@ def fallback_dir_for(checkpoint_dir: str | Path) -> Path:
     root = Path(os.environ.get(FALLBACK_ROOT_ENV) or Path(tempfile.gettempdir())
                 / "gpt2-checkpoint-fallback")
     digest = hashlib.sha1(str(folder).encode()).hexdigest()[:10]
-    own = root / f"{folder.name or 'root'}-{digest}"
+    # the name shortened: a folder name near the file system's 255-byte limit plus the
+    # digest would not fit (the digest keeps it unique)
+    own = root / f"{folder.name[:64] or 'root'}-{digest}"
     if own.is_dir():
         return own
     identity = folder_identity(folder)
