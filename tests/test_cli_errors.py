@@ -11,7 +11,6 @@ import contextlib
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -219,13 +218,8 @@ def unmount(where: Path) -> None:
 
 
 def run_cli_with_token_cache(cache: Path, *args: object):
-    """The command line, as a real process, with its token cache in `cache` (set here until
-    the command line has its --cache-dir flag)."""
-    code = ("import sys; from pathlib import Path; import utils.data.prepare as prepare; "
-            f"prepare.DEFAULT_CACHE_DIR = Path({str(cache)!r}); "
-            "from utils.__main__ import main; sys.exit(main())")
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300)
+    """`train ...` as a real process, with its token cache in `cache` (`--cache-dir`)."""
+    return run_cli(*args, "--cache-dir", cache)
 
 
 def fresh_corpus(path: Path) -> Path:

@@ -188,6 +188,12 @@ def write_output(path: Path, write: Callable[[BinaryIO], object], flag: str, ove
     old file keeps them). A file that appeared since `check_output_file` is not replaced."""
     from utils.fileio import write_atomically
 
-    if not write_atomically(path, write, replace=overwrite):
+    try:
+        written = write_atomically(path, write, replace=overwrite)
+    except OSError as error:
+        if error.filename is None:  # a write() that failed (disk full) names no file
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
+    if not written:
         raise UserError(f"{flag} {path} exists; choose another name or pass {overwrite_flag} "
                         "to replace it")
