@@ -302,7 +302,8 @@ def test_notebook_data_cells_take_a_nanogpt_folder_and_say_what_they_found(tmp_p
     chars, ids = write_nanogpt_char_folder(
         tmp_path, "the notebook reads nanoGPT data as it is. " * 20, train_tokens=700)
     namespace = {"DATA_PATH": str(tmp_path), "TOKENIZER": "gpt2", "BATCH_SIZE": 2,
-                 "CONTEXT_LENGTH": 8, "SEED": 0, "CACHE_DIR": ""}
+                 "CONTEXT_LENGTH": 8, "SEED": 0, "CACHE_DIR": "", "VAL_FRACTION": 0.1,
+                 "VAL_SPLIT": "end"}
     for number in (6, 7, 8, 9, 10):
         exec(_cell_source(number), namespace)
     out = capsys.readouterr().out
