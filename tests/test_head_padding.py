@@ -137,7 +137,8 @@ def test_a_checkpoint_trained_unpadded_resumes_bitwise_with_the_padded_head(tmp_
         monkeypatch.setattr(GPTModel, "pad_head", pad)
         config = TrainingConfig(max_steps=steps, batch_size=2, eval_interval=4, eval_batches=1,
                                 checkpoint_interval=4, checkpoint_dir=str(folder),
-                                device="cpu", background_checkpointing=False, log_interval=2)
+                                device="cpu", background_checkpointing=False, log_interval=2,
+                                keep_full=None)  # step 4 stays resumable after step 8
         return Trainer(_model(), config, tokens[:3500], tokens[3500:], progress=False)
 
     old = trainer(tmp_path / "a", 8, False)
