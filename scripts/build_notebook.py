@@ -562,9 +562,10 @@ code(37, "Resume Training from the Latest Checkpoint", '''
 # Cell 32 trained, else the newest with these settings; it keeps its own saved training
 # settings, and is refused on other data. An unfinished run keeps its learning-rate
 # schedule; a finished one is extended. After a crash: Cells 1-13 and 15 first.
-from utils.notebook import continue_training, friendly_errors
+from utils.notebook import check_form, continue_training, friendly_errors
 
 with friendly_errors("RESUME_EXTRA_STEPS", "RUN_ID"):
+    check_form(globals(), "RESUME_EXTRA_STEPS", "RUN_ID")
     trainer = continue_training(globals())
 ''')
 

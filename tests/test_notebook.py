@@ -754,3 +754,45 @@ def test_cell_37_continues_with_the_runs_saved_settings_to_its_target():
     assert (config.device, config.checkpoint_dir, config.eval_interval) == ("cpu", "here", 7)
     assert config.max_steps == 100  # an unfinished run keeps its schedule
     assert nb.continued_config({**saved, "total_steps": 24}, form, target=28).max_steps == 28
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_cell_37_continues_the_chosen_run_with_its_settings_and_refuses_other_data(tmp_path,
+                                                                                  capsys):
+    """RUN_ID names a run trained with another learning rate than the form's: Cell 37
+    continues it with its own (its checkpoints say so) up to MAX_STEPS + RESUME_EXTRA_STEPS,
+    a second call trains nothing, and on other data it is refused before anything changes."""
+    import numpy as np
+    import torch
+
+    from tests import _train_worker as worker
+    from utils.data import BatchLoader
+    from utils.training.engine.errors import RunMismatchError
+    from utils.training.engine.recovery import list_runs
+
+    run_trainer = worker.make_trainer(tmp_path, steps=4, learning_rate=2e-3)
+    run_trainer.fit(resume_from=None)
+    [run] = list_runs(tmp_path)
+    train, val = worker.tokens()
+    session = worker.make_trainer(tmp_path, steps=4, learning_rate=5e-4)  # the form's settings
+    namespace = {"RUN_ID": run.run_id, "MAX_STEPS": 4, "RESUME_EXTRA_STEPS": 2,
+                 "CHECKPOINT_DIR": str(tmp_path), "TOKENIZER": "byte", "model": session.model,
+                 "training_config": session.config, "initialised_from": "scratch",
+                 "train_loader": BatchLoader(train, 4, worker.MODEL.context_length, seed=7),
+                 "val_loader": BatchLoader(val, 4, worker.MODEL.context_length, seed=8)}
+    other = dict(namespace, train_loader=BatchLoader(np.flip(train).copy(), 4,
+                                                     worker.MODEL.context_length, seed=7))
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    with pytest.raises(RunMismatchError, match="trained on other data"):
+        nb.continue_training(other)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+
+    trainer = nb.continue_training(namespace)
+    assert trainer.run_id == run.run_id and trainer.global_step == 6
+    newest = max(list_runs(tmp_path)[0].checkpoints, key=lambda info: info.global_step)
+    saved = torch.load(newest.path, weights_only=True)
+    assert saved["training_config"]["learning_rate"] == 2e-3  # the run's, not the form's
+    assert saved["run_id"] == run.run_id and saved["global_step"] == 6
+    assert nb.continue_training(dict(namespace, trainer=trainer)) is trainer  # nothing more
+    assert "at or past Cell 37's target MAX_STEPS + RESUME_EXTRA_STEPS = 6" in \
+        capsys.readouterr().out

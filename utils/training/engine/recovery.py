@@ -23,6 +23,7 @@ from utils.training.engine.errors import (
     CorruptCheckpointError,
     NoCheckpointsError,
     NotResumableError,
+    RunMismatchError,
     RunNotFoundError,
 )
 from utils.training.engine.listing import (  # noqa: F401  (public here: DESIGN.md's names)
@@ -158,12 +159,13 @@ def load_first_readable(candidates: list[CheckpointInfo], load: Callable[[Path],
     """`(path, load(path), names skipped)` for the first of `candidates` that `load` can
     read; each one before it that cannot (damaged since it was listed) is skipped with a
     `CheckpointWarning` naming it. An architecture mismatch is not skipped (the model is
-    wrong, not the file). `which` and `order` word the messages ("of run X ", "newest")."""
+    wrong, not the file), nor other data (`RunMismatchError`). `which` and `order` word
+    the messages ("of run X ", "newest")."""
     skipped, reasons = [], []
     for info in candidates:
         try:
             return info.path, load(info.path), skipped
-        except ArchitectureMismatchError:
+        except (ArchitectureMismatchError, RunMismatchError):
             raise
         except (CheckpointError, OSError) as error:
             skipped.append(printable_name(info.filename))

@@ -396,9 +396,9 @@ class Trainer:
         path = Path(checkpoint)
         state = load_checkpoint_file(path, mmap=False)
         check_resumable(path, state)  # a weights-only file (a convert output) says so
-        self._check_same_data(path, state)  # before anything is changed
         model = unwrap_model(self.model)
         _check_fits(model, state, path)  # before touching anything: a mismatch changes nothing
+        self._check_same_data(path, state)  # the same: other data changes nothing
         model.load_state_dict(state["model_state_dict"], strict=True)
         self.optimizer.load_state_dict(state["optimizer_state_dict"])
         self.scheduler.load_state_dict(state["scheduler_state_dict"])
