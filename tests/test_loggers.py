@@ -109,9 +109,11 @@ def test_a_killed_run_resumes_the_same_tensorboard_and_csv_curves(tmp_path, unin
         curve = scalar_steps(board, tag)
         assert sorted(curve) == steps, tag
         assert all(curve[s] == np.float32(expected[s]) for s in steps), tag
-    for tag in ("train/learning_rate", "train/grad_norm", "train/tokens_per_s", "train/mfu",
+    for tag in ("train/learning_rate", "train/grad_norm", "train/tokens_per_s",
                 "val/perplexity"):
         assert sorted(scalar_steps(board, tag)) == steps, tag
+    # a CPU has no data-sheet peak: MFU is not known, so it is not logged (GPUs: test_cuda)
+    assert "train/mfu" not in board.Tags()["scalars"]
     assert all(math.isfinite(v) and v > 0 for v in scalar_steps(board, "train/grad_norm").values())
 
     table = pd.read_csv(folder / L.CSV_NAME)
