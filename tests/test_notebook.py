@@ -160,7 +160,8 @@ def test_whole_notebook_runs_headless_in_quick_mode_as_in_colab(tmp_path, monkey
 
     kept = list_checkpoints(my_drive / "gpt2-training" / "checkpoints")
     assert [info.resumable for info in kept].count(True) == 1 < len(kept)  # 10 and 15
-    assert "(resumable)" in outputs[34]  # the table Cell 34 shows says which can resume
+    # the table Cell 34 shows says which can resume
+    assert "resumable" in outputs[34] and "weights only" in outputs[34]
     # training wrote checkpoints, recovery and loading found them, the summary is complete
     assert "✅ model" in outputs[35] and "✅ results" in outputs[35]
     assert "✅ checkpoint_path" in outputs[35] and "✅ best_checkpoint_path" in outputs[35]
@@ -693,7 +694,7 @@ def test_export_takes_the_loaded_checkpoint_unless_told_otherwise(two_checkpoint
 
 
 def test_checkpoints_table_has_the_text_reports_rows_and_arrow(two_checkpoints):
-    from utils.reports import available_checkpoints_report, checkpoints_table
+    from utils.reports import available_checkpoints_report, checkpoints_table, resume_text
     from utils.training.engine.recovery import list_checkpoints
 
     infos = list_checkpoints(two_checkpoints)
@@ -702,6 +703,8 @@ def test_checkpoints_table_has_the_text_reports_rows_and_arrow(two_checkpoints):
     assert list(table[""]) == ["", "→"] and "→ [1]" in text
     assert list(table.step) == [info.global_step for info in infos]
     assert list(table.file) == [info.filename for info in infos]
+    assert list(table.kept) == [resume_text(info) for info in infos]
+    assert all(f"({kept})" in text for kept in table.kept)
 
 
 def test_cell_3_training_settings_come_from_training_config():

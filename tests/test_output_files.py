@@ -222,8 +222,6 @@ def trained(tmp_path_factory) -> Path:
     return root / "ck"
 
 
-@pytest.mark.xfail(strict=True, reason="needs branch storage: best_model.pt is still a hard "
-                                       "link to the best checkpoint on this branch")
 def test_no_two_files_of_a_training_share_an_inode(trained):
     files = [path for path in trained.iterdir() if path.is_file()]
     assert any(path.name == "best_model.pt" for path in files)
@@ -235,8 +233,6 @@ def test_no_two_files_of_a_training_share_an_inode(trained):
     assert all(len(names) == 1 for names in inodes.values()), inodes
 
 
-@pytest.mark.xfail(strict=True, reason="needs branch storage: best_model.pt is still a hard "
-                                       "link to the best checkpoint on this branch")
 def test_a_users_torch_save_over_best_model_changes_no_checkpoint(tmp_path, trained):
     ck = tmp_path / "ck"
     subprocess.run(["cp", "-a", str(trained), str(ck)], check=True)  # keeps hard links

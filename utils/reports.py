@@ -81,7 +81,8 @@ def available_checkpoints_report(infos: Sequence[Any], selected_path: str | Path
 
 def checkpoints_table(infos: Sequence[Any], selected_path: str | Path | None = None):
     """AVAILABLE CHECKPOINTS as a pandas DataFrame (the notebook renders it as a table):
-    the same rows and index numbers as `available_checkpoints_report`, → on the selected."""
+    the same rows and index numbers as `available_checkpoints_report`, → on the selected,
+    and which can resume training ("kept": resumable / weights only)."""
     import pandas as pd
 
     from utils.training.engine.recovery import printable_name
@@ -91,10 +92,11 @@ def checkpoints_table(infos: Sequence[Any], selected_path: str | Path | None = N
              else "",
              "epoch": info.epoch, "step": info.global_step,
              "train_loss": info.train_loss, "val_loss": info.val_loss,
-             "run": getattr(info, "run", None) or "", "file": printable_name(info.filename)}
+             "run": getattr(info, "run", None) or "", "file": printable_name(info.filename),
+             "kept": resume_text(info)}
             for info in infos]
     table = pd.DataFrame(rows, columns=["", "epoch", "step", "train_loss", "val_loss", "run",
-                                        "file"])
+                                        "file", "kept"])
     return table.round({"train_loss": 4, "val_loss": 4})
 
 
