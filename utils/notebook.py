@@ -594,7 +594,10 @@ def show_table(frame: Any, text: str) -> None:
         import pandas as pd
         from IPython.display import display
 
-        with pd.option_context("display.max_colwidth", None):  # whole file names
+        # whole file names, and every column in the plain-text rendering too (what a
+        # text-only front end or a saved notebook's text shows)
+        with pd.option_context("display.max_colwidth", None, "display.max_columns", None,
+                               "display.width", 1000):
             display(frame)
     else:
         print(text)
