@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,12 +19,29 @@ LAUNCHERS = {"python -m utils": ["-m", "utils"],
                                       "sys.exit(main())"]}
 
 
+MEMORY_LIMIT = 4 << 30
+
+
+def limit_memory() -> None:
+    """In a child process: at most 4 GiB of address space, so code that would read or expand
+    without end (/dev/zero, 10^9 elements) ends in a MemoryError there instead of starving
+    the machine. (CUDA's driver cannot start in that little: such children train and load
+    with --device cpu, which never starts it, also on a machine with a GPU.)"""
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
 def run_cli(*args: object, launcher: str = "python -m utils", timeout: float = 300,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`env`: variables set on top of this process's environment."""
-    return subprocess.run([sys.executable, *LAUNCHERS[launcher], *map(str, args)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **env} if env else None)
+            env: dict[str, str] | None = None, memory_limited: bool = False
+            ) -> subprocess.CompletedProcess:
+    """`env`: variables set on top of this process's environment; `memory_limited`: the
+    child runs under `limit_memory`. A hang fails the test at `timeout` seconds."""
+    try:
+        return subprocess.run([sys.executable, *LAUNCHERS[launcher], *map(str, args)],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **env} if env else None,
+                              preexec_fn=limit_memory if memory_limited else None)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`python -m utils {' '.join(map(str, args))}` hung ({timeout} s)")
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess, *expected: str) -> str:

@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,17 @@ def start(checkpoint_dir: Path, out: Path, *args: str, tz: str | None = None,
         [sys.executable, str(WORKER), str(checkpoint_dir), str(out), "--resume", "auto", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=dict(os.environ, **extra))
+
+
+def wait_until(condition: Callable[[], bool], process: subprocess.Popen, what: str,
+               timeout: float = 60) -> None:
+    """Poll `condition` until it holds; fails the test, naming `what` it waited for, when
+    `process` ends first or `timeout` seconds pass. (A condition, never a guessed sleep.)"""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"the process ended before {what}"
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.02)
 
 
 def wait_for_step(process: subprocess.Popen, step: int, seen: list[str] | None = None) -> None:
@@ -52,6 +65,18 @@ def finish(process: subprocess.Popen) -> str:
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output[-3000:]
     return output
+
+
+def final_weights(folder: Path, step: int) -> dict:
+    """The model weights of the run's last checkpoint in `folder`, which must be at `step`
+    (the `checkpoint_*` file: best_model.pt may hold the same step)."""
+    from utils.training.engine.recovery import list_checkpoints
+
+    infos = list_checkpoints(folder)
+    assert max(info.global_step for info in infos) == step, [i.filename for i in infos]
+    [last] = [info for info in infos
+              if info.global_step == step and info.filename.startswith("checkpoint_")]
+    return torch.load(last.path, weights_only=True)["model_state_dict"]
 
 
 def file_hashes(folder: Path) -> dict[str, str]:

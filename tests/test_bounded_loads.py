@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -21,28 +20,16 @@ import pytest
 import torch
 
 from tests._ckpt_helpers import make_state
-from tests._cli_helpers import REPO_ROOT, assert_one_error_line
+from tests._cli_helpers import REPO_ROOT, assert_one_error_line, limit_memory, run_cli
 from utils.data import load_data
 from utils.training.engine.checkpoint import load_checkpoint_file, save_checkpoint
 from utils.training.engine.errors import CorruptCheckpointError
 
 TIMEOUT = 240  # far above a normal run, far below "hangs forever"
-MEMORY_LIMIT = 4 << 30
-
-
-def limit_memory() -> None:
-    """In the child: at most 4 GiB of address space, so expanding 10^9 elements fails there
-    instead of starving the machine (the children run with --device cpu)."""
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
 def cli(*args: object) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run([sys.executable, "-m", "utils", *map(str, args)], cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=TIMEOUT,
-                              preexec_fn=limit_memory)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"`python -m utils {' '.join(map(str, args))}` hung ({TIMEOUT} s)")
+    return run_cli(*args, timeout=TIMEOUT, memory_limited=True)
 
 
 def shared_lists(levels: int = 9, width: int = 10) -> list:

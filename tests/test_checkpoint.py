@@ -8,13 +8,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests._ckpt_helpers import make_state
+from tests._run_helpers import wait_until
 from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
     CHECKPOINT_KEYS,
@@ -157,15 +157,14 @@ _SLOW_WRITE = textwrap.dedent("""
 
 def test_kill_during_write_leaves_only_an_unlisted_temp_file(tmp_path):
     first = save_checkpoint(make_state(1, 2.0), tmp_path)
-    env = dict(os.environ, UTILS_TEST_CHECKPOINT_SLEEP="60")
+    paused = tmp_path.parent / f"{tmp_path.name}.paused"  # outside the checkpoint folder
+    env = dict(os.environ, UTILS_TEST_CHECKPOINT_SLEEP="60",
+               UTILS_TEST_CHECKPOINT_PAUSED=str(paused))
     process = subprocess.Popen([sys.executable, "-c", _SLOW_WRITE.format(repo=str(REPO)),
                                 str(tmp_path)], env=env)
     try:
-        deadline = time.monotonic() + 60
-        while not list(tmp_path.glob(".*.tmp")) and time.monotonic() < deadline:
-            assert process.poll() is None, "writer exited early"
-            time.sleep(0.05)
-        time.sleep(0.2)  # the temp file is complete and fsynced; the process sleeps
+        # the marker appears once the temp file is complete and fsynced, before its publish
+        wait_until(paused.exists, process, "the writer to pause before publishing")
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()

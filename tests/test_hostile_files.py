@@ -11,10 +11,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import resource
 import shutil
 import subprocess
-import sys
 import time
 import warnings
 import zipfile
@@ -24,6 +22,7 @@ import pytest
 import torch
 
 from tests._ckpt_helpers import TINY, make_state
+from tests._cli_helpers import run_cli as shared_run_cli
 from tests._train_worker import make_trainer
 from utils.training.engine import loading
 from utils.training.engine.checkpoint import read_sidecar, save_checkpoint, sidecar_path
@@ -38,25 +37,9 @@ from utils.training.engine.recovery import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 240  # seconds: far above a normal run, far below "hangs forever"
 RUN = "20250101-000000-aaaaaa"
-MEMORY_LIMIT = 4 << 30
-
-
-def limit_memory() -> None:
-    """In the child: at most 4 GiB of address space, so a file that would be read without
-    end (/dev/zero) ends in a MemoryError there instead of starving the machine. (CUDA's
-    driver cannot start in that little: the children train and load with --device cpu,
-    which never starts it, also on a machine with a GPU.)"""
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """`python -m utils ...` as a user runs it; a hang fails the test at TIMEOUT."""
-    try:
-        return subprocess.run([sys.executable, "-m", "utils", *map(str, args)], cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=TIMEOUT,
-                              preexec_fn=limit_memory)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"`python -m utils {' '.join(map(str, args))}` hung ({TIMEOUT} s)")
+def run_cli(*args: object) -> subprocess.CompletedProcess:
+    """`python -m utils ...` as a user runs it, under `limit_memory`; a hang fails at TIMEOUT."""
+    return shared_run_cli(*args, timeout=TIMEOUT, memory_limited=True)
 
 
 def three_checkpoints(folder: Path) -> list[Path]:

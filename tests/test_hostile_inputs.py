@@ -9,10 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -170,10 +167,6 @@ def tf_release(root: Path) -> Path:
     return Path(shutil.copytree(TF_FIXTURE, root / "tf"))
 
 
-def limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-
-
 TF_CASES = {
     "hparams.json is a FIFO": (lambda d: fifo(d / "hparams.json"), "not a regular file"),
     "the index links to /dev/zero": (lambda d: dev_zero(d / "model.ckpt.index"),
@@ -204,9 +197,7 @@ def test_convert_of_a_hostile_openai_tf_folder_is_one_clear_error(tmp_path, case
     make, words = TF_CASES[case]
     folder = tf_release(tmp_path)
     make(folder)
-    result = subprocess.run([sys.executable, "-m", "utils", "convert", str(folder), "-o",
-                             str(tmp_path / "out.pt")], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=300, preexec_fn=limit_memory)
+    result = run_cli("convert", folder, "-o", tmp_path / "out.pt", memory_limited=True)
     assert_one_error_line(result, words)
     assert not (tmp_path / "out.pt").exists()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests._run_helpers import final_weights
 from tests.notebook_helpers import (
     NOTEBOOK_PATH,
     REPO_ROOT,
@@ -81,12 +82,6 @@ def write_another_run(folder: Path) -> set[str]:
     assert result.returncode == 0, result.stderr
     return {path.name for path in folder.iterdir()} - before - {BEST_MODEL_NAME,
                                                                  f"{BEST_MODEL_NAME}.json"}
-
-
-def final_weights(folder: Path, step: int) -> dict:
-    [info] = [i for i in list_checkpoints(folder) if i.global_step == step
-              and i.filename.startswith("checkpoint_")]
-    return torch.load(info.path, weights_only=True)["model_state_dict"]
 
 
 @pytest.mark.slow

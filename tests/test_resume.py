@@ -25,6 +25,7 @@ from tests._run_helpers import (
     kill_after_step,
     start,
     wait_for_step,
+    wait_until,
 )
 from utils.training.engine.recovery import list_checkpoints
 
@@ -32,13 +33,11 @@ DETERMINISTIC = ("step", "epoch", "train_loss", "val_loss", "perplexity", "learn
                  "tokens_seen")
 
 
-def _kill_during_write(process: subprocess.Popen, checkpoint_dir: Path) -> Path:
-    deadline = time.monotonic() + 120
-    while not list(checkpoint_dir.glob(".checkpoint_*.pt.*tmp")):
-        assert process.poll() is None, "worker exited before writing a checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint write started"
-        time.sleep(0.02)
-    time.sleep(0.3)  # temporary file written and fsynced; the writer sleeps before replace
+def _kill_during_write(process: subprocess.Popen, checkpoint_dir: Path, paused: Path) -> Path:
+    """SIGKILL the worker while a checkpoint's temp file is complete and fsynced but not yet
+    published (`paused` appears then: the worker runs with UTILS_TEST_CHECKPOINT_PAUSED)."""
+    wait_until(paused.exists, process, "a checkpoint write to pause before publishing",
+               timeout=120)
     process.send_signal(signal.SIGKILL)
     process.wait()
     [temporary] = checkpoint_dir.glob(".checkpoint_*.pt.*tmp")
@@ -62,8 +61,10 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(tmp_path, uninte
         _assert_only_valid_checkpoints(checkpoint_dir)
     before = {info.global_step for info in list_checkpoints(checkpoint_dir)}
 
-    slow_writes = start(checkpoint_dir, out, env={"UTILS_TEST_CHECKPOINT_SLEEP": "60"})
-    temporary = _kill_during_write(slow_writes, checkpoint_dir)
+    paused = tmp_path / "paused"
+    slow_writes = start(checkpoint_dir, out, env={"UTILS_TEST_CHECKPOINT_SLEEP": "60",
+                                                  "UTILS_TEST_CHECKPOINT_PAUSED": str(paused)})
+    temporary = _kill_during_write(slow_writes, checkpoint_dir, paused)
     _assert_only_valid_checkpoints(checkpoint_dir)
     assert {info.global_step for info in list_checkpoints(checkpoint_dir)} == before
     assert temporary.stat().st_size > 0  # complete but never renamed, never listed

@@ -22,6 +22,7 @@ from tests._ckpt_helpers import make_state
 from tests._run_helpers import (
     assert_same_weights,
     file_hashes,
+    final_weights,
     finish,
     kill_after_step,
     start,
@@ -177,12 +178,6 @@ def cli(folder: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
                             env=environment)
 
 
-def final_weights(folder: Path) -> dict:
-    newest = max(list_checkpoints(folder), key=lambda info: info.global_step)
-    assert newest.global_step == 30
-    return torch.load(newest.path, weights_only=True)["model_state_dict"]
-
-
 def test_the_same_cli_command_after_a_kill_continues_the_run(tmp_path):
     reference_dir, folder = tmp_path / "reference", tmp_path / "checkpoints"
     finish(cli(reference_dir))
@@ -198,7 +193,7 @@ def test_the_same_cli_command_after_a_kill_continues_the_run(tmp_path):
 
     output = finish(cli(folder))  # what "Run all" / the same command does after the crash
     assert f"resuming run {list_runs(folder)[0].run_id} at step {steps[-1]}" in output
-    assert_same_weights(final_weights(folder), final_weights(reference_dir))
+    assert_same_weights(final_weights(folder, 30), final_weights(reference_dir, 30))
     assert len(list_runs(folder)) == 1
 
     again = finish(cli(folder))

@@ -78,10 +78,18 @@ HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _SLEEP_BEFORE_REPLACE_ENV = "UTILS_TEST_CHECKPOINT_SLEEP"
 
 
+# With it, `UTILS_TEST_CHECKPOINT_PAUSED` names a file created as the pause starts: the
+# condition a test waits for (the temp file is complete and fsynced) instead of a guess.
+_PAUSED_MARKER_ENV = "UTILS_TEST_CHECKPOINT_PAUSED"
+
+
 def _test_pause() -> None:
     delay = float(os.environ.get(_SLEEP_BEFORE_REPLACE_ENV, "0") or 0)
     if delay > 0:
+        if marker := os.environ.get(_PAUSED_MARKER_ENV):
+            Path(marker).touch()
         time.sleep(delay)
+
 # Where checkpoints go while the checkpoint folder fails (Drive disconnected, quota, ...).
 FALLBACK_ROOT_ENV = "UTILS_FALLBACK_CHECKPOINT_ROOT"
 
