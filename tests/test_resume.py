@@ -95,7 +95,7 @@ def _kill_during_rewrite(process: subprocess.Popen, checkpoint_dir: Path,
     while True:
         for temporary in checkpoint_dir.glob(".checkpoint_*.pt.*tmp"):
             rewritten = checkpoint_dir / temporary.name[1:].rsplit(".", 2)[0]
-            if rewritten.exists():
+            if rewritten.suffix == ".pt" and rewritten.exists():  # not a sidecar's rewrite
                 time.sleep(delay)
                 process.send_signal(signal.SIGKILL)
                 process.wait()
