@@ -1,8 +1,11 @@
 """Durable writes: a file appears complete under its name, or not at all.
 
-The one way this project writes files that must survive a crash (checkpoints, sidecars,
-best_model.pt, the token cache's metadata): write a hidden temporary file in the
+The one way this project writes its files (checkpoints, sidecars, best_model.pt, the token
+cache, exported weights, downloads, CLI outputs): write a hidden temporary file in the
 same folder, flush and fsync it, give it its final name atomically, fsync the folder.
+`write_atomically` is the common case; `PendingFile` is the same steps for a writer that
+learns the final name only at the end, `write_folder_atomically` for a set of files
+(a Hugging Face folder) that other libraries write by path.
 A crash at any moment leaves the previous state, or the new complete file, plus at most a
 hidden `.NAME.PID-HOST.tmp` that readers never pick up; its name says which process on which
 machine wrote it, so a cleanup can tell an abandoned one from another machine's write in
@@ -19,6 +22,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,31 +112,101 @@ def _publish(temporary: Path, final_path: Path, replace: bool) -> bool:
     return True
 
 
+class PendingFile:
+    """A file being written under a temporary name, published under its final name only
+    once complete: `write_atomically`'s steps for a writer that knows the final name only
+    at the end (the token cache's file is named by the sha256 of what it holds).
+
+        with PendingFile(temporary) as pending:
+            pending.handle.write(...)
+            pending.publish(final_path)
+
+    Leaving the block without a publish (an error, Ctrl-C, `replace=False` refused)
+    closes and deletes the temporary file.
+    """
+
+    def __init__(self, temporary: Path) -> None:
+        self.temporary = Path(temporary)
+        self.handle: BinaryIO = open(self.temporary, "wb")  # noqa: SIM115 (closed by sync/discard)
+        self._published = False
+
+    def sync(self) -> None:
+        """Flush and fsync the content and close the file: it is complete on disk. Called by
+        `publish`; call it earlier to see a full disk before choosing the final name."""
+        if not self.handle.closed:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+
+    def publish(self, final_path: Path, replace: bool = True) -> bool:
+        """Give the synced file its final name and fsync the folder. `replace=False`: an
+        existing `final_path` is left alone and False returned (the temporary is deleted
+        when the block ends)."""
+        self.sync()
+        self._published = _publish(self.temporary, final_path, replace)
+        if self._published:
+            fsync_directory(final_path.parent)
+        return self._published
+
+    def discard(self) -> None:
+        """Close and delete the temporary file (nothing is published). Closing flushes, and
+        can fail again on a full disk: the file is deleted all the same."""
+        try:
+            self.handle.close()
+        finally:
+            self.temporary.unlink(missing_ok=True)
+
+    def __enter__(self) -> PendingFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._published:
+            self.discard()
+
+
 def write_atomically(final_path: Path, write: Callable[[BinaryIO], object],
                      replace: bool = True,
-                     before_publish: Callable[[], None] | None = None) -> bool:
+                     before_publish: Callable[[], None] | None = None,
+                     temporary: Path | None = None) -> bool:
     """Call `write(file)` on a temporary file, fsync it and publish it as `final_path`.
 
     `replace=False`: leave an existing `final_path` alone and return False.
     `before_publish`: called between the fsync and the rename (a test hook).
+    `temporary`: a fixed temporary name instead of `temp_path(final_path)` (a download's
+    `NAME.part`, which the next try overwrites instead of leaving another process's).
     """
-    temporary = temp_path(final_path)
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+    with PendingFile(temporary or temp_path(final_path)) as pending:
+        write(pending.handle)
+        pending.sync()
         if before_publish is not None:
             before_publish()
-        published = _publish(temporary, final_path, replace)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    if not published:
-        temporary.unlink(missing_ok=True)
-        return False
-    fsync_directory(final_path.parent)
-    return True
+        return pending.publish(final_path, replace)
+
+
+def write_folder_atomically(folder: Path, write: Callable[[Path], object]) -> list[str]:
+    """Call `write(staging)` to write a set of files into a hidden temporary folder beside
+    `folder`, then fsync each one and move it into `folder` (created if missing; a file of
+    the same name is replaced) and fsync `folder`: an interrupted writer leaves none of the
+    set there, and libraries that write by path (`save_pretrained`) can fill the staging
+    folder. The staging folder is removed either way. Returns the names moved in, sorted.
+    Flat sets of files only (no subfolders)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as staging:
+        write(Path(staging))
+        names = sorted(os.listdir(staging))
+        for name in names:
+            _fsync_file(Path(staging, name))
+        for name in names:
+            os.replace(Path(staging, name), folder / name)
+    fsync_directory(folder)
+    return names
+
+
+def _fsync_file(path: Path) -> None:
+    """Make a file written by someone else's code (closed, maybe never fsynced) durable."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def copy_atomically(source: Path, target: Path, replace: bool = True) -> bool:

@@ -31,7 +31,7 @@ import numpy as np
 
 from utils.data import sources
 from utils.data.sources import BUILTIN_SOURCE
-from utils.fileio import on_google_drive, write_bytes_atomically
+from utils.fileio import PendingFile, on_google_drive, write_bytes_atomically
 from utils.tokenizer import ENDOFTEXT, get_tokenizer
 
 
@@ -366,22 +366,17 @@ def prepare_stream(stream: TextStream, tokenizer: Any, cache_dir: Path, source: 
     with _writing_cache(cache_dir):
         cache_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale_partials(cache_dir)
-        tmp = cache_dir / f".prep-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-        out = open(tmp, "wb")  # noqa: SIM115 (closed in the finally below)
-    try:
-        num_tokens, num_documents = _encode_into(out, stream, tokenizer, cache_dir, workers, progress)
+        pending = PendingFile(cache_dir / f".prep-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    with pending:  # left without a publish (an error, Ctrl-C): the temporary is deleted
+        num_tokens, num_documents = _encode_into(pending.handle, stream, tokenizer, cache_dir,
+                                                 workers, progress)
         with _writing_cache(cache_dir):
-            out.flush()
-            os.fsync(out.fileno())
-            out.close()
+            pending.sync()
         _check_not_empty(stream, source)
         digest = stream.sha256.hexdigest()
         bin_path, meta_path = cache_paths(cache_dir, tokenizer.name, digest)
         with _writing_cache(cache_dir):
-            os.replace(tmp, bin_path)
-    finally:
-        out.close()
-        tmp.unlink(missing_ok=True)
+            pending.publish(bin_path)
     meta = {"format_version": CACHE_FORMAT_VERSION, "sha256": digest,
             "tokenizer": tokenizer.name, "num_tokens": num_tokens, "dtype": "uint16",
             "source": source, "num_characters": stream.characters,

@@ -18,7 +18,6 @@ import os
 import pickle
 import queue
 import struct
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -469,9 +468,12 @@ def hf_state_dict_from_model(model: GPTModel) -> dict[str, torch.Tensor]:
 def write_safetensors(tensors: Iterable[tuple[str, torch.Tensor]],
                       shapes: dict[str, tuple[int, ...]], path: str | Path) -> None:
     """Write float32 `tensors` (arriving in `shapes`' order) as a .safetensors file, one at a
-    time. The format is an 8-byte little-endian header length, a JSON header giving each
-    tensor's dtype, shape and byte range, then the raw data; safetensors' own `save_file`
-    needs every tensor in memory at once."""
+    time, atomically (`fileio.write_atomically`: a failed write leaves no file). The format
+    is an 8-byte little-endian header length, a JSON header giving each tensor's dtype,
+    shape and byte range, then the raw data; safetensors' own `save_file` needs every
+    tensor in memory at once."""
+    from utils.fileio import write_atomically
+
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, shape in shapes.items():
@@ -480,7 +482,8 @@ def write_safetensors(tensors: Iterable[tuple[str, torch.Tensor]],
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # tensor data starts 8-byte aligned
-    with open(path, "wb") as handle:
+
+    def write(handle) -> None:
         handle.write(struct.pack("<Q", len(encoded)))
         handle.write(encoded)
         for (name, tensor), (expected, shape) in zip(tensors, shapes.items(), strict=True):
@@ -489,8 +492,8 @@ def write_safetensors(tensors: Iterable[tuple[str, torch.Tensor]],
                                  f"{expected} {tuple(shape)} was announced")
             array = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
             handle.write(memoryview(array).cast("B"))
-        handle.flush()
-        os.fsync(handle.fileno())
+
+    write_atomically(Path(path), write)
 
 
 @dataclasses.dataclass
@@ -526,11 +529,13 @@ def write_hf_folder(model: GPTModel, out_dir: str | Path, *, tokenizer: Any = No
                     data_description: str | None = None, name: str | None = None) -> HFExport:
     """`export_to_hf`, returning what was written (for the command line's report).
 
-    Files are written in a temporary folder next to `out_dir` and moved in when complete,
-    so an interrupted export never leaves a half-written model behind.
+    Files are written in a temporary folder next to `out_dir` and moved in when complete
+    (`fileio.write_folder_atomically`), so an interrupted export never leaves a
+    half-written model behind.
     """
     from transformers import GenerationConfig
 
+    from utils.fileio import write_folder_atomically
     from utils.pretrained.hf_tokenizer import tokenizer_files
     from utils.pretrained.model_card import model_card
 
@@ -553,20 +558,18 @@ def write_hf_folder(model: GPTModel, out_dir: str | Path, *, tokenizer: Any = No
         parameters=count_parameters(model), checkpoint=checkpoint,
         tokenizer_description=tokenizer_export.description if tokenizer_export else "unknown",
         tokenizer_note=note, data_description=data_description)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
+    extra = {**(tokenizer_export.files if tokenizer_export else {}), "README.md": card.encode()}
+
+    def write_files(staging: Path) -> None:
         # lm_head.weight is left out: it is tied to wte, and HF re-ties it on load.
         write_safetensors(iter_hf_state(model), expected_hf_shapes(with_bias),
-                          os.path.join(tmp, "model.safetensors"))
-        hf_config.save_pretrained(tmp)
-        GenerationConfig.from_model_config(hf_config).save_pretrained(tmp)
-        extra = {**(tokenizer_export.files if tokenizer_export else {}),
-                 "README.md": card.encode()}
+                          staging / "model.safetensors")
+        hf_config.save_pretrained(staging)
+        GenerationConfig.from_model_config(hf_config).save_pretrained(staging)
         for file_name, data in extra.items():
-            Path(tmp, file_name).write_bytes(data)
-        names = sorted(os.listdir(tmp))
-        for file_name in names:
-            os.replace(os.path.join(tmp, file_name), out_dir / file_name)
+            (staging / file_name).write_bytes(data)
+
+    names = write_folder_atomically(out_dir, write_files)
     return HFExport(out_dir, names, note)
 
 

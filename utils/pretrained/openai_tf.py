@@ -17,7 +17,6 @@ stored CRC32C, so a corrupt download is reported instead of loaded.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -563,10 +562,6 @@ def download_openai_checkpoint(model_size: str, dest: str | Path = "models") -> 
     Files already present are kept; each new file is written to a temporary name and
     renamed when complete, so an interrupted download never leaves a half file behind.
     """
-    import urllib.request
-
-    from tqdm.auto import tqdm
-
     from utils.config import PRESET_ALIASES
 
     key = PRESET_ALIASES.get(model_size, model_size)
@@ -577,15 +572,27 @@ def download_openai_checkpoint(model_size: str, dest: str | Path = "models") -> 
     folder.mkdir(parents=True, exist_ok=True)
     for filename in OPENAI_FILES:
         target = folder / filename
-        if target.exists():
-            continue
-        url = f"{OPENAI_BASE_URL}/{OPENAI_SIZES[key]}/{filename}"
-        partial = target.with_name(target.name + ".part")
-        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
-            total = int(response.headers.get("Content-Length", 0)) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=filename) as bar:
+        if not target.exists():
+            _download_file(f"{OPENAI_BASE_URL}/{OPENAI_SIZES[key]}/{filename}", target)
+    return folder
+
+
+def _download_file(url: str, target: Path) -> None:
+    """`url`'s bytes as `target`, written durably (`fileio.write_atomically`) through
+    `NAME.part`: a fixed temporary name, so a retry overwrites an interrupted one."""
+    import urllib.request
+
+    from tqdm.auto import tqdm
+
+    from utils.fileio import write_atomically
+
+    with urllib.request.urlopen(url, timeout=60) as response:
+        total = int(response.headers.get("Content-Length", 0)) or None
+
+        def copy(out) -> None:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
-        os.replace(partial, target)
-    return folder
+
+        write_atomically(target, copy, temporary=target.with_name(target.name + ".part"))
