@@ -11,6 +11,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
+from utils.fileio import PendingFile, write_atomically, write_folder_atomically
+
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "utils"
 FILEIO = PACKAGE / "fileio.py"
@@ -79,3 +83,52 @@ def test_every_allowed_fsync_is_still_there():
     for relative in FSYNC_ALLOWED:
         calls = [call for _, call in renames_and_fsyncs((REPO / relative).read_text())]
         assert "os.fsync" in calls, f"{relative} no longer fsyncs: remove it from FSYNC_ALLOWED"
+
+
+def test_a_pending_file_is_published_under_the_name_chosen_at_the_end(tmp_path):
+    with PendingFile(tmp_path / ".prep-1-ab.tmp") as pending:
+        pending.handle.write(b"ids")
+        assert pending.publish(tmp_path / "named-by-hash.bin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["named-by-hash.bin"]
+    assert (tmp_path / "named-by-hash.bin").read_bytes() == b"ids"
+
+
+def test_a_pending_file_left_unpublished_leaves_nothing(tmp_path):
+    (tmp_path / "taken").write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt), PendingFile(tmp_path / "t.tmp") as pending:
+        pending.handle.write(b"half")
+        raise KeyboardInterrupt
+    with PendingFile(tmp_path / "t.tmp") as pending:
+        pending.handle.write(b"new")
+        assert not pending.publish(tmp_path / "taken", replace=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+    assert (tmp_path / "taken").read_bytes() == b"old"
+
+
+def test_a_fixed_temporary_name_is_used_and_removed(tmp_path):
+    part = tmp_path / "f.part"
+    part.write_bytes(b"an interrupted try")
+    seen = []
+    write_atomically(tmp_path / "f", lambda out: (seen.append(part.read_bytes()), out.write(b"ok")),
+                     temporary=part)
+    assert seen == [b""]  # the earlier try was overwritten, not appended to
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_a_folder_appears_complete_or_keeps_its_old_files(tmp_path):
+    folder = tmp_path / "export"
+
+    def write(staging: Path) -> None:
+        (staging / "b.json").write_text("{}")
+        (staging / "a.bin").write_bytes(b"weights")
+
+    assert write_folder_atomically(folder, write) == ["a.bin", "b.json"]
+
+    def fail_halfway(staging: Path) -> None:
+        (staging / "a.bin").write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_folder_atomically(folder, fail_halfway)
+    assert (folder / "a.bin").read_bytes() == b"weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no staging folder left
