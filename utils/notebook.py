@@ -2,7 +2,8 @@
 
 Environment report, Colab detection and Google Drive (mount point from
 $GPT2_DRIVE_MOUNT_POINT, so tests mount a stand-in), the checkpoint folder, the form values
-of Cell 3 (`check_form`, quick mode), user errors (`friendly_errors` stops the cell with the
+of Cell 3 (`check_form` with the checks of utils/settings.py's table, `form_training_config`,
+quick mode), user errors (`friendly_errors` stops the cell with the
 guidance alone, never a traceback, and `notebook_hint` is the one mapping from a library
 error to the cell to run or the field to change), and Cell 35's session summary.
 Heavy libraries are imported inside the functions.
