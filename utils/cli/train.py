@@ -43,13 +43,10 @@ FIELDS_WITHOUT_FLAG = tuple(name for name in TrainingConfig.__dataclass_fields__
 # the Trainer's printed messages). Fit's arguments are flags too.
 SETTING_FLAGS = {**flag_names(), "resume_from=None": "--new-run"}
 
-# Settings whose None the command line can give explicitly, and the words for it (a parsed
-# None means "not given": with --resume the checkpoint's value then stands).
-NONE_WORDS = {row.name: row.none_words for row in SETTINGS if row.none_words}
-
 
 class _ExplicitNone:
-    """What `--keep-last all` parses to: the setting's None, given on purpose."""
+    """What `--keep-last all` parses to (a setting's `none_words`): its None, given on
+    purpose. A parsed None means "not given": with --resume the checkpoint's value stands."""
 
     def __repr__(self) -> str:
         return "None"
