@@ -21,7 +21,7 @@ import nbformat
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_PATH = REPO_ROOT / "training.ipynb"
 README_PATH = REPO_ROOT / "README.md"
-sys.path.insert(0, str(REPO_ROOT))  # utils.config: the training settings' defaults and meanings
+sys.path.insert(0, str(REPO_ROOT))  # utils.settings: the form fields, their values and meanings
 
 # The one line to set when the repository is published ("owner/name" on GitHub): Cell 1
 # clones it and the README's "Open in Colab" badge opens the notebook from it.
@@ -49,91 +49,71 @@ def md(text: str) -> None:
     CELLS.append(("markdown", text.strip() + "\n", []))
 
 
-# Form fields of Cell 3 that are TrainingConfig settings: value and meaning come from there
-# (utils/config.py defines each setting once), so the notebook cannot drift from the CLI.
-TRAINING_FORM_FIELDS = {"MAX_STEPS": "max_steps", "BATCH_SIZE": "batch_size",
-                        "GRADIENT_ACCUMULATION_STEPS": "gradient_accumulation_steps",
-                        "LEARNING_RATE": "learning_rate", "WARMUP_STEPS": "warmup_steps",
-                        "WEIGHT_DECAY": "weight_decay",
-                        "EVAL_INTERVAL": "eval_interval", "EVAL_BATCHES": "eval_batches",
-                        "CHECKPOINT_INTERVAL": "checkpoint_interval",
-                        "KEEP_LAST": "keep_last", "KEEP_BEST": "keep_best",
-                        "PRECISION": "precision", "COMPILE": "compile",
-                        "ACTIVATION_CHECKPOINTING": "activation_checkpointing",
-                        "KEEP_FULL": "keep_full", "CHECK_STORAGE": "check_storage",
-                        "SEED": "seed"}
-# Settings whose notebook value differs from the library's default (the notebook is the
-# demo: its curves go to TensorBoard and a CSV, and it shows samples while training); their
-# meaning still comes from TrainingConfig.
-NOTEBOOK_SETTING_FIELDS = {"LOG_TO": ("log_to", "tensorboard,csv"),
-                           "SAMPLE_EVERY": ("sample_every", 2)}
+# Cell 3's form fields, in the cell's order. Each line's value and widget come from the table
+# of settings (utils/settings.py), which defines each field once with its check, so the
+# notebook cannot drift from the command line.
+CELL_3_FORM = ("QUICK_MODE", "QUICK_MODE_STEPS", "MODEL_PRESET", "INIT_FROM", "DATA_PATH",
+               "TOKENIZER", "VAL_FRACTION", "VAL_SPLIT", "CONTEXT_LENGTH", "DROPOUT",
+               "MAX_STEPS", "BATCH_SIZE", "GRADIENT_ACCUMULATION_STEPS", "LEARNING_RATE",
+               "WARMUP_STEPS", "WEIGHT_DECAY", "EVAL_INTERVAL", "EVAL_BATCHES",
+               "CHECKPOINT_INTERVAL", "KEEP_LAST", "KEEP_BEST", "PRECISION", "COMPILE",
+               "ACTIVATION_CHECKPOINTING", "KEEP_FULL", "CHECK_STORAGE", "WEIGHTS_ONLY_DTYPE",
+               "CHECKPOINT_DIR", "CACHE_DIR", "CHECKPOINT_OVERRIDE", "RUN_ID",
+               "RESUME_EXTRA_STEPS", "PROMPT", "LOG_TO", "SAMPLE_EVERY", "OUTPUT_DIR",
+               "EXPORT_FROM", "SEED")
+# TrainingConfig settings whose use in the notebook Cell 3's own text explains (an empty
+# folder means Drive, "fp32" means as trained, PROMPT is Cell 38's too); each other one gets
+# TrainingConfig's meaning as a comment.
+EXPLAINED_IN_CELL_3 = ("CHECKPOINT_DIR", "WEIGHTS_ONLY_DTYPE", "PROMPT")
 
 
-def training_form_line(variable: str) -> str:
-    from utils.config import PRECISIONS, setting_default
+def _training_settings() -> tuple[dict[str, str], dict[str, tuple[str, object]]]:
+    """Cell 3's TrainingConfig settings that get TrainingConfig's meaning as a comment:
+    those with TrainingConfig's default ({variable: setting}), and those with a value of the
+    notebook's ({variable: (setting, value)}: the notebook is the demo, its curves go to
+    TensorBoard and a CSV and it shows samples while training)."""
+    from utils.config import TrainingConfig
+    from utils.settings import UNSET, form_setting
 
-    setting = TRAINING_FORM_FIELDS[variable]
-    value = setting_default(setting)
-    if setting == "precision":  # a drop-down of the choices
-        return f"{variable} = {value!r}  # @param {list(PRECISIONS)}".replace("'", '"')
-    if setting == "compile":  # a drop-down: auto decides per runtime (utils/training/engine/compiling.py)
-        return f'{variable} = "{value}"  # @param ["auto", "on", "off"]'
-    kind = ("boolean" if isinstance(value, bool) else "number" if isinstance(value, float)
-            else "integer")
-    return f'{variable} = {value!r}  # @param {{type:"{kind}"}}'
+    rows = [form_setting(variable) for variable in CELL_3_FORM]
+    rows = [row for row in rows if row.config is TrainingConfig
+            and row.form not in EXPLAINED_IN_CELL_3]
+    return ({row.form: row.name for row in rows if row.form_value is UNSET},
+            {row.form: (row.name, row.form_value) for row in rows if row.form_value is not UNSET})
 
 
-def form_line(variable: str, value: object, kind: str) -> str:
+TRAINING_FORM_FIELDS, NOTEBOOK_SETTING_FIELDS = _training_settings()
+
+
+def form_line(variable: str) -> str:
+    """`NAME = value  # @param ...`: a drop-down of the setting's choices, else a field of
+    its value's type."""
+    from utils.settings import form_setting
+
+    row = form_setting(variable)
+    value = row.form_default
     shown = json.dumps(value) if isinstance(value, str) else repr(value)  # "text", 0.1
+    choices = row.form_choices or row.choices
+    if choices:
+        return f"{variable} = {shown}  # @param {json.dumps(list(choices))}"
+    kind = {bool: "boolean", float: "number", int: "integer", str: "string"}[type(value)]
     return f'{variable} = {shown}  # @param {{type:"{kind}"}}'
 
 
-def model_and_data_lines() -> dict[str, str]:
-    """DROPOUT (ModelConfig's default), VAL_FRACTION and VAL_SPLIT (load_data's defaults,
-    the splits it offers): from the code that defines them."""
-    import inspect
-
-    from utils.config import ModelConfig
-    from utils.data import SPLITS, load_data
-
-    defaults = {name: parameter.default
-                for name, parameter in inspect.signature(load_data).parameters.items()}
-    splits = str(list(SPLITS)).replace("'", '"')
-    return {"@DROPOUT_SETTING@": form_line("DROPOUT", ModelConfig().dropout_rate, "number"),
-            "@DATA_SETTINGS@": "\n".join([
-                form_line("VAL_FRACTION", defaults["val_fraction"], "number"),
-                f'VAL_SPLIT = "{defaults["split"]}"  # @param {splits}'])}
-
-
-def notebook_setting_lines() -> tuple[str, list[str]]:
+def settings_cell_text(body: str) -> str:
+    """Cell 3 with its form lines and the TrainingConfig meanings of its settings."""
     from utils.config import setting_help
 
-    lines, comments = [], []
-    for variable, (setting, value) in NOTEBOOK_SETTING_FIELDS.items():
-        lines.append(form_line(variable, value, "string" if isinstance(value, str)
-                               else "integer"))
-        comments.append(f"# {variable}: {setting_help(setting)}")
-    return "\n".join(lines), comments
-
-
-def training_settings_text(body: str) -> str:
-    from utils.config import setting_help
-
-    fields = [name for name in TRAINING_FORM_FIELDS if name != "SEED"]
-    comments = [f"# {name}: {setting_help(TRAINING_FORM_FIELDS[name])}"
-                for name in TRAINING_FORM_FIELDS]
-    reporting, reporting_comments = notebook_setting_lines()
-    if "@DROPOUT_SETTING@" in body:
-        for marker, text in model_and_data_lines().items():
-            body = body.replace(marker, text)
-    return (body.replace("@TRAINING_SETTINGS@", "\n".join(map(training_form_line, fields)))
-            .replace("@SEED_SETTING@", training_form_line("SEED"))
-            .replace("@REPORTING_SETTINGS@", reporting)
-            .replace("@TRAINING_SETTING_COMMENTS@", "\n".join(comments + reporting_comments)))
+    comments = [f"# {variable}: {setting_help(setting)}"
+                for variable, setting in TRAINING_FORM_FIELDS.items()]
+    comments += [f"# {variable}: {setting_help(setting)}"
+                 for variable, (setting, _) in NOTEBOOK_SETTING_FIELDS.items()]
+    return (body.replace("@FORM@", "\n".join(map(form_line, CELL_3_FORM)))
+            .replace("@TRAINING_SETTING_COMMENTS@", "\n".join(comments)))
 
 
 def code(number: int, name: str, body: str, tags: list[str] | None = None) -> None:
-    body = training_settings_text(body.replace("@REPO_URL@", f'"{REPO_URL}"'))
+    body = settings_cell_text(body.replace("@REPO_URL@", f'"{REPO_URL}"'))
     form = "# @param" in body
     CELLS.append(("code", title(number, name, form) + body.strip() + "\n", tags or []))
 
@@ -218,27 +198,7 @@ installed = install_requirements("requirements.txt")
 
 code(3, "Settings", '''
 # Every knob of the run. papermill can override them: -p QUICK_MODE True -p MAX_STEPS 500
-QUICK_MODE = False  # @param {type:"boolean"}
-QUICK_MODE_STEPS = 30  # @param {type:"integer"}
-MODEL_PRESET = "small"  # @param ["tiny", "small", "medium", "large", "xl"]
-INIT_FROM = "scratch"  # @param {type:"string"}
-DATA_PATH = ""  # @param {type:"string"}
-TOKENIZER = "gpt2"  # @param ["gpt2", "byte"]
-@DATA_SETTINGS@
-CONTEXT_LENGTH = 256  # @param {type:"integer"}
-@DROPOUT_SETTING@
-@TRAINING_SETTINGS@
-WEIGHTS_ONLY_DTYPE = "fp32"  # @param ["fp32", "bf16", "fp16"]
-CHECKPOINT_DIR = ""  # @param {type:"string"}
-CACHE_DIR = ""  # @param {type:"string"}
-CHECKPOINT_OVERRIDE = ""  # @param {type:"string"}
-RUN_ID = ""  # @param {type:"string"}
-RESUME_EXTRA_STEPS = 200  # @param {type:"integer"}
-PROMPT = "The meaning of life is"  # @param {type:"string"}
-@REPORTING_SETTINGS@
-OUTPUT_DIR = "outputs"  # @param {type:"string"}
-EXPORT_FROM = ""  # @param {type:"string"}
-@SEED_SETTING@
+@FORM@
 # QUICK_MODE: the tiny preset, QUICK_MODE_STEPS steps, small batches (Cell 4).
 # INIT_FROM: "scratch", an OpenAI GPT-2 name ("gpt2", "gpt2-medium", ...) or a local folder.
 # DATA_PATH: a .txt file or folder, a nanoGPT folder, llm.c shards, hf:NAME or a save_to_disk
@@ -427,8 +387,7 @@ if initialised_from == "scratch" and abs(initial_loss.item() - expected) > 1.0:
 ''')
 
 code(15, "Training Configuration", '''
-from utils.config import TrainingConfig
-from utils.notebook import check_form, friendly_errors
+from utils.notebook import check_form, form_training_config, friendly_errors
 
 with friendly_errors():
     check_form(globals(), "LEARNING_RATE", "WARMUP_STEPS", "EVAL_INTERVAL", "EVAL_BATCHES",
@@ -436,17 +395,8 @@ with friendly_errors():
                "GRADIENT_ACCUMULATION_STEPS", "WEIGHT_DECAY", "KEEP_LAST", "KEEP_BEST",
                "KEEP_FULL", "WEIGHTS_ONLY_DTYPE", "CHECK_STORAGE", "LOG_TO", "SAMPLE_EVERY",
                "PROMPT")
-    training_config = TrainingConfig(
-        learning_rate=LEARNING_RATE, min_learning_rate=LEARNING_RATE / 10,
-        warmup_steps=WARMUP_STEPS, max_steps=MAX_STEPS, batch_size=BATCH_SIZE,
-        gradient_accumulation_steps=GRADIENT_ACCUMULATION_STEPS, weight_decay=WEIGHT_DECAY,
-        eval_interval=EVAL_INTERVAL, eval_batches=EVAL_BATCHES,
-        checkpoint_interval=CHECKPOINT_INTERVAL, checkpoint_dir=CHECKPOINT_DIR,
-        keep_last=KEEP_LAST, keep_best=KEEP_BEST,
-        precision=PRECISION, compile=COMPILE, activation_checkpointing=ACTIVATION_CHECKPOINTING,
-        log_to=LOG_TO, sample_every=SAMPLE_EVERY, sample_prompt=PROMPT,
-        seed=SEED, device=device, keep_full=KEEP_FULL, check_storage=CHECK_STORAGE,
-        weights_only_dtype=None if WEIGHTS_ONLY_DTYPE == "fp32" else WEIGHTS_ONLY_DTYPE)
+    # Cell 3's training settings on `device`; the learning rate decays to a tenth of LEARNING_RATE
+    training_config = form_training_config(globals(), device)
 for field, value in training_config.to_dict().items():
     print(f"{field:>26}: {value}")
 ''')

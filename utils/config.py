@@ -138,9 +138,10 @@ def _setting(default: Any, meaning: str) -> Any:
 class TrainingConfig:
     """Optimisation, evaluation and checkpointing settings for `Trainer`.
 
-    Each field is defined here once, with its default and its meaning (`setting_help`); the
-    command line (`python -m utils train --help`) and the notebook's settings cell are
-    derived from it. An epoch is `len(train tokens) // (batch_size * context_length)`
+    Each field is defined here once, with its default and its meaning (`setting_help`);
+    utils/settings.py's table adds its flag and form field, and the command line
+    (`python -m utils train --help`) and the notebook's settings cell are derived from
+    that. An epoch is `len(train tokens) // (batch_size * context_length)`
     micro-batches, divided by `gradient_accumulation_steps`.
     """
 

@@ -2,7 +2,8 @@
 
 Environment report, Colab detection and Google Drive (mount point from
 $GPT2_DRIVE_MOUNT_POINT, so tests mount a stand-in), the checkpoint folder, the form values
-of Cell 3 (`check_form`, quick mode), user errors (`friendly_errors` stops the cell with the
+of Cell 3 (`check_form` with the checks of utils/settings.py's table, `form_training_config`,
+quick mode), user errors (`friendly_errors` stops the cell with the
 guidance alone, never a traceback, and `notebook_hint` is the one mapping from a library
 error to the cell to run or the field to change), and Cell 35's session summary.
 Heavy libraries are imported inside the functions.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import math
 import os
 import platform
 import re
@@ -25,6 +25,13 @@ from typing import Any, NamedTuple
 
 from utils.errors import describe_os_error, user_error_types
 from utils.fileio import check_writable_folder
+from utils.settings import (
+    SETTINGS,
+    default_min_learning_rate,
+    file_in_the_way,
+    form_checks,
+    form_names,
+)
 from utils.training.engine.loggers import in_notebook, log_folder
 
 DRIVE_MOUNT_POINT = "/content/drive"  # Colab's; GPT2_DRIVE_MOUNT_POINT overrides it
@@ -158,8 +165,8 @@ def choose_checkpoint_dir(requested: str | Path | None = None, use_drive: bool |
         path = Path(requested or "checkpoints")
     path = path.expanduser()
     try:
-        blocking = next((p for p in (path, *path.parents) if p.exists()), None)
-        if blocking is not None and not blocking.is_dir():
+        blocking = file_in_the_way(path)
+        if blocking is not None:
             raise FormValueError("CHECKPOINT_DIR", str(requested or path),
                                  f"{blocking} is a file, not a folder; give a folder (it is "
                                  "created if missing), or leave it empty for the default")
@@ -204,132 +211,9 @@ class StopRun(Exception):
         return self.guidance.splitlines()
 
 
-def _whole(minimum: int) -> Any:
-    def check(value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            return f"it must be a whole number >= {minimum}"
-        return None
-    return check
-
-
-def _positive_number(value: Any) -> str | None:
-    import math
-
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or value <= 0:
-        return "it must be a positive number, such as 6e-4"
-    return None
-
-
-def _choice(choices: Any) -> Any:
-    def check(value: Any) -> str | None:
-        options = choices() if callable(choices) else choices
-        return None if value in options else f"choose one of {sorted(options)}"
-    return check
-
-
-def _whole_or_none(minimum: int) -> Any:
-    whole = _whole(minimum)
-
-    def check(value: Any) -> str | None:
-        return None if value is None or whole(value) is None \
-            else f"it must be a whole number >= {minimum}, or None"
-    return check
-
-
-def _finite_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) \
-        and math.isfinite(value)
-
-
-def _non_negative(value: Any) -> str | None:
-    return None if _finite_number(value) and value >= 0 else \
-        "it must be a number >= 0, such as 0.1 (0: none)"
-
-
-def _dropout(value: Any) -> str | None:
-    return None if _finite_number(value) and 0 <= value < 1 else \
-        "it must be a number from 0 up to (not including) 1, such as 0.1"
-
-
-def _fraction(value: Any) -> str | None:
-    return None if _finite_number(value) and 0 < value < 1 else \
-        "it must be a number between 0 and 1, such as 0.1"
-
-
-def _logger_names(value: Any) -> str | None:
-    from utils.config import LOGGERS
-
-    if not isinstance(value, str):
-        return "it must be text (a string)"
-    names = [name.strip().lower() for name in value.split(",") if name.strip()]
-    if any(name not in LOGGERS for name in names):
-        return f"give names from {', '.join(LOGGERS)}, separated by commas, or nothing"
-    return None
-
-
-def _splits() -> set[str]:
-    from utils.data import SPLITS
-
-    return set(SPLITS)
-
-
-def _text(value: Any) -> str | None:
-    return None if isinstance(value, str) else "it must be text (a string)"
-
-
-def _flag(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "it must be True or False"
-
-
-def _compile_choice(value: Any) -> str | None:
-    from utils.config import COMPILE_WORDS
-
-    if isinstance(value, bool) or (isinstance(value, str) and value.lower() in COMPILE_WORDS):
-        return None
-    return 'choose "auto", "on" or "off"'
-
-
-def _presets() -> set[str]:
-    from utils.config import GPT2_CONFIGS, PRESET_ALIASES
-
-    return set(GPT2_CONFIGS) | set(PRESET_ALIASES)
-
-
-def _precisions() -> set[str]:
-    from utils.config import PRECISIONS
-
-    return set(PRECISIONS)
-
-
-def _tokenizers() -> set[str]:
-    import tiktoken
-
-    from utils.tokenizer import BYTE_TOKENIZER_NAMES, TIKTOKEN_ALIASES
-
-    return {*BYTE_TOKENIZER_NAMES, *TIKTOKEN_ALIASES, *tiktoken.list_encoding_names()}
-
-
-# Each form field of Cell 3 and what it must hold (None: a valid value).
-FORM_FIELDS: dict[str, Any] = {
-    "QUICK_MODE": _flag, "QUICK_MODE_STEPS": _whole(1), "MODEL_PRESET": _choice(_presets),
-    "INIT_FROM": _text, "DATA_PATH": _text, "TOKENIZER": _choice(_tokenizers),
-    "CONTEXT_LENGTH": _whole(2), "MAX_STEPS": _whole(1), "BATCH_SIZE": _whole(1),
-    "LEARNING_RATE": _positive_number, "WARMUP_STEPS": _whole(0), "EVAL_INTERVAL": _whole(1),
-    "EVAL_BATCHES": _whole(1), "CHECKPOINT_INTERVAL": _whole(1),
-    "PRECISION": _choice(_precisions), "COMPILE": _compile_choice,
-    "ACTIVATION_CHECKPOINTING": _flag, "CHECKPOINT_DIR": _text,
-    "KEEP_FULL": _whole(1),
-    "WEIGHTS_ONLY_DTYPE": _choice({"fp32", "bf16", "fp16"}), "CHECK_STORAGE": _flag,
-    "CACHE_DIR": _text,
-    "CHECKPOINT_OVERRIDE": _text, "RUN_ID": _text, "RESUME_EXTRA_STEPS": _whole(1),
-    "PROMPT": _text,
-    "OUTPUT_DIR": _text, "SEED": _whole(0),
-    "GRADIENT_ACCUMULATION_STEPS": _whole(1), "WEIGHT_DECAY": _non_negative,
-    "KEEP_LAST": _whole_or_none(0), "KEEP_BEST": _whole_or_none(0),
-    "DROPOUT": _dropout, "VAL_FRACTION": _fraction, "VAL_SPLIT": _choice(_splits),
-    "LOG_TO": _logger_names, "SAMPLE_EVERY": _whole(0), "EXPORT_FROM": _text,
-}
+# Each form field of Cell 3 and what it must hold (None: a valid value), from the table of
+# settings (utils/settings.py), which defines each field once.
+FORM_FIELDS: dict[str, Any] = form_checks()
 
 
 def check_form(namespace: Mapping[str, Any], *names: str) -> None:
@@ -344,6 +228,22 @@ def check_form(namespace: Mapping[str, Any], *names: str) -> None:
         problem = FORM_FIELDS[name](namespace[name])
         if problem:
             raise FormValueError(name, namespace[name], problem)
+
+
+def form_training_config(namespace: Mapping[str, Any], device: Any) -> Any:
+    """Cell 15: the TrainingConfig of Cell 3's form on `device`: each form field that sets a
+    TrainingConfig setting (utils/settings.py), as the library takes it; min_learning_rate
+    is a tenth of LEARNING_RATE (`default_min_learning_rate`), as on the command line."""
+    from utils.config import TrainingConfig
+
+    values = {row.name: (row.from_form or _as_given)(namespace[row.form]) for row in SETTINGS
+              if row.form and row.config is TrainingConfig}
+    values["min_learning_rate"] = default_min_learning_rate(values["learning_rate"])
+    return TrainingConfig(**values, device=device)
+
+
+def _as_given(value: Any) -> Any:
+    return value
 
 
 def init_source(init_from: str) -> str:
@@ -459,23 +359,9 @@ def _notebook_hints() -> list[tuple[type[BaseException], str]]:
     ]
 
 
-# A library setting named in an error message -> the form field that sets it.
-SETTING_FIELDS = {
-    "min_learning_rate": "LEARNING_RATE", "learning_rate": "LEARNING_RATE",
-    "warmup_steps": "WARMUP_STEPS", "max_steps": "MAX_STEPS", "batch_size": "BATCH_SIZE",
-    "context_length": "CONTEXT_LENGTH", "eval_interval": "EVAL_INTERVAL",
-    "eval_batches": "EVAL_BATCHES", "checkpoint_interval": "CHECKPOINT_INTERVAL",
-    "checkpoint_dir": "CHECKPOINT_DIR", "preset": "MODEL_PRESET", "tokenizer": "TOKENIZER",
-    "precision": "PRECISION", "activation_checkpointing": "ACTIVATION_CHECKPOINTING",
-    "compile": "COMPILE", "init_from": "INIT_FROM",
-    "gradient_accumulation_steps": "GRADIENT_ACCUMULATION_STEPS",
-    "weight_decay": "WEIGHT_DECAY", "keep_last": "KEEP_LAST", "keep_best": "KEEP_BEST",
-    "dropout_rate": "DROPOUT", "val_fraction": "VAL_FRACTION", "log_to": "LOG_TO",
-    "sample_every": "SAMPLE_EVERY", "sample_prompt": "PROMPT",
-    "cache_dir": "CACHE_DIR",  # the token cache folder
-    "keep_full": "KEEP_FULL", "weights_only_dtype": "WEIGHTS_ONLY_DTYPE",
-    "check_storage": "CHECK_STORAGE",
-}
+# A library setting named in an error message -> the form field that sets it (from the
+# table of settings: LEARNING_RATE also sets min_learning_rate, a tenth of it).
+SETTING_FIELDS = form_names()
 
 
 def notebook_hint(error: BaseException, fields: tuple[str, ...] = ()) -> str | None:
@@ -485,9 +371,10 @@ def notebook_hint(error: BaseException, fields: tuple[str, ...] = ()) -> str | N
         return (f"change {error.field} in {SETTINGS_CELL}, then run the notebook again "
                 "(Runtime → Run all)")
     text = str(error)
-    named = [field for setting, field in SETTING_FIELDS.items()
-             if re.search(rf"\b{setting}\b", text)]
-    named = list(dict.fromkeys([*named, *fields]))
+    found = {setting: re.search(rf"\b{setting}\b", text) for setting in SETTING_FIELDS}
+    in_order = sorted((match.start(), SETTING_FIELDS[setting])  # as the message names them
+                      for setting, match in found.items() if match)
+    named = list(dict.fromkeys([*(field for _, field in in_order), *fields]))
     for kind, hint in _notebook_hints():
         if isinstance(error, kind):
             if named and kind.__name__ == "ConfigError":

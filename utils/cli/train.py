@@ -20,55 +20,33 @@ from pathlib import Path
 from typing import Any
 
 from utils.cli.common import check_device, with_flag_names
-from utils.config import (
-    PRECISIONS,
-    WEIGHTS_ONLY_DTYPES,
-    TrainingConfig,
-    setting_default,
-    setting_help,
-)
+from utils.config import ModelConfig, TrainingConfig
 from utils.errors import UserError
+from utils.settings import (
+    SETTINGS,
+    Setting,
+    default_min_learning_rate,
+    file_in_the_way,
+    flag_names,
+    flags_of,
+)
 
-# TrainingConfig field -> its flag. Help texts and defaults come from TrainingConfig
-# (`setting_help`, `setting_default`): a setting is defined there once.
-TRAINING_FLAGS = {
-    "max_steps": "--max-steps", "epochs": "--epochs", "batch_size": "--batch-size",
-    "gradient_accumulation_steps": "--grad-accum", "learning_rate": "--lr",
-    "min_learning_rate": "--min-lr", "warmup_steps": "--warmup-steps",
-    "weight_decay": "--weight-decay", "grad_clip": "--grad-clip",
-    "eval_interval": "--eval-interval", "eval_batches": "--eval-batches",
-    "precision": "--precision", "compile": "--compile",
-    "activation_checkpointing": "--activation-checkpointing", "log_interval": "--log-interval",
-    "seed": "--seed", "device": "--device",
-    "checkpoint_interval": "--checkpoint-interval", "checkpoint_dir": "--checkpoint-dir",
-    "keep_last": "--keep-last", "keep_best": "--keep-best", "keep_full": "--keep-full",
-    "weights_only_dtype": "--weights-only-dtype",
-    "log_to": "--log-to", "log_dir": "--log-dir", "sample_every": "--sample-every",
-    "sample_prompt": "--sample-prompt",
-}
-# Set otherwise: background_checkpointing by --sync-checkpoints and check_storage by
-# --ignore-storage-check (their opposites); the others keep TrainingConfig's default (or
-# the checkpoint's, with --resume).
-FIELDS_WITHOUT_FLAG = ("background_checkpointing", "betas", "checkpoint_every_epoch",
-                       "check_storage")
-MODEL_FLAGS = {"number_of_layers": "--layers", "number_of_heads": "--heads",
-               "embedding_dimension": "--dim", "context_length": "--context",
-               "dropout_rate": "--dropout"}
+# Derived from utils/settings.py's table, where each setting is defined once.
+TRAINING_FLAGS = flags_of(TrainingConfig)  # TrainingConfig field -> its flag
+MODEL_FLAGS = flags_of(ModelConfig)  # ModelConfig field -> its flag
+# TrainingConfig fields no flag sets: background_checkpointing and check_storage are turned
+# off by --sync-checkpoints and --ignore-storage-check; the others keep TrainingConfig's
+# default (or the checkpoint's, with --resume).
+FIELDS_WITHOUT_FLAG = tuple(name for name in TrainingConfig.__dataclass_fields__
+                            if name not in TRAINING_FLAGS)
 # Library messages name settings by field; a command-line user sees the flag (__main__, and
 # the Trainer's printed messages). Fit's arguments are flags too.
-# cache_dir: the token cache folder (its flag is --cache-dir).
-SETTING_FLAGS = {**TRAINING_FLAGS, **MODEL_FLAGS, "resume_from=None": "--new-run",
-                 "cache_dir": "--cache-dir"}
-
-
-# Settings whose None the command line can give explicitly, and the words for it (a parsed
-# None means "not given": with --resume the checkpoint's value then stands).
-NONE_WORDS = {"grad_clip": ("none",), "keep_last": ("all", "none"), "keep_best": ("all", "none"),
-              "keep_full": ("all", "none")}
+SETTING_FLAGS = {**flag_names(), "resume_from=None": "--new-run"}
 
 
 class _ExplicitNone:
-    """What `--keep-last all` parses to: the setting's None, given on purpose."""
+    """What `--keep-last all` parses to (a setting's `none_words`): its None, given on
+    purpose. A parsed None means "not given": with --resume the checkpoint's value stands."""
 
     def __repr__(self) -> str:
         return "None"
@@ -90,37 +68,42 @@ def _or_none(kind: type, words: tuple[str, ...]) -> typing.Callable[[str], Any]:
     return parse
 
 
-def add_setting(group: argparse._ActionsContainer, field: str, note: str = "") -> None:
-    """`--flag` for the TrainingConfig `field`: its meaning, type and default from there.
+def argument_options(row: Setting) -> dict[str, Any]:
+    """The argparse keywords of `row.flag`: meaning, type, choices and default, from the
+    table (a TrainingConfig setting's from its dataclass field).
 
-    The parsed default is None (False for a switch): "not given", so that `--resume` can
-    take the checkpoint's value instead.
+    A config setting's parsed default is None (False for a switch): "not given", so that
+    `--resume` can take the checkpoint's value instead (and a model size the preset's).
     """
-    flag, default = TRAINING_FLAGS[field], setting_default(field)
-    shown = "" if default is None or isinstance(default, bool) else f"default: {default}"
-    shown = "default: ''" if default == "" else shown  # an empty text, not a missing one
-    suffix = "; ".join(part for part in (shown, note) if part)
-    help_text = setting_help(field) + (f" ({suffix})" if suffix else "")
-    if isinstance(default, bool):
-        group.add_argument(flag, action="store_true", help=help_text)
-    elif field == "precision":
-        group.add_argument(flag, choices=PRECISIONS, help=help_text)
-    elif field == "compile":  # `--compile` alone: on
-        group.add_argument(flag, nargs="?", const="on", choices=("auto", "on", "off"),
-                           help=help_text)
-    elif field in NONE_WORDS:
-        group.add_argument(flag, type=_or_none(_setting_type(field), NONE_WORDS[field]),
-                           help=help_text)
-    elif field == "weights_only_dtype":
-        group.add_argument(flag, choices=WEIGHTS_ONLY_DTYPES, help=help_text)
-    else:
-        group.add_argument(flag, type=_setting_type(field), help=help_text)
+    options: dict[str, Any] = {"help": _help_text(row), **row.argument}
+    if row.choices is not None:
+        options["choices"] = row.choices
+    value = row.library_default
+    if row.flag_negates or isinstance(value, bool):
+        options["action"] = "store_true"
+    elif row.config is None:
+        options["default"] = value
+        if isinstance(value, (int, float)):
+            options["type"] = type(value)
+    elif row.none_words:
+        options["type"] = _or_none(row.value_type, row.none_words)
+    elif row.choices is None:
+        options["type"] = row.value_type
+    return options
 
 
-def _setting_type(field: str) -> type:
-    """int, float or str: the TrainingConfig annotation without its `| None`."""
-    hint = typing.get_type_hints(TrainingConfig)[field]
-    return next(arg for arg in typing.get_args(hint) or (hint,) if arg is not type(None))
+def _help_text(row: Setting) -> str:
+    """The meaning, then (in parentheses) a TrainingConfig setting's default and the note;
+    a model size not given is the preset's."""
+    shown = ""
+    if row.config is TrainingConfig and not row.flag_negates:
+        default = row.library_default
+        shown = "" if default is None or isinstance(default, bool) else f"default: {default}"
+        shown = "default: ''" if default == "" else shown  # an empty text, not a missing one
+    elif row.config is ModelConfig:
+        shown = "default: the preset's"
+    suffix = "; ".join(part for part in (shown, row.note) if part)
+    return row.help + (f" ({suffix})" if suffix else "")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -131,76 +114,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "under `torchrun --nproc_per_node=N -m utils train ...` (DDP). With "
                     "--resume, a setting not given comes from the checkpoint.",
     )
-    model = parser.add_argument_group("model")
-    model.add_argument("--preset", default=None,
-                       help="tiny | small (gpt2) | medium | large | xl (default: tiny)")
-    model.add_argument("--layers", type=int,
-                       help="number of transformer blocks (default: the preset's)")
-    model.add_argument("--heads", type=int, help="attention heads (default: the preset's)")
-    model.add_argument("--dim", type=int, help="embedding dimension (default: the preset's)")
-    model.add_argument("--context", type=int,
-                       help="context length in tokens (default: the preset's)")
-    model.add_argument("--dropout", type=float, help="dropout rate (default: the preset's)")
-    model.add_argument("--init-from", default=None,
-                       help="start from GPT-2 weights: gpt2 | gpt2-medium | ... | a local "
-                            "save_pretrained folder or .safetensors/.bin file (default: "
-                            "random initial weights)")
-    data = parser.add_argument_group("data")
-    data.add_argument("--data", default=None,
-                      help="a .txt file or folder of them, a nanoGPT folder (train.bin/val.bin), "
-                           "llm.c .bin shards (a file or folder), hf:NAME[?config=&split=&column=] "
-                           "or a save_to_disk folder (default: built-in corpus); see "
-                           "docs/08-data.md")
-    data.add_argument("--tokenizer", default=None,
-                      help="gpt2 (default) | byte; token files bring their own")
-    data.add_argument("--cache-dir", default=None,
-                      help="folder for the token cache of prepared text (default: the "
-                           "local disk's user cache, ~/.cache/gpt2-training/data; keep it "
-                           "off Google Drive)")
-    data.add_argument("--val-fraction", type=float, default=0.1,
-                      help="share of the tokens held out for validation (inputs with their "
-                           "own validation split keep it)")
-    data.add_argument("--val-split", choices=("end", "block", "document"), default="end",
-                      help="validation: the end of the corpus (default), blocks or whole "
-                           "documents spread over it (inputs with their own val keep it)")
-    run_group = parser.add_argument_group("training")
-    length = run_group.add_mutually_exclusive_group()
-    add_setting(length, "max_steps")
-    add_setting(length, "epochs", note="default: none, --max-steps bounds the run")
-    for field in ("batch_size", "gradient_accumulation_steps", "learning_rate"):
-        add_setting(run_group, field)
-    add_setting(run_group, "min_learning_rate", note="with --lr: lr/10")
-    for field in ("warmup_steps", "weight_decay", "grad_clip", "eval_interval",
-                  "eval_batches", "precision", "compile", "activation_checkpointing",
-                  "log_interval", "seed", "device"):
-        add_setting(run_group, field)
-    checkpoints = parser.add_argument_group("checkpoints")
-    for field in ("checkpoint_interval", "checkpoint_dir"):
-        add_setting(checkpoints, field)
-    for field in ("keep_last", "keep_best", "keep_full"):
-        add_setting(checkpoints, field, note="all or None: keep every one")
-    add_setting(checkpoints, "weights_only_dtype")
-    checkpoints.add_argument("--sync-checkpoints", action="store_true",
-                             help="write checkpoints on the training thread (default: "
-                                  "in the background)")
-    checkpoints.add_argument("--ignore-storage-check", action="store_true",
-                             help="train even when the checkpoints would not fit in the "
-                                  "free space of --checkpoint-dir (default: refuse before "
-                                  "the first step)")
-    start = checkpoints.add_mutually_exclusive_group()
-    start.add_argument("--resume", nargs="?", const="latest", default="auto",
-                       metavar="auto|latest|PATH",
-                       help="auto (default): continue the newest run with these settings "
-                            "if unfinished, else start a new one; latest: the newest "
-                            "checkpoint, its settings unless flags say otherwise; or PATH")
-    start.add_argument("--new-run", action="store_true",
-                       help="always start a new run (other runs' files stay untouched)")
-    logging = parser.add_argument_group("logging")
-    for field in ("log_to", "log_dir", "sample_every", "sample_prompt"):
-        add_setting(logging, field)
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bar: print a line per log interval and per "
-                             "evaluation instead (also when the output is not a terminal)")
+    sections: dict[str, Any] = {}  # --help's sections, in the table's order
+    exclusive: dict[str, Any] = {}  # flags that exclude each other (--max-steps | --epochs)
+    for row in SETTINGS:
+        if row.flag is None:
+            continue
+        if row.group is not None and row.group not in sections:
+            sections[row.group] = parser.add_argument_group(row.group)
+        container = parser if row.group is None else sections[row.group]
+        if row.exclusive:
+            if row.exclusive not in exclusive:
+                exclusive[row.exclusive] = container.add_mutually_exclusive_group()
+            container = exclusive[row.exclusive]
+        container.add_argument(row.flag, **argument_options(row))
     parser.set_defaults(func=run)
 
 
@@ -236,9 +162,10 @@ def build_training_config(args: argparse.Namespace, saved: dict[str, Any] | None
     if args.epochs is not None:
         values["max_steps"] = None  # --epochs bounds the run (max_steps would win)
     if args.lr is not None and args.min_lr is None:
-        values["min_learning_rate"] = args.lr / 10
-    values["background_checkpointing"] = not args.sync_checkpoints
-    values["check_storage"] = not args.ignore_storage_check
+        values["min_learning_rate"] = default_min_learning_rate(args.lr)
+    for row in SETTINGS:  # --sync-checkpoints, --ignore-storage-check
+        if row.flag_negates:
+            values[row.name] = not getattr(args, _dest(row.flag))
     if data_state and args.batch_size is None:
         # Keep the saved global batch (batch x processes) when the number of processes
         # changed, e.g. a 2-GPU run resumed on one: the same data stream continues.
@@ -258,7 +185,9 @@ def check_checkpoint_dir(folder: str | None) -> None:
     """Refuse a --checkpoint-dir that is an existing file (checkpoints would replace it) or
     where nothing can be written (a read-only file system): every checkpoint would go to
     the local fallback folder instead."""
-    if folder and Path(folder).exists() and not Path(folder).is_dir():
+    # The folder itself (a file further up fails when `run` creates the folder, with an
+    # OSError that names the path).
+    if folder and file_in_the_way(folder) == Path(folder):
         raise UserError(f"--checkpoint-dir {folder} is a file, not a folder; name a folder "
                         f"for the checkpoints (it is created if missing)")
     if folder:
@@ -272,11 +201,7 @@ def model_config(args: argparse.Namespace, saved: dict[str, Any] | None, vocab_s
 
     A new model gets the tokenizer's vocabulary (257 for `byte`, 50257 for `gpt2`).
     """
-    from utils.config import ModelConfig
-
-    sizes = {"number_of_layers": args.layers, "number_of_heads": args.heads,
-             "embedding_dimension": args.dim, "context_length": args.context,
-             "dropout_rate": args.dropout}
+    sizes = {field: getattr(args, _dest(flag)) for field, flag in MODEL_FLAGS.items()}
     sizes = {key: value for key, value in sizes.items() if value is not None}
     if saved is not None and args.preset is None:
         return ModelConfig.from_dict({**saved["config"], **sizes})
