@@ -11,10 +11,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "utils"
 # The checkpoint layer bottom-up (CLAUDE.md explains each), then training on top of it.
-ENGINE_ORDER = ["errors", "distributed", "reading", "checkpoint", "runs", "listing", "recovery",
-                "writer", "storage",
-                "loading", "evaluation", "compare", "optim", "rng", "precision", "throughput",
-                "compiling", "device_loop", "loggers", "trainer"]
+ENGINE_ORDER = ["errors", "distributed", "reading", "rng", "checkpoint", "runs", "listing",
+                "recovery", "writer", "storage",
+                "loading", "evaluation", "compare", "optim", "precision", "throughput",
+                "compiling", "device_loop", "loggers", "samples", "session", "trainer"]
 
 
 def module_name(path: Path) -> str:

@@ -146,14 +146,14 @@ def test_in_process_crash_then_resume_needs_the_rng_state(tmp_path, uninterrupte
                                                           restore_rng):
     """A crash after step 10 (checkpoint at 9), then resume: exact with the saved RNG state;
     without it (dropout 0.2 draws other masks) the weights differ, so the test can fail."""
-    from utils.training.engine import trainer as trainer_module
+    from utils.training.engine import checkpoint as checkpoint_module  # restores the RNGs
 
     first = worker.make_trainer(tmp_path)
     first.callbacks.append(_crash_at(10))
     with pytest.raises(_Crash):
         first.fit()
     if not restore_rng:
-        monkeypatch.setattr(trainer_module, "set_rng_state", lambda state: None)
+        monkeypatch.setattr(checkpoint_module, "set_rng_state", lambda state: None)
     torch.manual_seed(12345)  # whatever state the new process happens to have
     resumed = worker.make_trainer(tmp_path)
     history = resumed.fit(resume_from="latest")

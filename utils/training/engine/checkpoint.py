@@ -22,6 +22,7 @@ import os
 import re
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,14 @@ from torch import nn
 from utils.config import ModelConfig
 from utils.fileio import write_atomically, write_bytes_atomically
 from utils.training.engine.errors import (
+    ArchitectureMismatchError,
     CheckpointWriteError,
     CorruptCheckpointError,
     NotACheckpointError,
     NotResumableError,
 )
 from utils.training.engine.reading import read_checkpoint, read_json_file, sniff_file
+from utils.training.engine.rng import rng_state, set_rng_state
 
 FORMAT_VERSION = 1
 BEST_MODEL_NAME = "best_model.pt"
@@ -542,6 +545,85 @@ def model_config_dict(model: nn.Module) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 # Weights-only copies (the storage plan)
 # --------------------------------------------------------------------------------------
+
+def check_fits(model: nn.Module, state: dict[str, Any], path: Path) -> None:
+    """Raise ArchitectureMismatchError unless the checkpoint's tensors fit `model` exactly."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in state["model_state_dict"].items()}
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(saved) if expected[k] != saved[k])
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+    if wrong:
+        parts.append(f"{len(wrong)} with other shapes (e.g. {wrong[0]}: checkpoint "
+                     f"{saved[wrong[0]]}, model {expected[wrong[0]]})")
+    raise ArchitectureMismatchError(
+        f"{path} does not fit this model: {'; '.join(parts)} keys. Build the model from the "
+        f"checkpoint's config {state.get('config')} to resume it")
+
+
+@dataclass
+class TrainingParts:
+    """The live objects of a training run that a resumable checkpoint saves and restores."""
+
+    model: nn.Module  # the plain module: no DDP or torch.compile wrapper around it
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # an LR scheduler (state_dict / load_state_dict)
+    scaler: Any  # a GradScaler; its state is kept only when it is enabled (fp16)
+    data: Any  # the training BatchLoader: its position in the data
+
+
+def training_checkpoint(parts: TrainingParts, record: dict[str, Any],
+                        run: dict[str, Any]) -> dict[str, Any]:
+    """DESIGN.md's checkpoint dict: the state of `parts` (live tensors, not copies), this
+    step's evaluation `record` (train_loss, val_loss, learning_rate, timestamp), every RNG,
+    and `run`'s facts (the CHECKPOINT_KEYS that describe the run: global_step, epoch,
+    precision, training_config, metrics_history, tokenizer, run_id, run_fingerprint,
+    total_steps, data_identity)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_state_dict": parts.model.state_dict(),
+        "optimizer_state_dict": parts.optimizer.state_dict(),
+        "scheduler_state_dict": parts.scheduler.state_dict(),
+        "scaler_state_dict": parts.scaler.state_dict() if parts.scaler.is_enabled() else None,
+        "precision": run["precision"],
+        "config": model_config_dict(parts.model),
+        "training_config": run["training_config"],
+        "epoch": run["epoch"],
+        "global_step": run["global_step"],
+        "train_loss": record["train_loss"],
+        "val_loss": record["val_loss"],
+        "learning_rate": record["learning_rate"],
+        "timestamp": record["timestamp"],
+        "metrics_history": [dict(entry) for entry in run["metrics_history"]],
+        "rng_state": rng_state(),
+        "data_state": parts.data.state_dict(),
+        "tokenizer": run["tokenizer"],
+        "run_id": run["run_id"],
+        "run_fingerprint": run["run_fingerprint"],
+        "total_steps": run["total_steps"],
+        "data_identity": run["data_identity"],
+    }
+
+
+def restore_training_checkpoint(parts: TrainingParts, state: dict[str, Any]) -> None:
+    """Put what `training_checkpoint` saved back into `parts`, then every RNG, so the run
+    continues bit for bit. The model loads strictly; the scaler's state only where both
+    the checkpoint and this run use one. Check the file first (`check_resumable`, shapes,
+    data): this changes the objects as it goes."""
+    parts.model.load_state_dict(state["model_state_dict"], strict=True)
+    parts.optimizer.load_state_dict(state["optimizer_state_dict"])
+    parts.scheduler.load_state_dict(state["scheduler_state_dict"])
+    if parts.scaler.is_enabled() and state.get("scaler_state_dict"):
+        parts.scaler.load_state_dict(state["scaler_state_dict"])
+    parts.data.load_state_dict(state["data_state"])
+    set_rng_state(state["rng_state"])
+
 
 def storage_identity(tensor: torch.Tensor) -> tuple:
     """Which storage holds a tensor's bytes: tensors that share one (GPT-2's tied embedding

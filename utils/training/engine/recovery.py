@@ -1,7 +1,10 @@
 """Choose a checkpoint or a run to continue, and recover what a dead runtime left behind.
 
 Built on `listing` (what is in the folder): `plan_resume` decides what
-`Trainer.fit(resume_from="auto")` does, `select_checkpoint` which file to load, and
+`Trainer.fit(resume_from="auto")` does and `find_resume_checkpoint` which checkpoint an
+explicit resume ("latest" or a path) continues, for the Trainer, the command line and the
+notebook alike; `load_first_readable` is the one loop that skips an unreadable checkpoint;
+`select_checkpoint` chooses which file to load, and
 `recover_training_results` returns one run's checkpoints, metrics (up to the last logged
 step, from the run's metrics log) and the table of every run. `list_checkpoints` is
 importable from here too (its documented home).
@@ -12,10 +15,16 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import dropwhile
 from pathlib import Path
 from typing import Any
 
-from utils.training.engine.checkpoint import METRIC_FIELDS, fallback_dir_for, load_checkpoint_file
+from utils.training.engine.checkpoint import (
+    METRIC_FIELDS,
+    check_resumable,
+    fallback_dir_for,
+    load_checkpoint_file,
+)
 from utils.training.engine.errors import (
     ArchitectureMismatchError,
     CheckpointError,
@@ -143,6 +152,31 @@ def no_checkpoints_error(checkpoint_dir: str | Path) -> NoCheckpointsError:
         f"at the folder that holds your checkpoint_*.pt files (in Colab, mount Drive first).")
 
 
+def read_resumable(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's contents (tensors left on disk) when training can continue it;
+    `NotResumableError` for a weights-only file."""
+    checkpoint = load_checkpoint_file(path, mmap=True)
+    check_resumable(path, checkpoint)
+    return checkpoint
+
+
+def find_resume_checkpoint(resume_from: str | Path, checkpoint_dir: str | Path,
+                           load: Callable[[Path], Any] = read_resumable,
+                           run: str = "latest") -> tuple[Path, Any]:
+    """`(path, load(path))` for the checkpoint an explicit resume continues: "latest" is
+    run `run`'s ("latest": the newest run's) newest checkpoint that `load` can read;
+    anything else is a checkpoint path. The one resolution behind `Trainer.fit`, the
+    command line's --resume and the notebook's continue cell ("auto" is `plan_resume`)."""
+    if resume_from == "latest":
+        return load_newest_readable(checkpoint_dir, load, run=run)
+    path = Path(resume_from)
+    return path, load(path)
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    return load_checkpoint_file(path, mmap=True)
+
+
 def load_newest_readable(checkpoint_dir: str | Path, load: Callable[[Path], Any],
                          run: str = "latest") -> tuple[Path, Any]:
     """`(path, load(path))` for the run's newest checkpoint that `load` can read; each newer
@@ -239,21 +273,6 @@ def _resolve_override(override: str | Path | int, folder: Path, infos: list) -> 
 # Recovering a run's results
 # --------------------------------------------------------------------------------------
 
-def _readable_latest(run: RunInfo) -> tuple[CheckpointInfo, dict[str, Any], set[Path]]:
-    """The run's newest checkpoint whose contents read; earlier ones when the newest fail."""
-    errors, unreadable = [], set()
-    for info in run.checkpoints:
-        try:
-            return info, load_checkpoint_file(info.path, mmap=True), unreadable
-        except (CheckpointError, OSError) as error:
-            errors.append(str(error))
-            unreadable.add(info.path)
-            warnings.warn(f"skipping checkpoint {info.path}: {error}", CheckpointWarning,
-                          stacklevel=3)
-    raise CorruptCheckpointError(f"no checkpoint of run {run.run_id} could be read: "
-                                 + "; ".join(errors))
-
-
 def _metrics_frames(run: RunInfo, checkpoint: dict[str, Any], latest_step: int,
                     checkpoint_dir: str | Path):
     """(evaluations, per-step training curve) from the run's log, else the checkpoint.
@@ -309,8 +328,12 @@ def recover_training_results(checkpoint_dir: str | Path = "checkpoints",
     chosen = next((each for each in runs if each.run_id == wanted), None)
     if chosen is None:
         raise run_not_found_error(checkpoint_dir, run, runs)
-    latest, checkpoint, unreadable = _readable_latest(chosen)
-    members = [info for info in chosen.checkpoints if info.path not in unreadable]
+    # the run's newest checkpoint that reads; newer ones that do not are left out
+    path, checkpoint, _ = load_first_readable(chosen.checkpoints, _read_checkpoint,
+                                              checkpoint_dir, f"of run {chosen.run_id} ",
+                                              "newest")
+    members = list(dropwhile(lambda info: info.path != path, chosen.checkpoints))
+    latest = members[0]
     best = min(members, key=_sort_key)
     latest_step = latest.global_step or 0
     metrics, curve = _metrics_frames(chosen, checkpoint, latest_step, checkpoint_dir)

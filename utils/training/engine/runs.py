@@ -55,6 +55,15 @@ NOT_IN_FINGERPRINT = frozenset({
 })
 
 
+def settings_differences(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """The settings that make a run (those in its fingerprint) whose values differ between
+    a checkpoint's `training_config` (`saved`) and the ones `given`, as "name: saved in
+    the checkpoint, given now" phrases."""
+    names = sorted((set(saved) | set(given)) - NOT_IN_FINGERPRINT)
+    return [f"{name}: {saved.get(name)!r} in the checkpoint, {given.get(name)!r} given"
+            for name in names if saved.get(name) != given.get(name)]
+
+
 def new_run_id() -> str:
     """`YYYYmmdd-HHMMSS-xxxxxx`: when the run started (UTC) and 6 random hex digits."""
     return f"{utc_now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"

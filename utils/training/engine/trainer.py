@@ -1,5 +1,11 @@
 """`Trainer`: AdamW + warm-up/cosine schedule, evaluation, checkpoints and exact resume.
 
+`_train_loop` is the loop, top to bottom: train a step (`_train_step`: micro-batches,
+backward, clip, optimizer step, next learning rate), log, evaluate, checkpoint. The run's life
+around it (lock, metrics log, loggers, checkpoint writer, Ctrl-C, finishing) is a
+`RunSession` (`session.py`); what a checkpoint holds is built and restored by
+`checkpoint.training_checkpoint` / `restore_training_checkpoint`.
+
 One optimizer step = `gradient_accumulation_steps` micro-batches from the `BatchLoader`.
 Every evaluation appends one record to `metrics_history`; every checkpoint is preceded by an
 evaluation, so a checkpoint's `val_loss` belongs to exactly the weights it holds, and the
@@ -33,14 +39,15 @@ from utils.config import TrainingConfig
 from utils.data import BatchLoader
 from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
-    FORMAT_VERSION,
+    TrainingParts,
+    check_fits,
     check_resumable,
-    fallback_dir_for,
     load_checkpoint_file,
-    make_checkpoint_folder,
     model_config_dict,
     read_sidecar,
+    restore_training_checkpoint,
     timestamp_now,
+    training_checkpoint,
 )
 from utils.training.engine.compiling import CompileChoice, compile_problem, resolve_compile
 from utils.training.engine.device_loop import (
@@ -51,17 +58,13 @@ from utils.training.engine.device_loop import (
 )
 from utils.training.engine.distributed import (
     DistributedContext,
-    cleanup_distributed,
     launch_info,
     setup_distributed,
     unwrap_model,
 )
 from utils.training.engine.errors import (
-    ArchitectureMismatchError,
-    CheckpointWriteError,
     InsufficientStorageError,
     NoCheckpointsError,
-    RunInUseError,
     RunMismatchError,
     TrainingDivergedError,
     TrainingOutOfMemoryError,
@@ -74,33 +77,24 @@ from utils.training.engine.evaluation import (  # noqa: F401  (names once define
     perplexity,
 )
 from utils.training.engine.listing import RunInfo, describe_runs, list_runs
-from utils.training.engine.loggers import (
-    RunLoggers,
-    check_loggers_available,
-    eta_seconds,
-    eval_line,
-    is_live,
-    open_loggers,
-    sample_block,
-    train_line,
-)
+from utils.training.engine.loggers import check_loggers_available, eta_seconds
 from utils.training.engine.optim import build_optimizer, lr_at
 from utils.training.engine.precision import PrecisionChoice, resolve_precision, tf32_matmuls
 from utils.training.engine.recovery import (
+    find_resume_checkpoint,
     load_first_readable,
-    load_newest_readable,
     plan_resume,
     resumable_checkpoints,
 )
-from utils.training.engine.rng import rng_state, seed_everything, set_rng_state
+from utils.training.engine.rng import seed_everything
 from utils.training.engine.runs import (
-    MetricsLog,
-    RunLease,
-    RunLock,
     data_sha256,
     new_run_id,
     run_fingerprint,
+    settings_differences,
 )
+from utils.training.engine.samples import TextSampler
+from utils.training.engine.session import RunSession
 from utils.training.engine.storage import (
     StoragePlan,
     check_storage,
@@ -109,31 +103,8 @@ from utils.training.engine.storage import (
     sample_record,
 )
 from utils.training.engine.throughput import ThroughputMeter, model_flops_per_token, peak_flops
-from utils.training.engine.writer import CheckpointWriter, remove_stale_temp_files
 
 Callback = Callable[[dict[str, Any]], None]
-SAMPLE_NEW_TOKENS = 48  # length of the text samples (`sample_every`)
-
-
-def _check_fits(model: nn.Module, state: dict[str, Any], path: Path) -> None:
-    """Raise ArchitectureMismatchError unless the checkpoint's tensors fit `model` exactly."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    saved = {k: tuple(v.shape) for k, v in state["model_state_dict"].items()}
-    missing = sorted(set(expected) - set(saved))
-    unexpected = sorted(set(saved) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(saved) if expected[k] != saved[k])
-    if not (missing or unexpected or wrong):
-        return
-    parts = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected)):
-        if keys:
-            parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
-    if wrong:
-        parts.append(f"{len(wrong)} with other shapes (e.g. {wrong[0]}: checkpoint "
-                     f"{saved[wrong[0]]}, model {expected[wrong[0]]})")
-    raise ArchitectureMismatchError(
-        f"{path} does not fit this model: {'; '.join(parts)} keys. Build the model from the "
-        f"checkpoint's config {state.get('config')} to resume it")
 
 
 def context_length_of(model: nn.Module) -> int | None:
@@ -196,20 +167,14 @@ class Trainer:
         self._data_sha256 = data_sha256
         self.init_from = None if init_from in (None, "", "scratch") else str(init_from)
         self._fingerprint: str | None = None
-        self._lock: RunLock | None = None
-        self._lease: RunLease | None = None
-        self._log: MetricsLog | None = None
         self._precision_said = False  # the precision choice is printed once per Trainer
         self._compiled: nn.Module | None = None  # torch.compile(model), built once
         self._compile_choice: CompileChoice | None = None  # decided once per Trainer
         self._report_compile_time = False
         self._compile_refused = False  # compiling asked for, but kernels cannot be built here
-        self._loggers = RunLoggers()  # config.log_to's loggers, open while fit() trains
-        self._print_lines = False  # no progress bar in sight: print a line per log interval
         self._grad_norm: torch.Tensor | None = None  # the last measured step's, on the device
         self._measure_norm = False  # the next step is logged: measure its gradient norm
-        self._sampler: tuple[Any, list[int]] | None = None  # (tokenizer, prompt ids)
-        self._stop_requested = False  # Ctrl-C during fit(): stop at the next step boundary
+        self._sampler = TextSampler(self.config, tokenizer_name, self._write)
 
     # ---------------------------------------------------------------- data
     def _context_length(self, data: Any) -> int:
@@ -319,32 +284,24 @@ class Trainer:
         return {"val_loss": loss, "perplexity": perplexity(loss)}
 
     # ---------------------------------------------------------------- checkpoints
+    def _parts(self) -> TrainingParts:
+        return TrainingParts(unwrap_model(self.model), self.optimizer, self.scheduler,
+                             self.scaler, self.train_loader)
+
     def checkpoint_state(self, record: dict[str, Any]) -> dict[str, Any]:
         """DESIGN.md's checkpoint dict for the current state (live tensors, not copies)."""
-        return {
-            "format_version": FORMAT_VERSION,
-            "model_state_dict": unwrap_model(self.model).state_dict(),
-            "optimizer_state_dict": self.optimizer.state_dict(),
-            "scheduler_state_dict": self.scheduler.state_dict(),
-            "scaler_state_dict": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+        return training_checkpoint(self._parts(), record, {
             "precision": self.precision_choice.to_dict(),
-            "config": model_config_dict(unwrap_model(self.model)),
             "training_config": _plain(self.config.to_dict()),
             "epoch": self.epoch,
             "global_step": self.global_step,
-            "train_loss": record["train_loss"],
-            "val_loss": record["val_loss"],
-            "learning_rate": record["learning_rate"],
-            "timestamp": record["timestamp"],
-            "metrics_history": [dict(entry) for entry in self.metrics_history],
-            "rng_state": rng_state(),
-            "data_state": self.train_loader.state_dict(),
+            "metrics_history": self.metrics_history,
             "tokenizer": self.tokenizer_name,
             "run_id": self.run_id,
             "run_fingerprint": self.fingerprint,
             "total_steps": self.total_steps,
             "data_identity": self.data_identity(),
-        }
+        })
 
     @property
     def fingerprint(self) -> str:
@@ -396,21 +353,20 @@ class Trainer:
         path = Path(checkpoint)
         state = load_checkpoint_file(path, mmap=False)
         check_resumable(path, state)  # a weights-only file (a convert output) says so
-        model = unwrap_model(self.model)
-        _check_fits(model, state, path)  # before touching anything: a mismatch changes nothing
+        check_fits(unwrap_model(self.model), state, path)  # a mismatch changes nothing
         self._check_same_data(path, state)  # the same: other data changes nothing
-        model.load_state_dict(state["model_state_dict"], strict=True)
-        self.optimizer.load_state_dict(state["optimizer_state_dict"])
-        self.scheduler.load_state_dict(state["scheduler_state_dict"])
         stored = state.get("precision")
         if isinstance(stored, dict) and self.config.precision == "auto":
             # "auto" keeps the precision the run started with (an explicit one stands)
             self._use_precision(resolve_precision(self.device, self.config.precision,
                                                   resumed=stored))
-        if self.scaler.is_enabled() and state.get("scaler_state_dict"):
-            self.scaler.load_state_dict(state["scaler_state_dict"])
-        self.train_loader.load_state_dict(state["data_state"])
-        set_rng_state(state["rng_state"])
+        restore_training_checkpoint(self._parts(), state)
+        self._continue_run_of(state)
+        return state
+
+    def _continue_run_of(self, state: dict[str, Any]) -> None:
+        """Take over the run a restored checkpoint belongs to: its step, history, id and
+        identity, and the best val_loss it recorded."""
         self.global_step = int(state["global_step"])
         self.metrics_history = [dict(entry) for entry in state.get("metrics_history") or []]
         if self.metrics_history:
@@ -422,7 +378,6 @@ class Trainer:
             # (a larger step budget, a resume with other flags).
             self._fingerprint = fingerprint
         self.best_val_loss = self._best_val_loss_of_run()
-        return state
 
     def _best_val_loss_of_run(self) -> float:
         """The best val_loss this run recorded (best_model.pt follows the newest run)."""
@@ -434,6 +389,7 @@ class Trainer:
         finite = [float(s) for s in scores
                   if isinstance(s, (int, float)) and math.isfinite(float(s))]
         return min(finite, default=math.inf)
+
 
     # ---------------------------------------------------------------- training
     def fit(self, resume_from: str | Path | None = "auto",
@@ -455,38 +411,52 @@ class Trainer:
         self.finished = False
         if self.dist.is_main:
             check_loggers_available(self.config.loggers)  # before any work: one clear line
+        session = RunSession(self.config, self.dist, self._say)
         try:
-            if not self._start_or_resume(resume_from):
+            if not self._start_or_resume(resume_from, session):
                 return self.metrics_history
+            self._stop_step = self._session_end(stop_at_step)
         except BaseException:
-            self._release_run()
+            session.release()
             raise
-        self._stop_step = self.total_steps if stop_at_step is None \
-            else min(stop_at_step, self.total_steps)
-        if self._stop_step <= self.global_step and stop_at_step is not None:
-            raise ValueError(f"stop_at_step={stop_at_step} is not after the current step "
-                             f"{self.global_step}")
-        elif self.global_step == 0:
+        if self.global_step == 0:
             seed_everything(self.config.seed)  # same seed on every rank: identical dropout
         self._say_precision()
-        writer = self._make_writer()
         try:
-            self._check_storage(writer)  # before the first step: said, or refused
+            session.open_writer(self.run_id)
+            self._check_storage(session)  # before the first step: said, or refused
         except BaseException:
-            self._finish(writer, failed=True)
+            session.finish(failed=True)
             raise
+        self._train_session(session)
+        if session.stop_requested:  # the checkpoint of this step is on disk (finish waited)
+            # A plain KeyboardInterrupt, so a script stopped by Ctrl-C still exits as one
+            # (killed by SIGINT: a shell loop around it stops too); the message says where
+            # training resumes (the command line prints it as its last line).
+            raise KeyboardInterrupt(self._interrupted_message(session.last_checkpoint))
+        return self.metrics_history
+
+    def _session_end(self, stop_at_step: int | None) -> int:
+        """The global step this session stops at: the run's end, or `stop_at_step`."""
+        if stop_at_step is None:
+            return self.total_steps
+        if min(stop_at_step, self.total_steps) <= self.global_step:
+            raise ValueError(f"stop_at_step={stop_at_step} is not after the current step "
+                             f"{self.global_step}")
+        return min(stop_at_step, self.total_steps)
+
+    def _train_session(self, session: RunSession) -> None:
+        """Run the loop on the (compiled, DDP-wrapped) model with its progress bar, and
+        finish the session however the loop ends."""
         compiled = self._compiled_model()
         training_model = self.dist.wrap(self.model if compiled is None else compiled)
         training_model.train()
-        bar = self._progress_bar()
-        # a line per log interval wherever no bar is seen (stdout a file, or no bar)
-        self._print_lines = self.dist.is_main and not (self._bar_on() and is_live(sys.stdout))
+        bar = session.progress_bar(self.global_step, self._stop_step, self.progress)
         failed = True
         try:
-            if self.dist.is_main:
-                self._loggers = open_loggers(self.config, self.run_id, self.global_step)
-            with tf32_matmuls(self.device), self._stop_on_ctrl_c():
-                self._train_loop(training_model, writer, bar)
+            session.open_loggers(self.run_id, self.global_step)
+            with tf32_matmuls(self.device), session.stop_on_ctrl_c():
+                self._train_loop(training_model, session, bar)
             failed = False
         except Exception as error:
             if is_out_of_memory(error):
@@ -494,44 +464,335 @@ class Trainer:
             raise
         finally:
             bar.close()
-            self._finish(writer, failed)
-        if self._stop_requested:  # the checkpoint of this step is on disk (_finish waited)
-            # A plain KeyboardInterrupt, so a script stopped by Ctrl-C still exits as one
-            # (killed by SIGINT: a shell loop around it stops too); the message says where
-            # training resumes (the command line prints it as its last line).
-            raise KeyboardInterrupt(self._interrupted_message(writer))
-        return self.metrics_history
+            session.finish(failed)
 
-    @contextlib.contextmanager
-    def _stop_on_ctrl_c(self):
-        """Ctrl-C (SIGINT) ends training at the next step boundary, with a checkpoint of
-        that step written through the writer; `fit` then raises KeyboardInterrupt,
-        saying where training resumes. A second Ctrl-C stops at once (no checkpoint).
-        Only where it can work: the main thread of one process (under torchrun the ranks
-        would have to agree on the step), with a checkpoint folder, and while SIGINT has
-        Python's default handler (a program that set its own keeps it)."""
-        import signal
-        import threading
+    def _train_loop(self, model: nn.Module, session: RunSession, bar) -> None:
+        """The loop, step by step until `_stop_step`: train one step, log it, evaluate,
+        checkpoint. The loss stays on the device: it is read (one host sync, and under
+        DDP one all-reduce) at log intervals and evaluations, never per step."""
+        losses, speed = LossMeter(self.device), self._throughput_meter()
+        started, first_step = time.perf_counter(), self.global_step
+        speed.start(first_step)
+        while self.global_step < self._stop_step:
+            self._measure_norm = self._reads_loss_at(self.global_step + 1)
+            losses.add(self._train_step(model))  # micro-batches, backward, clip, step, lr
+            self.global_step += 1
+            stopping = session.stop_requested  # Ctrl-C: this step is the last, checkpointed
+            if stopping:
+                self._say(f"Ctrl-C: stopping at step {self.global_step}, writing its "
+                          "checkpoint (Ctrl-C again stops at once, without it)")
+            if self.global_step == first_step + 1:
+                self._after_first_step(session, started)
+            bar.update(1)
+            checkpoint_due = self._checkpoint_due() or stopping
+            evaluation_due = checkpoint_due or self._evaluation_due()
+            if evaluation_due or self.global_step % self.config.log_interval == 0:
+                self._log_progress(losses, speed, bar, session)
+            if evaluation_due:
+                seconds = time.perf_counter() - started
+                train_loss = losses.read_record(self.dist.all_reduce_mean)
+                record = self._record(train_loss, seconds, speed, session)
+                if checkpoint_due:
+                    self._checkpoint(record, session)
+                speed.start(self.global_step)  # evaluation and checkpointing are not training
+            if stopping:
+                return
 
-        self._stop_requested = False
-        if not (self.config.checkpoint_dir and not self.dist.enabled
-                and threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            yield
+    def _train_step(self, training_model: nn.Module) -> torch.Tensor:
+        """One optimizer step: forward and backward over `gradient_accumulation_steps`
+        micro-batches, clip, step, next learning rate. Returns the mean loss as a 0-d
+        tensor on the device (reading it is the caller's choice)."""
+        if not self.model.training:
+            # .train() walks every module (a dozen attribute writes per block): fit() calls
+            # it once, evaluation restores the mode it found; here only if someone changed it
+            training_model.train()
+        loss = self._forward_backward(training_model)
+        self._clip_gradients()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return loss
+
+    def _forward_backward(self, training_model: nn.Module) -> torch.Tensor:
+        """Accumulate the gradients of every micro-batch; returns their mean loss."""
+        accumulation = self.config.gradient_accumulation_steps
+        total = None
+        for micro in range(accumulation):
+            inputs, targets = next(self.batches)
+            # DDP averages gradients across ranks only on the last micro-batch
+            last = micro == accumulation - 1
+            sync = contextlib.nullcontext() if last or not self.dist.enabled \
+                else training_model.no_sync()
+            with sync:
+                with self.precision_choice.autocast():
+                    loss = language_model_loss(training_model, inputs, targets)
+                    if accumulation > 1:  # x / 1 == x: no extra kernel (and its backward)
+                        loss = loss / accumulation
+                self.scaler.scale(loss).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        return total
+
+    def _clip_gradients(self) -> None:
+        """Clip to `grad_clip`. The gradient norm stays on the device in `_grad_norm`:
+        clipping measures it anyway; without clipping it is measured only when
+        `_measure_norm` (a step that is logged)."""
+        if self.config.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            foreach = True if self.device.type in ("cpu", "cuda") else None  # one kernel per list
+            self._grad_norm = nn.utils.clip_grad_norm_(
+                self._parameters, self.config.grad_clip, foreach=foreach).detach()
+        elif self._measure_norm:
+            self.scaler.unscale_(self.optimizer)  # the norm of the true gradients (fp16)
+            self._grad_norm = _gradient_norm(self._parameters)
+
+    def _after_first_step(self, session: RunSession, started: float) -> None:
+        """Once the session's first step is done: say what compiling cost (once per
+        Trainer: one sync), and let the writer allocate its checkpoint buffers now that
+        the optimizer state exists, off the critical path."""
+        if self._report_compile_time:
+            self._report_compile_time = False
+            self._say_warmup(started)
+        session.prepare_checkpoints(lambda: {
+            "model_state_dict": unwrap_model(self.model).state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict()})
+
+    def _log_progress(self, losses: LossMeter, speed: ThroughputMeter, bar,
+                      session: RunSession) -> None:
+        """Read the loss window (the sync point), check it, update the bar and the log."""
+        window = losses.log_steps
+        # the gradient norm comes back in the same host read as the loss
+        loss, grad_norm = losses.read_log_with(self._grad_norm, self.dist.all_reduce_mean)
+        self._grad_norm = None
+        self._check_finite(loss, window)
+        rates = speed.mark(self.global_step)
+        postfix = {"loss": f"{loss:.4f}", "lr": f"{self._lr_of_last_step():.2e}"}
+        if rates["tokens_per_s"] is not None:
+            postfix["tok_s"] = f"{rates['tokens_per_s']:,.0f}"
+        if rates["mfu"] is not None:
+            postfix["mfu"] = f"{rates['mfu']:.1%}"
+        bar.set_postfix(postfix, refresh=False)
+        values = {"train_loss": loss, "learning_rate": self._lr_of_last_step(),
+                  "tokens_per_s": rates["tokens_per_s"], "mfu": rates["mfu"],
+                  "grad_norm": grad_norm}
+        session.log_train(self.global_step, self.epoch, values, self._stop_step,
+                          self._eta(rates["tokens_per_s"]))
+
+    def _record(self, train_loss: float, session_seconds: float, speed: ThroughputMeter,
+                session: RunSession) -> dict[str, Any]:
+        """Evaluate, append a metrics record, sample, tell the callbacks; returns it."""
+        evaluation = self.evaluate()
+        rates = speed.rates()
+        record = {
+            "step": self.global_step,
+            "epoch": self.epoch,
+            "train_loss": train_loss,
+            "val_loss": evaluation["val_loss"],
+            "perplexity": evaluation["perplexity"],
+            "learning_rate": self._lr_of_last_step(),
+            "tokens_seen": self.global_step * self.tokens_per_step,
+            "elapsed_s": self._elapsed_before + session_seconds,
+            "tokens_per_s": rates["tokens_per_s"],
+            "mfu": rates["mfu"],
+            "timestamp": timestamp_now(),
+        }
+        self.metrics_history.append(record)
+        session.log_eval(record, self._stop_step, self._eta(record["tokens_per_s"]))
+        if self.dist.is_main:
+            last = self.global_step == self.total_steps
+            if self._sampler.due(len(self.metrics_history), last):
+                text = self._sampler.sample(unwrap_model(self.model), self.global_step)
+                if text is not None:
+                    session.loggers.log(self.global_step, {"sample": text}, "sample")
+            for callback in self.callbacks:
+                callback(dict(record))
+        return record
+
+    def _checkpoint(self, record: dict[str, Any], session: RunSession) -> None:
+        """Hand this step's checkpoint to the session (rank 0 writes), tracking the best."""
+        val_loss = record["val_loss"]
+        is_best = (session.writer is not None and val_loss is not None
+                   and val_loss < self.best_val_loss)
+        session.save(lambda: self.checkpoint_state(record), is_best)
+        if is_best:
+            self.best_val_loss = val_loss
+
+    def _eta(self, tokens_per_s: float | None) -> float | None:
+        return eta_seconds(self._stop_step - self.global_step, self.tokens_per_step,
+                           tokens_per_s)
+
+    def _reads_loss_at(self, step: int) -> bool:
+        """Whether the loop reads the loss after `step` (a log interval, an evaluation)."""
+        config = self.config
+        return (step % config.log_interval == 0 or step % config.eval_interval == 0
+                or step in (self._stop_step, self.total_steps) or self._checkpoint_due(step))
+
+
+    def _evaluation_due(self) -> bool:
+        return (self.global_step % self.config.eval_interval == 0
+                or self.global_step == self._stop_step)
+
+    def _checkpoint_due(self, step: int | None = None) -> bool:
+        config = self.config
+        step = self.global_step if step is None else step
+        if not config.checkpoint_dir:
+            return False
+        return (step in (self.total_steps, self._stop_step)
+                or (config.checkpoint_interval is not None
+                    and step % config.checkpoint_interval == 0)
+                or (config.checkpoint_every_epoch and step % self.steps_per_epoch == 0))
+
+
+    def train_step(self) -> float:
+        """One optimizer step outside `fit()` (benchmarks, custom loops); returns its loss
+        (read at once: this is the one place a per-step sync is asked for). No evaluation,
+        no checkpoint, no DDP wrapper."""
+        self._setup()
+        with tf32_matmuls(self.device):
+            loss = self._train_step(self.model).item()
+        self.global_step += 1
+        return loss
+
+    def _check_finite(self, loss: float, window: int = 1) -> None:
+        """Stop before a diverged state can be evaluated, saved or replace a good checkpoint
+        (the loss is read at every log point and before every evaluation; `window` is the
+        number of steps that reading averaged)."""
+        if math.isfinite(loss):
             return
+        where = self.config.checkpoint_dir
+        step = self.global_step
+        when = f"at step {step}" if window <= 1 else f"between steps {step - window + 1} and {step}"
+        raise TrainingDivergedError(
+            f"training diverged {when}: the loss is {loss}. Nothing was "
+            f"saved from this state{f'; the checkpoints in {where} are intact' if where else ''}."
+            f" Fix: lower learning_rate (now {self.config.learning_rate}) or raise "
+            f"warmup_steps (now {self.config.warmup_steps}), then train again.")
 
-        def request_stop(signum, frame) -> None:
-            self._stop_requested = True  # nothing printed here: a handler may interrupt a print
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+    def _lr_of_last_step(self) -> float:
+        return lr_at(max(0, self.global_step - 1), self.config, self.total_steps)
 
-        signal.signal(signal.SIGINT, request_stop)
+
+    def _say_warmup(self, session_start: float) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # wait for the first step to finish
+        self._say(f"torch.compile warm-up: the first step took "
+                  f"{time.perf_counter() - session_start:.1f} s (compilation included; "
+                  f"later steps run compiled)")
+
+
+    def _throughput_meter(self) -> ThroughputMeter:
+        """Tokens/s and MFU (FLOPs per token as nanoGPT counts them; the device's peak)."""
         try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            flops = model_flops_per_token(self.model, self.context_length)
+        except (AttributeError, StopIteration, TypeError):  # a model without GPT-2's config
+            flops = 0
+        peak = peak_flops(self.device, self.precision)[0] if flops else None
+        return ThroughputMeter(self.tokens_per_step, flops, peak)
 
-    def _interrupted_message(self, writer: CheckpointWriter | None) -> str:
-        where = writer.last_path if writer is not None else None
+    def storage_plan(self) -> StoragePlan:
+        """What this run keeps at most in `config.checkpoint_dir` (`storage.py`): its
+        checkpoints (the newest `keep_full` whole, the others weights-only), best_model.pt
+        and its metrics log, sized from the model and optimizer as they are (before the
+        first step, AdamW's moments are predicted)."""
+        self._setup()
+        config, total = self.config, self.total_steps
+        every_epoch = self.steps_per_epoch if config.checkpoint_every_epoch else None
+        saves = [config.checkpoint_interval, every_epoch]
+        records = count_due_steps(total, [config.eval_interval, *saves], (total,))
+        train_lines = count_due_steps(total, [config.log_interval, config.eval_interval,
+                                              *saves], (total,))
+        record = sample_record({"global_step": total, "epoch": total // self.steps_per_epoch})
+        if self.val_loader is None:
+            record.update(val_loss=None, perplexity=None)
+        state = self.checkpoint_state(record)  # live tensors: measured, never copied
+        state.update(global_step=total, epoch=record["epoch"])
+        return plan_storage(config.checkpoint_dir, state, self.optimizer, config,
+                            checkpoints=count_due_steps(total, saves, (total,)),
+                            records=records, log_lines=(train_lines, records),
+                            best_model=self.val_loader is not None)
+
+    def _check_storage(self, session: RunSession) -> None:
+        """Say what the run keeps at most in its folder and the free space there; refuse
+        a plan that does not fit unless `check_storage` is False (all ranks stop)."""
+        error: BaseException | None = None
+        if session.writer is not None:
+            try:
+                self._say(check_storage(self.storage_plan(), self.run_id,
+                                        refuse=self.config.check_storage))
+            except InsufficientStorageError as caught:
+                error = caught
+        session.fail_together(error)
+
+
+    # ---------------------------------------------------------------- which run
+    def _start_or_resume(self, resume_from: str | Path | None, session: RunSession) -> bool:
+        """Load what `resume_from` asks for, give the run its id and hold it (`session`);
+        False: nothing to train."""
+        folder = self.config.checkpoint_dir
+        runs = None  # the folder's runs, when the plan below has listed them
+        if resume_from == "auto" and self.run_id is None and folder:
+            plan = plan_resume(folder, self.fingerprint, self.total_steps)
+            runs = plan.runs
+            if plan.action == "interrupted":
+                from utils.config import ConfigError
+
+                raise ConfigError(plan.message)  # names max_steps: the setting to change
+            if plan.action == "resume":
+                session.hold(plan.run.run_id)  # before anything changes: it may be in use
+            if plan.action != "new":
+                self._say(plan.message)
+                load_first_readable(resumable_checkpoints(plan.run), self.load_checkpoint,
+                                    folder, f"of run {plan.run.run_id} ", "newest")
+            if plan.action == "finished":
+                self.finished = True
+                return False
+        elif resume_from not in (None, "auto"):
+            self._resume_explicitly(resume_from)
+        if self.run_id is None:
+            self.run_id = self.dist.broadcast(new_run_id())
+            self._announce_new_run(runs)
+        session.hold(self.run_id)
+        return True
+
+    def _resume_explicitly(self, resume_from: str | Path) -> None:
+        """Continue from "latest" (the newest run's newest readable checkpoint) or a path,
+        saying so, and naming the run's settings that differ from the ones given."""
+        folder = self.config.checkpoint_dir
+        if resume_from == "latest" and not folder:
+            raise NoCheckpointsError("resume_from='latest' needs config.checkpoint_dir")
+        given = _plain(self.config.to_dict())
+        path, state = find_resume_checkpoint(resume_from, folder, self.load_checkpoint)
+        if resume_from == "latest":
+            self._say(f"resuming run {self.run_id or '(legacy)'} at step {self.global_step} "
+                      f"from {path}")
+        else:
+            self._say(f"resuming at step {self.global_step} from {resume_from}")
+        saved = state.get("training_config")
+        differences = settings_differences(saved, given) if isinstance(saved, dict) else []
+        if differences:
+            self._say(f"the checkpoint was trained with other settings than the ones given "
+                      f"({'; '.join(differences)}); training continues with the ones given, "
+                      f"as run {self.run_id or '(legacy)'}")
+
+    def _announce_new_run(self, runs: list[RunInfo] | None = None) -> None:
+        """Say that a run starts (or that an old-format checkpoint continues as one), and
+        which runs are already in the folder (`runs`, if already listed): they stay
+        untouched."""
+        if self.global_step > 0:
+            self._say(f"the checkpoint carries no run id (written before runs existed): it "
+                      f"continues as run {self.run_id}; its older files stay as they are")
+            return
+        others = runs
+        if others is None:
+            others = list_runs(self.config.checkpoint_dir) if self.config.checkpoint_dir else []
+        message = f"starting a new run {self.run_id}"
+        if others:
+            message += (f"; runs already in {self.config.checkpoint_dir} stay untouched: "
+                        f"{describe_runs(others)}")
+        self._say(message)
+
+
+    def _interrupted_message(self, where: Path | None) -> str:
         saved = (f"its checkpoint is {where}" if where is not None
                  else "no checkpoint could be written")
         if self.global_step >= self.total_steps:
@@ -607,406 +868,6 @@ class Trainer:
     # writes its flags where a message names a setting (`max_steps` -> `--max-steps`).
     announce: Callable[[str], None] = print
 
-    def _start_or_resume(self, resume_from: str | Path | None) -> bool:
-        """Load what `resume_from` asks for and give the run its id; False: nothing to train."""
-        folder = self.config.checkpoint_dir
-        runs = None  # the folder's runs, when the plan below has listed them
-        if resume_from == "auto" and self.run_id is None and folder:
-            plan = plan_resume(folder, self.fingerprint, self.total_steps)
-            runs = plan.runs
-            if plan.action == "interrupted":
-                from utils.config import ConfigError
-
-                raise ConfigError(plan.message)  # names max_steps: the setting to change
-            if plan.action == "resume":
-                self._lock_run(plan.run.run_id)  # before anything changes: it may be in use
-            if plan.action != "new":
-                self._say(plan.message)
-                load_first_readable(resumable_checkpoints(plan.run), self.load_checkpoint,
-                                    folder, f"of run {plan.run.run_id} ", "newest")
-            if plan.action == "finished":
-                self.finished = True
-                return False
-        elif resume_from == "latest":
-            if not folder:
-                raise NoCheckpointsError("resume_from='latest' needs config.checkpoint_dir")
-            path, _ = load_newest_readable(folder, self.load_checkpoint)
-            self._say(f"resuming run {self.run_id or '(legacy)'} at step {self.global_step} "
-                      f"from {path}")
-        elif resume_from not in (None, "auto"):
-            self.load_checkpoint(resume_from)
-            self._say(f"resuming at step {self.global_step} from {resume_from}")
-        if self.run_id is None:
-            self.run_id = self.dist.broadcast(new_run_id())
-            self._announce_new_run(runs)
-        self._lock_run(self.run_id)
-        return True
-
-    def _announce_new_run(self, runs: list[RunInfo] | None = None) -> None:
-        """Say that a run starts (or that an old-format checkpoint continues as one), and
-        which runs are already in the folder (`runs`, if already listed): they stay
-        untouched."""
-        if self.global_step > 0:
-            self._say(f"the checkpoint carries no run id (written before runs existed): it "
-                      f"continues as run {self.run_id}; its older files stay as they are")
-            return
-        others = runs
-        if others is None:
-            others = list_runs(self.config.checkpoint_dir) if self.config.checkpoint_dir else []
-        message = f"starting a new run {self.run_id}"
-        if others:
-            message += (f"; runs already in {self.config.checkpoint_dir} stay untouched: "
-                        f"{describe_runs(others)}")
-        self._say(message)
-
-    def _release_run(self) -> None:
-        if self._lease is not None:
-            self._lease.release()
-            self._lease = None
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-
-    def _lock_run(self, run_id: str) -> None:
-        """Hold the run's lock (this machine) and lease (other machines sharing the folder)
-        while training it (released by `_finish`)."""
-        if not (self.config.checkpoint_dir and self.dist.is_main) or self._lock is not None:
-            return
-        # The folder exists before it is locked, so the lock names the folder itself
-        # (device and inode) however a later process spells its path.
-        make_checkpoint_folder(self.config.checkpoint_dir)
-        lock = RunLock(self.config.checkpoint_dir, run_id)
-        if not lock.acquire():
-            raise RunInUseError(
-                f"run {run_id} in {self.config.checkpoint_dir} is being trained by "
-                "another process right now. Fix: wait for it to finish, stop it, or start a "
-                "separate run (resume_from=None) or use another checkpoint folder.")
-        lease = RunLease(self.config.checkpoint_dir, run_id)
-        try:
-            lease.acquire()
-        except RunInUseError:
-            lock.release()
-            raise
-        self._lock, self._lease = lock, lease
-
-    def _make_writer(self) -> CheckpointWriter | None:
-        config = self.config
-        if not config.checkpoint_dir or not self.dist.is_main:
-            return None
-        removed = remove_stale_temp_files(config.checkpoint_dir)
-        if removed:
-            print(f"removed {len(removed)} unfinished checkpoint write(s) from an earlier "
-                  f"run: {', '.join(p.name for p in removed)}")
-        make_checkpoint_folder(config.checkpoint_dir)  # a file there is refused, not replaced
-        self._log = MetricsLog(config.checkpoint_dir, self.run_id,
-                               fallback_folder=fallback_dir_for(config.checkpoint_dir))
-        return CheckpointWriter(config.checkpoint_dir, config.keep_last, config.keep_best,
-                                background=config.background_checkpointing,
-                                run_id=self.run_id, keep_full=config.keep_full,
-                                weights_only_dtype=config.weights_only_dtype)
-
-    def storage_plan(self) -> StoragePlan:
-        """What this run keeps at most in `config.checkpoint_dir` (`storage.py`): its
-        checkpoints (the newest `keep_full` whole, the others weights-only), best_model.pt
-        and its metrics log, sized from the model and optimizer as they are (before the
-        first step, AdamW's moments are predicted)."""
-        self._setup()
-        config, total = self.config, self.total_steps
-        every_epoch = self.steps_per_epoch if config.checkpoint_every_epoch else None
-        saves = [config.checkpoint_interval, every_epoch]
-        records = count_due_steps(total, [config.eval_interval, *saves], (total,))
-        train_lines = count_due_steps(total, [config.log_interval, config.eval_interval,
-                                              *saves], (total,))
-        record = sample_record({"global_step": total, "epoch": total // self.steps_per_epoch})
-        if self.val_loader is None:
-            record.update(val_loss=None, perplexity=None)
-        state = self.checkpoint_state(record)  # live tensors: measured, never copied
-        state.update(global_step=total, epoch=record["epoch"])
-        return plan_storage(config.checkpoint_dir, state, self.optimizer, config,
-                            checkpoints=count_due_steps(total, saves, (total,)),
-                            records=records, log_lines=(train_lines, records),
-                            best_model=self.val_loader is not None)
-
-    def _check_storage(self, writer: CheckpointWriter | None) -> None:
-        """Say what the run keeps at most in its folder and the free space there; refuse
-        a plan that does not fit unless `check_storage` is False (all ranks stop)."""
-        error: BaseException | None = None
-        if writer is not None:
-            try:
-                self._say(check_storage(self.storage_plan(), self.run_id,
-                                        refuse=self.config.check_storage))
-            except InsufficientStorageError as caught:
-                error = caught
-        self._fail_together(error)
-
-    def _progress_bar(self):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=self._stop_step, initial=self.global_step, unit="step",
-                    desc="training", dynamic_ncols=True, disable=not self._bar_on())
-
-    def _bar_on(self) -> bool:
-        """The bar is drawn on rank 0 where someone sees it (tqdm writes to stderr): a
-        terminal or a notebook, not a log file."""
-        return self.progress and self.dist.is_main and is_live(sys.stderr)
-
-    def _throughput_meter(self) -> ThroughputMeter:
-        """Tokens/s and MFU (FLOPs per token as nanoGPT counts them; the device's peak)."""
-        try:
-            flops = model_flops_per_token(self.model, self.context_length)
-        except (AttributeError, StopIteration, TypeError):  # a model without GPT-2's config
-            flops = 0
-        peak = peak_flops(self.device, self.precision)[0] if flops else None
-        return ThroughputMeter(self.tokens_per_step, flops, peak)
-
-    def _train_loop(self, training_model: nn.Module, writer: CheckpointWriter | None,
-                    bar) -> None:
-        # The loss stays on the device: it is read (one host sync, and under DDP one
-        # all-reduce) every `log_interval` steps and at evaluations, never per step.
-        losses = LossMeter(self.device)
-        speed = self._throughput_meter()
-        session_start, session_step = time.perf_counter(), self.global_step
-        speed.start(session_step)
-        total = self._stop_step
-        while self.global_step < total:
-            self._measure_norm = self._reads_loss_at(self.global_step + 1)
-            losses.add(self._train_step(training_model))
-            self.global_step += 1
-            stopping = self._stop_requested  # Ctrl-C: this step is the last, checkpointed
-            if stopping:
-                self._say(f"Ctrl-C: stopping at step {self.global_step}, writing its "
-                          "checkpoint (Ctrl-C again stops at once, without it)")
-            if self._report_compile_time:  # one sync, once per Trainer: what compiling cost
-                self._report_compile_time = False
-                self._say_warmup(session_start)
-            if writer is not None and self.global_step == session_step + 1:
-                # optimizer state exists now: allocate checkpoint buffers off the critical path
-                writer.prepare({"model_state_dict": unwrap_model(self.model).state_dict(),
-                                "optimizer_state_dict": self.optimizer.state_dict()})
-            bar.update(1)
-            checkpoint_due = self._checkpoint_due() or stopping
-            record_due = (checkpoint_due or self.global_step % self.config.eval_interval == 0
-                          or self.global_step == total)
-            if record_due or self.global_step % self.config.log_interval == 0:
-                self._log_progress(losses, speed, bar)
-            if record_due:
-                seconds = time.perf_counter() - session_start
-                train_loss = losses.read_record(self.dist.all_reduce_mean)
-                record = self._record(train_loss, seconds, speed)
-                if checkpoint_due:
-                    self._checkpoint(record, writer)
-                speed.start(self.global_step)  # evaluation and checkpointing are not training
-            if stopping:
-                return
-
-    def _say_warmup(self, session_start: float) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # wait for the first step to finish
-        self._say(f"torch.compile warm-up: the first step took "
-                  f"{time.perf_counter() - session_start:.1f} s (compilation included; "
-                  f"later steps run compiled)")
-
-    def _log_progress(self, losses: LossMeter, speed: ThroughputMeter, bar) -> None:
-        """Read the loss window (the sync point), check it, update the bar and the log."""
-        window = losses.log_steps
-        # the gradient norm comes back in the same host read as the loss
-        loss, grad_norm = losses.read_log_with(self._grad_norm, self.dist.all_reduce_mean)
-        self._grad_norm = None
-        self._check_finite(loss, window)
-        rates = speed.mark(self.global_step)
-        postfix = {"loss": f"{loss:.4f}", "lr": f"{self._lr_of_last_step():.2e}"}
-        if rates["tokens_per_s"] is not None:
-            postfix["tok_s"] = f"{rates['tokens_per_s']:,.0f}"
-        if rates["mfu"] is not None:
-            postfix["mfu"] = f"{rates['mfu']:.1%}"
-        bar.set_postfix(postfix, refresh=False)
-        values = {"train_loss": loss, "learning_rate": self._lr_of_last_step(),
-                  "tokens_per_s": rates["tokens_per_s"], "mfu": rates["mfu"],
-                  "grad_norm": grad_norm}
-        if self._log is not None:
-            self._log.append({"kind": "train", "step": self.global_step, "epoch": self.epoch,
-                              **values, "timestamp": timestamp_now()})
-        self._loggers.log(self.global_step, values, "train")
-        if self._print_lines:
-            print(train_line(self.global_step, self._stop_step, values,
-                             self._eta(rates["tokens_per_s"])), flush=True)
-
-    def _eta(self, tokens_per_s: float | None) -> float | None:
-        return eta_seconds(self._stop_step - self.global_step, self.tokens_per_step,
-                           tokens_per_s)
-
-    def _reads_loss_at(self, step: int) -> bool:
-        """Whether the loop reads the loss after `step` (a log interval, an evaluation)."""
-        config = self.config
-        return (step % config.log_interval == 0 or step % config.eval_interval == 0
-                or step in (self._stop_step, self.total_steps) or self._checkpoint_due(step))
-
-    def _train_step(self, training_model: nn.Module) -> torch.Tensor:
-        """One optimizer step over `gradient_accumulation_steps` micro-batches; returns the
-        mean loss as a 0-d tensor on the device (reading it is the caller's choice).
-        The gradient norm stays on the device in `_grad_norm`: clipping measures it anyway;
-        without clipping it is measured only when `_measure_norm` (a step that is logged)."""
-        accumulation = self.config.gradient_accumulation_steps
-        if not self.model.training:
-            # .train() walks every module (a dozen attribute writes per block): fit() calls
-            # it once, evaluation restores the mode it found; here only if someone changed it
-            training_model.train()
-        total = None
-        for micro in range(accumulation):
-            inputs, targets = next(self.batches)
-            # DDP averages gradients across ranks only on the last micro-batch
-            last = micro == accumulation - 1
-            sync = contextlib.nullcontext() if last or not self.dist.enabled \
-                else training_model.no_sync()
-            with sync:
-                with self.precision_choice.autocast():
-                    loss = language_model_loss(training_model, inputs, targets)
-                    if accumulation > 1:  # x / 1 == x: no extra kernel (and its backward)
-                        loss = loss / accumulation
-                self.scaler.scale(loss).backward()
-            total = loss.detach() if total is None else total + loss.detach()
-        if self.config.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            foreach = True if self.device.type in ("cpu", "cuda") else None  # one kernel per list
-            self._grad_norm = nn.utils.clip_grad_norm_(
-                self._parameters, self.config.grad_clip, foreach=foreach).detach()
-        elif self._measure_norm:
-            self.scaler.unscale_(self.optimizer)  # the norm of the true gradients (fp16)
-            self._grad_norm = _gradient_norm(self._parameters)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        return total
-
-    def train_step(self) -> float:
-        """One optimizer step outside `fit()` (benchmarks, custom loops); returns its loss
-        (read at once: this is the one place a per-step sync is asked for). No evaluation,
-        no checkpoint, no DDP wrapper."""
-        self._setup()
-        with tf32_matmuls(self.device):
-            loss = self._train_step(self.model).item()
-        self.global_step += 1
-        return loss
-
-    def _check_finite(self, loss: float, window: int = 1) -> None:
-        """Stop before a diverged state can be evaluated, saved or replace a good checkpoint
-        (the loss is read at every log point and before every evaluation; `window` is the
-        number of steps that reading averaged)."""
-        if math.isfinite(loss):
-            return
-        where = self.config.checkpoint_dir
-        step = self.global_step
-        when = f"at step {step}" if window <= 1 else f"between steps {step - window + 1} and {step}"
-        raise TrainingDivergedError(
-            f"training diverged {when}: the loss is {loss}. Nothing was "
-            f"saved from this state{f'; the checkpoints in {where} are intact' if where else ''}."
-            f" Fix: lower learning_rate (now {self.config.learning_rate}) or raise "
-            f"warmup_steps (now {self.config.warmup_steps}), then train again.")
-
-    def _lr_of_last_step(self) -> float:
-        return lr_at(max(0, self.global_step - 1), self.config, self.total_steps)
-
-    def _checkpoint_due(self, step: int | None = None) -> bool:
-        config = self.config
-        step = self.global_step if step is None else step
-        if not config.checkpoint_dir:
-            return False
-        return (step in (self.total_steps, self._stop_step)
-                or (config.checkpoint_interval is not None
-                    and step % config.checkpoint_interval == 0)
-                or (config.checkpoint_every_epoch and step % self.steps_per_epoch == 0))
-
-    def _record(self, train_loss: float, session_seconds: float,
-                speed: ThroughputMeter) -> dict[str, Any]:
-        """Evaluate, append a metrics record, tell the callbacks; returns the record."""
-        evaluation = self.evaluate()
-        rates = speed.rates()
-        record = {
-            "step": self.global_step,
-            "epoch": self.epoch,
-            "train_loss": train_loss,
-            "val_loss": evaluation["val_loss"],
-            "perplexity": evaluation["perplexity"],
-            "learning_rate": self._lr_of_last_step(),
-            "tokens_seen": self.global_step * self.tokens_per_step,
-            "elapsed_s": self._elapsed_before + session_seconds,
-            "tokens_per_s": rates["tokens_per_s"],
-            "mfu": rates["mfu"],
-            "timestamp": timestamp_now(),
-        }
-        self.metrics_history.append(record)
-        if self._log is not None:
-            self._log.append({"kind": "eval", **record})
-        self._loggers.log(self.global_step, {"val_loss": record["val_loss"],
-                                             "perplexity": record["perplexity"]}, "eval")
-        if self._print_lines:
-            print(eval_line(self.global_step, self._stop_step, record,
-                            self._eta(record["tokens_per_s"])), flush=True)
-        if self.dist.is_main:
-            if self._sample_due():
-                self._sample()
-            for callback in self.callbacks:
-                callback(dict(record))
-        return record
-
-    # ---------------------------------------------------------------- samples
-    def _sample_due(self) -> bool:
-        """Every `sample_every`-th evaluation of the run, and its last one."""
-        every = self.config.sample_every
-        return bool(every) and (len(self.metrics_history) % every == 0
-                                or self.global_step == self.total_steps)
-
-    def _sample(self) -> None:
-        """Print and log a short continuation of `sample_prompt` (rank 0 only). It draws
-        from a generator of its own and restores the model's mode, so training goes on
-        exactly as without it."""
-        from utils.generation import generate_text
-
-        sampler = self._sample_setup()
-        if sampler is None:
-            return
-        tokenizer, prompt_ids = sampler
-        end = getattr(tokenizer, "eot_token", None)
-        try:
-            ids = generate_text(unwrap_model(self.model), prompt_ids, SAMPLE_NEW_TOKENS,
-                                temperature=0.8, top_k_tokens=50, eos_token_id=end,
-                                seed=self.config.seed)
-        except Exception as error:  # a sample is never worth the training run
-            self._sampler = ()
-            self._write(f"WARNING: no more text samples (sample_every): generating one "
-                        f"failed: {type(error).__name__}: {error}")
-            return
-        text = self.config.sample_prompt + tokenizer.decode(ids[len(prompt_ids):])
-        self._write(sample_block(self.global_step, self.config.sample_prompt, text))
-        self._loggers.log(self.global_step, {"sample": text}, "sample")
-
-    def _sample_setup(self) -> tuple[Any, list[int]] | None:
-        """(tokenizer, prompt ids), made once; None (said once) where this run has no
-        tokenizer that fits the model."""
-        if self._sampler is None:
-            self._sampler = self._make_sampler()
-        return self._sampler or None
-
-    def _make_sampler(self) -> tuple[Any, list[int]] | tuple[()]:
-        from utils.tokenizer import get_tokenizer
-
-        prompt = self.config.sample_prompt
-        try:
-            tokenizer = get_tokenizer(self.tokenizer_name or "")
-            ids = (tokenizer.encode(prompt, allowed_special="all") if prompt
-                   else [tokenizer.eot_token])
-            vocab = getattr(getattr(unwrap_model(self.model), "config", None), "vocab_size", None)
-            if not ids or (vocab is not None and max(ids) >= vocab):
-                raise ValueError(f"the prompt does not encode to ids of this model's "
-                                 f"vocabulary of {vocab}")
-        except (ValueError, KeyError, OSError, AttributeError) as error:
-            self._write(f"WARNING: no text samples (sample_every): the tokenizer "
-                        f"{self.tokenizer_name!r} cannot encode sample_prompt for this "
-                        f"model ({error})")
-            return ()
-        return tokenizer, ids
-
     def _write(self, text: str) -> None:
         """Print above the progress bar (rank 0)."""
         if self.dist.is_main:
@@ -1014,69 +875,6 @@ class Trainer:
 
             tqdm.write(text)
             sys.stdout.flush()
-
-    def _checkpoint(self, record: dict[str, Any], writer: CheckpointWriter | None) -> None:
-        """Rank 0 hands a snapshot to the writer; all ranks learn whether writing failed."""
-        error: BaseException | None = None
-        if writer is not None:
-            val_loss = record["val_loss"]
-            is_best = val_loss is not None and val_loss < self.best_val_loss
-            try:
-                writer.submit(self.checkpoint_state(record), is_best=is_best)
-            except CheckpointWriteError as caught:
-                error = caught
-            if is_best:
-                self.best_val_loss = val_loss
-            self._tell(writer)
-            if self._log is not None:
-                self._log.flush()
-            self._loggers.flush()  # every step up to this checkpoint's is on disk
-        self._fail_together(error)
-
-    def _fail_together(self, error: BaseException | None) -> None:
-        if self.dist.any_rank(error is not None):
-            if error is not None:
-                raise error
-            raise CheckpointWriteError("rank 0 could not write a checkpoint; see its error")
-
-    def _tell(self, writer: CheckpointWriter) -> None:
-        """Print what the writer thread has to say (fallback writes), above the bar."""
-        from tqdm.auto import tqdm
-
-        for notice in writer.take_notices():
-            tqdm.write(notice)
-
-    def _finish(self, writer: CheckpointWriter | None, failed: bool) -> None:
-        """Wait for the last checkpoint write, say what exists only locally, release the
-        run, then leave the process group."""
-        try:
-            error = None
-            if writer is not None:
-                try:
-                    writer.close()
-                except CheckpointWriteError as caught:
-                    error = caught
-                self._tell(writer)
-                if writer.local_only:
-                    print(f"WARNING: {len(writer.local_only)} checkpoint(s) exist only on this "
-                          f"machine, in {fallback_dir_for(self.config.checkpoint_dir)}, "
-                          f"because {self.config.checkpoint_dir} failed: "
-                          f"{', '.join(p.name for p in writer.local_only)}. Copy them into "
-                          "the checkpoint folder before this runtime ends (the next "
-                          "checkpoint that can be written there copies them back).")
-            if self._log is not None:
-                self._log.close()
-                self._log = None
-            self._loggers.close()
-            self._release_run()
-            if not failed:  # after a failure other ranks may not reach these collectives
-                self._fail_together(error)
-                self.dist.barrier()
-            elif error is not None:
-                warnings.warn(f"the last checkpoint write also failed: {error}", stacklevel=2)
-        finally:
-            if failed:
-                cleanup_distributed(self.dist)  # other ranks may be gone: do not wait for them
 
 
 def _gradient_norm(parameters: Iterable[nn.Parameter]) -> torch.Tensor | None:
