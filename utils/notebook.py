@@ -744,7 +744,7 @@ def continue_training(namespace: dict[str, Any]) -> Any:
     (`ArchitectureMismatchError`). Returns the Trainer (the session's `trainer` when there
     was nothing to train).
     """
-    from utils.training.engine.recovery import load_newest_readable
+    from utils.training.engine.recovery import find_resume_checkpoint
 
     check_form(namespace, "MAX_STEPS", "RESUME_EXTRA_STEPS", "RUN_ID", "CHECKPOINT_DIR")
     folder, settings = namespace["CHECKPOINT_DIR"], namespace["training_config"]
@@ -752,7 +752,7 @@ def continue_training(namespace: dict[str, Any]) -> Any:
     run_id = notebook_run(namespace)
     if run_id == "latest":  # no run chosen or trained in this session: the one of these settings
         run_id = _run_with_settings(folder, _cell_trainer(namespace, settings))
-    path, saved = load_newest_readable(folder, _resumable, run=run_id)
+    path, saved = find_resume_checkpoint("latest", folder, run=run_id)
     step = int(saved["global_step"])
     if step >= target:
         print(f"✅ run {run_id} is at step {step}, at or past Cell 37's target MAX_STEPS + "
@@ -804,13 +804,3 @@ def _run_with_settings(folder: str | Path, trainer: Any) -> str:
             f"{describe_runs(runs)}). Fix: run Cell 32, which starts or continues this "
             "notebook's run, or set RUN_ID to the run to continue.")
     return same[0].run_id
-
-
-def _resumable(path: Path) -> dict[str, Any]:
-    """A checkpoint's contents (tensors left on disk) when training can continue it."""
-    from utils.training.engine.checkpoint import check_resumable, load_checkpoint_file
-
-    checkpoint = load_checkpoint_file(path, mmap=True)
-    check_resumable(path, checkpoint)
-    return checkpoint
-

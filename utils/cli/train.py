@@ -134,18 +134,10 @@ def _resume_source(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None
     """(checkpoint path, its contents) for --resume latest|PATH, else (None, None)."""
     if args.new_run or args.resume == "auto":
         return None, None
-    from utils.training.engine.checkpoint import check_resumable, load_checkpoint_file
-    from utils.training.engine.recovery import load_newest_readable
+    from utils.training.engine.recovery import find_resume_checkpoint
 
-    def load(path: Path) -> dict[str, Any]:
-        checkpoint = load_checkpoint_file(path, mmap=True)  # tensors stay on disk
-        check_resumable(path, checkpoint)
-        return checkpoint
-
-    if args.resume == "latest":
-        return load_newest_readable(args.checkpoint_dir or "checkpoints", load)
-    path = Path(args.resume)
-    return path, load(path)
+    # the contents are read for their settings (tensors stay on disk); fit() restores them
+    return find_resume_checkpoint(args.resume, args.checkpoint_dir or "checkpoints")
 
 
 def build_training_config(args: argparse.Namespace, saved: dict[str, Any] | None,
