@@ -293,3 +293,53 @@ def test_a_failed_checkpoint_write_stops_training_with_a_clear_error(tmp_path, m
     assert trainer.global_step == (9 if background else 6)
     assert [info.global_step for info in list_checkpoints(tmp_path)] == [3]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def _messages(trainer: Trainer) -> list[str]:
+    said: list[str] = []
+    trainer.announce = said.append
+    return said
+
+
+def test_an_explicit_resume_names_the_run_settings_that_differ_from_the_given_ones(tmp_path):
+    """`resume_from="latest"` continues the newest run with the settings given; a setting
+    that makes a run (the learning rate) is named with both values, and one that does not
+    (the step budget) is not."""
+    Trainer(GPTModel(TINY), _config(tmp_path, max_steps=6), _repeating_tokens(),
+            progress=False).fit()
+    same = Trainer(GPTModel(TINY), _config(tmp_path, max_steps=9), _repeating_tokens(),
+                   progress=False)
+    said_same = _messages(same)
+    same.fit(resume_from="latest")
+    assert any("resuming run" in line for line in said_same)
+    assert not any("other settings" in line for line in said_same)
+
+    other = Trainer(GPTModel(TINY), _config(tmp_path, max_steps=12, learning_rate=2e-2),
+                    _repeating_tokens(), progress=False)
+    said = _messages(other)
+    other.fit(resume_from="latest")
+    [line] = [line for line in said if "other settings" in line]
+    assert "learning_rate: 0.01 in the checkpoint, 0.02 given" in line
+    assert "max_steps" not in line and f"as run {same.run_id}" in line
+    assert other.run_id == same.run_id and other.global_step == 12
+
+
+def test_find_resume_checkpoint_is_the_newest_readable_or_the_path_given(tmp_path):
+    from utils.training.engine.checkpoint import rewrite_weights_only
+    from utils.training.engine.recovery import find_resume_checkpoint, read_resumable
+
+    Trainer(GPTModel(TINY), _config(tmp_path, keep_full=None), _repeating_tokens(),
+            progress=False).fit()  # keep_full=None: both checkpoints can resume
+    older, newest = sorted((info.path for info in list_checkpoints(tmp_path)),
+                           key=lambda path: read_resumable(path)["global_step"])
+    path, state = find_resume_checkpoint("latest", tmp_path)
+    assert path == newest and state["global_step"] == 12
+    newest.write_bytes(b"damaged")  # the newest no longer reads: the one before it
+    with pytest.warns(UserWarning, match="skipping checkpoint"):
+        path, state = find_resume_checkpoint("latest", tmp_path)
+    assert path == older and state["global_step"] == 6
+    path, state = find_resume_checkpoint(older, tmp_path)
+    assert path == older and state["global_step"] == 6
+    rewrite_weights_only(older)
+    with pytest.raises(NotResumableError):
+        find_resume_checkpoint(older, tmp_path)
