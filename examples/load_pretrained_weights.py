@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 
+from utils.checkpoint_errors import CheckpointError  # noqa: E402
 from utils.generation import generate_text  # noqa: E402
 from utils.reports import checkpoint_info_report, loading_report, model_info_report  # noqa: E402
 from utils.tokenizer import get_tokenizer  # noqa: E402
-from utils.training.engine.errors import CheckpointError  # noqa: E402
 from utils.training.engine.loading import load_pretrained_model  # noqa: E402
 
 

@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--keep-best", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from utils.training.engine.errors import CheckpointError
+    from utils.checkpoint_errors import CheckpointError
 
     trainer = make_trainer(args.checkpoint_dir, learning_rate=args.lr, log_to=args.log_to,
                            log_interval=args.log_interval, sample_every=args.sample_every,

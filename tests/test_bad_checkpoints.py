@@ -15,9 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.config import ModelConfig
-from utils.model import GPTModel
-from utils.training.engine.errors import (
+from utils.checkpoint_errors import (
     ArchitectureMismatchError,
     CheckpointConfigError,
     CheckpointError,
@@ -30,6 +28,8 @@ from utils.training.engine.errors import (
     UnrecognizedCheckpointError,
     UnsafeCheckpointError,
 )
+from utils.config import ModelConfig
+from utils.model import GPTModel
 from utils.training.engine.loading import load_model_weights, load_pretrained_model
 
 TINY = ModelConfig(vocab_size=64, context_length=16, embedding_dimension=16,

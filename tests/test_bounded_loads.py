@@ -21,9 +21,9 @@ import torch
 
 from tests._ckpt_helpers import make_state
 from tests._cli_helpers import REPO_ROOT, assert_one_error_line, limit_memory, run_cli
+from utils.checkpoint_errors import CorruptCheckpointError
 from utils.data import load_data
 from utils.training.engine.checkpoint import load_checkpoint_file, save_checkpoint
-from utils.training.engine.errors import CorruptCheckpointError
 
 TIMEOUT = 240  # far above a normal run, far below "hangs forever"
 

@@ -106,7 +106,7 @@ _FAILING_WRITE = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     from tests._ckpt_helpers import make_state
     from utils.training.engine.writer import CheckpointWriter
-    from utils.training.engine.errors import CheckpointWriteError
+    from utils.checkpoint_errors import CheckpointWriteError
 
     folder = sys.argv[1]
     writer = CheckpointWriter(folder, keep_last=1, keep_best=0, background={background})

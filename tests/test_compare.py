@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from utils.checkpoint_errors import ArchitectureMismatchError
 from utils.config import ModelConfig, TrainingConfig
 from utils.data import BatchLoader
 from utils.generation import generate_text
@@ -20,7 +21,6 @@ from utils.training.engine.compare import (
     compare_predictions,
     plot_weight_changes,
 )
-from utils.training.engine.errors import ArchitectureMismatchError
 from utils.training.engine.evaluation import validation_loss
 
 matplotlib.use("Agg")

@@ -215,7 +215,7 @@ def test_out_of_memory_names_the_setting_and_keeps_every_checkpoint(tmp_path):
     """A batch far beyond the card's memory ends in TrainingOutOfMemoryError naming
     batch_size with a size that fits; the folder's files (another run's) are unchanged,
     and the GPU's memory is free again for the next attempt."""
-    from utils.training.engine.errors import TrainingOutOfMemoryError
+    from utils.checkpoint_errors import TrainingOutOfMemoryError
     from utils.training.engine.trainer import Trainer
 
     good = worker.make_trainer(tmp_path, steps=6, device="cuda")

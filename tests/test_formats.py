@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from utils.checkpoint_errors import ArchitectureMismatchError
 from utils.config import ModelConfig
 from utils.model import GPTModel
 from utils.pretrained.foreign import detect_naming, strip_wrapper_prefixes
-from utils.training.engine.errors import ArchitectureMismatchError
 from utils.training.engine.loading import load_model_weights, load_pretrained_model
 
 TINY = ModelConfig(vocab_size=64, context_length=16, embedding_dimension=16,

@@ -18,8 +18,8 @@ from utils.data.token_files import CharTokenizer
 from utils.generation import generate_text
 from utils.model import GPTModel
 from utils.pretrained.huggingface import export_to_hf
+from utils.reading import safetensors_header
 from utils.tokenizer import get_tokenizer
-from utils.training.engine.reading import safetensors_header
 
 SMALL_GPT2 = ModelConfig(vocab_size=GPT2_VOCAB_SIZE, context_length=64, embedding_dimension=32,
                          number_of_heads=2, number_of_layers=2, dropout_rate=0.0)

@@ -24,9 +24,9 @@ import torch
 from tests._ckpt_helpers import TINY, make_state
 from tests._cli_helpers import run_cli as shared_run_cli
 from tests._train_worker import make_trainer
+from utils.checkpoint_errors import ArchitectureMismatchError, NotACheckpointError
 from utils.training.engine import loading
 from utils.training.engine.checkpoint import read_sidecar, save_checkpoint, sidecar_path
-from utils.training.engine.errors import ArchitectureMismatchError, NotACheckpointError
 from utils.training.engine.recovery import (
     CheckpointWarning,
     list_checkpoints,

@@ -18,11 +18,7 @@ import torch
 from tests._ckpt_helpers import make_state
 from tests._cli_helpers import assert_one_error_line, run_cli
 from tests._train_worker import make_trainer
-from utils.config import ConfigError, ModelConfig, TrainingConfig
-from utils.model import GPTModel
-from utils.pretrained.huggingface import export_to_hf, load_openai_gpt2
-from utils.training.engine.checkpoint import save_checkpoint
-from utils.training.engine.errors import (
+from utils.checkpoint_errors import (
     CheckpointError,
     CheckpointWriteError,
     CorruptCheckpointError,
@@ -30,6 +26,10 @@ from utils.training.engine.errors import (
     TrainingDivergedError,
     TruncatedCheckpointError,
 )
+from utils.config import ConfigError, ModelConfig, TrainingConfig
+from utils.model import GPTModel
+from utils.pretrained.huggingface import export_to_hf, load_openai_gpt2
+from utils.training.engine.checkpoint import save_checkpoint
 from utils.training.engine.loading import load_pretrained_model
 from utils.training.engine.recovery import list_checkpoints
 from utils.training.engine.writer import CheckpointWriter

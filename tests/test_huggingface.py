@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 import torch
 
+from utils.checkpoint_errors import ArchitectureMismatchError
 from utils.config import GPT2_CONFIGS, ModelConfig
 from utils.model import GPTModel
 from utils.pretrained import huggingface as hf_loader
@@ -18,7 +19,6 @@ from utils.pretrained.huggingface import export_to_hf, load_gpt2_weights, load_o
 from utils.pretrained.layers_diff import compare_layers, first_mismatch
 from utils.pretrained.verify import compare_outputs, random_hf_gpt2
 from utils.tokenizer import get_tokenizer
-from utils.training.engine.errors import ArchitectureMismatchError
 
 SMALL = ModelConfig(vocab_size=300, context_length=32, embedding_dimension=32, number_of_heads=4,
                     number_of_layers=3, dropout_rate=0.0)
@@ -223,7 +223,7 @@ def test_gpt2_small_shapes_stream_load_and_compare_outputs(tmp_path):
 
 
 def test_truncated_or_garbage_safetensors_is_a_clear_error(hf_folder, tmp_path):
-    from utils.training.engine.errors import CorruptCheckpointError
+    from utils.checkpoint_errors import CorruptCheckpointError
 
     data = (hf_folder / "model.safetensors").read_bytes()
     bad = tmp_path / "model.safetensors"
@@ -254,7 +254,7 @@ class _NotATensor:
 
 
 def test_bin_with_code_is_refused_as_unsafe(tmp_path):
-    from utils.training.engine.errors import UnsafeCheckpointError
+    from utils.checkpoint_errors import UnsafeCheckpointError
 
     torch.save({"transformer.wte.weight": _NotATensor()}, tmp_path / "pytorch_model.bin")
     with pytest.raises(UnsafeCheckpointError, match="could run code"):

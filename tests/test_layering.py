@@ -1,5 +1,6 @@
-"""The package reads bottom-up: no import cycle between utils modules, and every module of
-the checkpoint layer imports on its own in a fresh interpreter."""
+"""The package reads bottom-up: no import cycle between utils modules, no two packages that
+import each other, and every module of the checkpoint layer imports on its own in a fresh
+interpreter."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "utils"
+# The bottom layer's modules the checkpoint layer stands on (they import no engine module).
+BOTTOM = ["utils.checkpoint_errors", "utils.reading"]
 # The checkpoint layer bottom-up (CLAUDE.md explains each), then training on top of it.
-ENGINE_ORDER = ["errors", "distributed", "reading", "rng", "checkpoint", "runs", "listing",
+ENGINE_ORDER = ["distributed", "rng", "checkpoint", "runs", "listing",
                 "recovery", "writer", "storage",
                 "loading", "evaluation", "compare", "optim", "precision", "throughput",
                 "compiling", "device_loop", "loggers", "samples", "session", "trainer"]
@@ -79,8 +82,8 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 def test_engine_modules_import_only_from_below():
-    """errors -> reading -> checkpoint format -> runs -> recovery -> writer -> loading ->
-    trainer: each module imports only modules before it in ENGINE_ORDER."""
+    """checkpoint format -> runs -> recovery -> writer -> loading -> trainer: each module
+    imports only modules before it in ENGINE_ORDER."""
     modules = all_modules()
     rank = {f"utils.training.engine.{name}": i for i, name in enumerate(ENGINE_ORDER)}
     assert set(rank) == {name for name in modules
@@ -92,10 +95,11 @@ def test_engine_modules_import_only_from_below():
 
 
 def test_each_engine_module_imports_alone_in_a_fresh_interpreter():
+    names = BOTTOM + [f"utils.training.engine.{name}" for name in ENGINE_ORDER]
     processes = {name: subprocess.Popen(
-        [sys.executable, "-c", f"import utils.training.engine.{name}"], cwd=REPO,
+        [sys.executable, "-c", f"import {name}"], cwd=REPO,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for name in ENGINE_ORDER}
+        for name in names}
     failures = {}
     for name, process in processes.items():
         output, _ = process.communicate(timeout=300)
@@ -113,39 +117,26 @@ def package_of(module: str) -> str:
     return parts[0]
 
 
-# Imports that make two packages import each other today: each runs from a lower package
-# back up into one that imports it (issue 18 item 5 removes them by moving these modules).
-# The list may only shrink: a new arrow back up fails the test below, and an entry that no
-# longer exists must be deleted from here.
-KNOWN_ARROWS_BACK_UP = {
-    ("utils.data.token_files", "utils.training.engine.errors"),
-    ("utils.data.token_files", "utils.training.engine.reading"),
-    ("utils.pretrained.foreign", "utils.training.engine.errors"),
-    ("utils.pretrained.huggingface", "utils.training.engine.errors"),
-    ("utils.pretrained.huggingface", "utils.training.engine.reading"),
-    ("utils.pretrained.openai_tf", "utils.training.engine.errors"),
-    ("utils.pretrained.openai_tf", "utils.training.engine.reading"),
-    ("utils.errors", "utils.training.engine.errors"),
-}
-
-
-def package_graph(skip: set[tuple[str, str]]) -> dict[str, set[str]]:
+def package_graph() -> dict[str, set[str]]:
+    """Which packages import which: an import between modules of two packages is an arrow."""
     modules = all_modules()
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         for target in imported_modules(path, modules):
-            if (name, target) not in skip and package_of(name) != package_of(target):
+            if package_of(name) != package_of(target):
                 graph.setdefault(package_of(name), set()).add(package_of(target))
     return graph
 
 
 def test_packages_import_each_other_in_one_direction_only():
-    cycle = find_cycle(package_graph(skip=KNOWN_ARROWS_BACK_UP))
+    """No arrow runs back up: the errors and readers every layer uses live at the bottom
+    (`utils.checkpoint_errors`, `utils.reading`), not in the engine that imports the data
+    and weights formats."""
+    cycle = find_cycle(package_graph())
     assert cycle is None, "packages import each other: " + " -> ".join(cycle)
 
 
-def test_every_known_arrow_back_up_still_exists():
+def test_the_bottom_modules_import_no_package_above_them():
     modules = all_modules()
-    gone = {(source, target) for source, target in KNOWN_ARROWS_BACK_UP
-            if source not in modules or target not in imported_modules(modules[source], modules)}
-    assert not gone, f"delete these from KNOWN_ARROWS_BACK_UP: {sorted(gone)}"
+    for name in BOTTOM:
+        assert imported_modules(modules[name], modules) <= set(BOTTOM), name

@@ -10,11 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.config import ModelConfig
-from utils.model import GPTModel
-from utils.training.engine import loading
-from utils.training.engine.checkpoint import save_checkpoint
-from utils.training.engine.errors import (
+from utils.checkpoint_errors import (
     ArchitectureMismatchError,
     CheckpointConfigError,
     CheckpointNotFoundError,
@@ -22,6 +18,10 @@ from utils.training.engine.errors import (
     NoCheckpointsError,
     UnsafeCheckpointError,
 )
+from utils.config import ModelConfig
+from utils.model import GPTModel
+from utils.training.engine import loading
+from utils.training.engine.checkpoint import save_checkpoint
 from utils.training.engine.loading import (
     LoadReport,
     load_model_weights,

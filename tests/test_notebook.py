@@ -21,12 +21,12 @@ from tests.notebook_helpers import (
     notebook_cells,
 )
 from utils import notebook as nb
-from utils.config import GPT2_CONFIGS, ConfigError, ModelConfig
-from utils.training.engine.errors import (
+from utils.checkpoint_errors import (
     ModelNotInitializedError,
     NoCheckpointsError,
     TrainingOutOfMemoryError,
 )
+from utils.config import GPT2_CONFIGS, ConfigError, ModelConfig
 
 REQUIRED_PARAMETERS = ("QUICK_MODE", "MODEL_PRESET", "DATA_PATH", "MAX_STEPS", "BATCH_SIZE",
                        "CHECKPOINT_INTERVAL", "CHECKPOINT_DIR", "CHECKPOINT_OVERRIDE", "INIT_FROM")
@@ -770,8 +770,8 @@ def test_cell_37_continues_the_chosen_run_with_its_settings_and_refuses_other_da
     import torch
 
     from tests import _train_worker as worker
+    from utils.checkpoint_errors import RunMismatchError
     from utils.data import BatchLoader
-    from utils.training.engine.errors import RunMismatchError
     from utils.training.engine.recovery import list_runs
 
     run_trainer = worker.make_trainer(tmp_path, steps=4, learning_rate=2e-3)

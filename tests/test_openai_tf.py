@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from utils.checkpoint_errors import CorruptCheckpointError
 from utils.pretrained import openai_tf
 from utils.pretrained.openai_tf import (
     crc32c,
@@ -22,7 +23,6 @@ from utils.pretrained.openai_tf import (
     read_bundle_index,
     tokenizer_from_encoder,
 )
-from utils.training.engine.errors import CorruptCheckpointError
 
 FIXTURE = openai_tf.Path(__file__).parent / "fixtures" / "openai_tf_tiny"
 DATA = "model.ckpt.data-00000-of-00001"

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from tests._ckpt_helpers import make_state
+from utils.checkpoint_errors import NoCheckpointsError, RunNotFoundError
 from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
     save_checkpoint,
     sidecar_path,
 )
-from utils.training.engine.errors import NoCheckpointsError, RunNotFoundError
 from utils.training.engine.recovery import (
     CheckpointWarning,
     check_run,

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from utils import checkpoint_errors as errors
 from utils import reports
 from utils.config import ModelConfig
 from utils.finetune import freeze
 from utils.model import GPTModel
-from utils.training.engine import errors
 from utils.training.engine.loading import load_pretrained_model
 from utils.training.engine.recovery import CheckpointInfo
 

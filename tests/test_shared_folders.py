@@ -19,9 +19,9 @@ from tests._ckpt_helpers import make_state
 from tests._cli_helpers import assert_one_error_line, run_cli
 from tests._run_helpers import file_hashes, finish, start, wait_for_step
 from tests._train_worker import make_trainer
+from utils.checkpoint_errors import RunInUseError
 from utils.fileio import host_id
 from utils.training.engine.checkpoint import FALLBACK_ROOT_ENV, fallback_dir_for
-from utils.training.engine.errors import RunInUseError
 from utils.training.engine.listing import list_checkpoints
 from utils.training.engine.runs import LEASE_SECONDS, RunLock, lease_path
 from utils.training.engine.writer import CheckpointWriter

@@ -18,6 +18,7 @@ import torch
 
 from tests import _train_worker as worker
 from tests._ckpt_helpers import make_state
+from utils.checkpoint_errors import NotResumableError
 from utils.config import GPT2_CONFIGS, ConfigError, TrainingConfig
 from utils.fileio import write_atomically
 from utils.training.engine.checkpoint import (
@@ -26,7 +27,6 @@ from utils.training.engine.checkpoint import (
     save_checkpoint,
     weights_only_state,
 )
-from utils.training.engine.errors import NotResumableError
 from utils.training.engine.loading import load_model_weights, load_pretrained_model
 from utils.training.engine.recovery import (
     CheckpointWarning,
@@ -362,8 +362,8 @@ def test_train_takes_the_cache_folder_and_says_the_storage_plan(tmp_path, corpus
 
 
 def test_the_notebook_says_which_settings_make_the_run_fit():
+    from utils.checkpoint_errors import InsufficientStorageError
     from utils.notebook import format_error
-    from utils.training.engine.errors import InsufficientStorageError
 
     text = format_error(InsufficientStorageError("the checkpoints of this run need up to 9 GB"))
     assert "Not enough space for this run's checkpoints!" in text

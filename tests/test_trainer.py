@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from tests import _train_worker as worker
-from utils.config import ModelConfig, TrainingConfig
-from utils.model import GPTModel
-from utils.training.engine.checkpoint import CHECKPOINT_KEYS
-from utils.training.engine.distributed import unwrap_model
-from utils.training.engine.errors import (
+from utils.checkpoint_errors import (
     ArchitectureMismatchError,
     NoCheckpointsError,
     NotResumableError,
 )
+from utils.config import ModelConfig, TrainingConfig
+from utils.model import GPTModel
+from utils.training.engine.checkpoint import CHECKPOINT_KEYS
+from utils.training.engine.distributed import unwrap_model
 from utils.training.engine.evaluation import evaluate
 from utils.training.engine.optim import build_optimizer, lr_at
 from utils.training.engine.recovery import list_checkpoints
@@ -273,8 +273,8 @@ def test_a_failed_checkpoint_write_stops_training_with_a_clear_error(tmp_path, m
                                                                      background):
     import errno
 
+    from utils.checkpoint_errors import CheckpointWriteError
     from utils.training.engine import checkpoint as checkpoint_module
-    from utils.training.engine.errors import CheckpointWriteError
 
     real_save, calls = checkpoint_module.torch.save, []
 

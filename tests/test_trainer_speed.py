@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from tests._cli_helpers import run_cli
+from utils.checkpoint_errors import TrainingOutOfMemoryError
 from utils.config import ModelConfig, TrainingConfig
 from utils.data import BatchLoader
 from utils.model import GPTModel
 from utils.training.engine.device_loop import DevicePrefetcher, LossMeter
-from utils.training.engine.errors import TrainingOutOfMemoryError
 from utils.training.engine.recovery import list_checkpoints
 from utils.training.engine.trainer import Trainer
 

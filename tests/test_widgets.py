@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from utils import widgets
+from utils.checkpoint_errors import NoCheckpointsError
 from utils.config import ModelConfig
 from utils.model import GPTModel
 from utils.training.engine.checkpoint import save_checkpoint
-from utils.training.engine.errors import NoCheckpointsError
 
 TINY = ModelConfig(vocab_size=64, context_length=16, embedding_dimension=16,
                    number_of_heads=2, number_of_layers=1, dropout_rate=0.0)

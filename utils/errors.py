@@ -33,12 +33,12 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     training); `MemoryError` means the chosen sizes do not fit this machine. Every
     `OSError` is a path, disk or network the user chose (`describe_os_error` words it).
     """
-    from utils.config import ConfigError
-    from utils.training.engine.errors import (
+    from utils.checkpoint_errors import (
         CheckpointError,
         TrainingDivergedError,
         TrainingOutOfMemoryError,
     )
+    from utils.config import ConfigError
 
     return (UserError, ConfigError, CheckpointError, TrainingDivergedError,
             TrainingOutOfMemoryError, ValueError, OSError, MemoryError)

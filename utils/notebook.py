@@ -323,10 +323,10 @@ def _notebook_hints() -> list[tuple[type[BaseException], str]]:
     """The one mapping from a library error to what to do in this notebook, by error type
     (most specific first). Library messages say what to call or which setting to change;
     these add the cell to run."""
+    from utils import checkpoint_errors as errors
     from utils.config import ConfigError
     from utils.pretrained.memory import InsufficientMemoryError
     from utils.tokenizer import TokenizerUnavailableError
-    from utils.training.engine import errors
 
     return [
         (errors.ModelNotInitializedError, "run Cell 13 (Initialize Model), then this cell again"),
@@ -390,7 +390,7 @@ def format_error(error: BaseException, fields: tuple[str, ...] = ()) -> str:
     """The guidance for an error a user can cause: the library's message (a checkpoint
     error as its full report: causes and numbered fixes), then what to do in this notebook
     (`notebook_hint`)."""
-    from utils.training.engine.errors import CheckpointError
+    from utils.checkpoint_errors import CheckpointError
 
     if isinstance(error, CheckpointError):
         from utils.reports import error_report
@@ -604,7 +604,7 @@ def load_weights_cell(namespace: Mapping[str, Any], checkpoint_dir: str | Path,
     `friendly_errors` prints as guidance. With `use_widget`, shows the ipywidgets picker
     (or, where widgets cannot render, the table) and loads when Load is clicked.
     """
-    from utils.training.engine.errors import ModelNotInitializedError
+    from utils.checkpoint_errors import ModelNotInitializedError
     from utils.training.engine.recovery import check_run, list_checkpoints, select_checkpoint
 
     model = namespace.get("model")
@@ -694,7 +694,7 @@ def model_to_export(namespace: Mapping[str, Any], export_from: str = "") -> Expo
     model = namespace.get("model")
     if choice.lower() == "model" or (not choice and not namespace.get("checkpoint_path")):
         if model is None:
-            from utils.training.engine.errors import ModelNotInitializedError
+            from utils.checkpoint_errors import ModelNotInitializedError
 
             raise ModelNotInitializedError("there is no 'model' to export")
         why = ("EXPORT_FROM is \"model\"" if choice else
@@ -793,7 +793,7 @@ def _cell_trainer(namespace: Mapping[str, Any], config: Any) -> Any:
 def _run_with_settings(folder: str | Path, trainer: Any) -> str:
     """The newest run in `folder` trained with `trainer`'s settings (what Cell 32 would
     continue); `RunNotFoundError` listing the runs when there is none."""
-    from utils.training.engine.errors import RunNotFoundError
+    from utils.checkpoint_errors import RunNotFoundError
     from utils.training.engine.listing import describe_runs, list_runs
 
     runs = list_runs(folder)

@@ -180,8 +180,8 @@ def read_nanogpt_meta(path: Path) -> dict[str, Any]:
     """nanoGPT's meta.pkl (vocab_size, itos, stoi), read without running any code in it:
     a regular file of at most `META_LIMIT` bytes (a FIFO or a link to /dev/zero is
     refused, not waited on), plain bounded data, its vocabulary checked."""
-    from utils.training.engine.errors import CheckpointError
-    from utils.training.engine.reading import check_bounded, read_regular_file
+    from utils.checkpoint_errors import CheckpointError
+    from utils.reading import check_bounded, read_regular_file
 
     try:
         data = read_regular_file(path, META_LIMIT, fix=_META_FIX)

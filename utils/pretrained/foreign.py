@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
+from utils.checkpoint_errors import CheckpointConfigError, UnrecognizedCheckpointError
 from utils.config import GPT2_CONFIGS
 from utils.pretrained.mapping import get_weight_mapping, is_ignored_hf_key, normalize_hf_key
-from utils.training.engine.errors import CheckpointConfigError, UnrecognizedCheckpointError
 
 # Wrappers that add a prefix to every key: torch.compile (`_orig_mod.`) and
 # DistributedDataParallel / DataParallel (`module.`); they can nest in either order.

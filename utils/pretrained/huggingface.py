@@ -25,6 +25,12 @@ from typing import Any
 
 import torch
 
+from utils.checkpoint_errors import (
+    ArchitectureMismatchError,
+    CorruptCheckpointError,
+    InvalidWeightsError,
+    UnsafeCheckpointError,
+)
 from utils.config import GPT2_CONFIGS, PRESET_ALIASES, ModelConfig
 from utils.model import GPTModel, count_parameters, meta_skeleton
 from utils.pretrained.foreign import hf_config_to_model_config
@@ -42,13 +48,7 @@ from utils.pretrained.mapping import (
     transpose,
 )
 from utils.pretrained.memory import check_memory
-from utils.training.engine.errors import (
-    ArchitectureMismatchError,
-    CorruptCheckpointError,
-    InvalidWeightsError,
-    UnsafeCheckpointError,
-)
-from utils.training.engine.reading import read_json_file, safetensors_header
+from utils.reading import read_json_file, safetensors_header
 
 HUB_REPOS = {"small": "openai-community/gpt2", "medium": "openai-community/gpt2-medium",
              "large": "openai-community/gpt2-large", "xl": "openai-community/gpt2-xl"}
@@ -399,7 +399,7 @@ def load_gpt2_weights(model: GPTModel, model_name_or_path: str | Path = "gpt2") 
     into `model`, strictly. Shapes are checked before any weight changes, so a mismatch
     leaves the model as it was. A model on the meta device is filled by assignment."""
     if model is None:
-        from utils.training.engine.errors import ModelNotInitializedError
+        from utils.checkpoint_errors import ModelNotInitializedError
 
         raise ModelNotInitializedError("no model to load into; build it with GPTModel(config)")
     files = resolve_weight_files(model_name_or_path)

@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from utils.training.engine.errors import (
+from utils.checkpoint_errors import (
     ArchitectureMismatchError,
     CheckpointConfigError,
     CorruptCheckpointError,
 )
-from utils.training.engine.reading import read_regular_file
+from utils.reading import read_regular_file
 
 # --------------------------------------------------------------------------- CRC32C
 

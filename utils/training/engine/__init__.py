@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# name -> its module: an engine module, or a full name for the bottom layer's errors.
 _EXPORTS = {
     "Trainer": "trainer",
     "CheckpointWriter": "writer",
@@ -23,15 +24,15 @@ _EXPORTS = {
     "select_checkpoint": "recovery",
     "load_pretrained_model": "loading",
     "load_model_weights": "loading",
-    "CheckpointError": "errors",
-    "CheckpointWriteError": "errors",
-    "CorruptCheckpointError": "errors",
-    "NoCheckpointsError": "errors",
-    "UnsafeCheckpointError": "errors",
-    "ArchitectureMismatchError": "errors",
-    "ModelNotInitializedError": "errors",
-    "TrainingDivergedError": "errors",
-    "TrainingOutOfMemoryError": "errors",
+    "CheckpointError": "utils.checkpoint_errors",
+    "CheckpointWriteError": "utils.checkpoint_errors",
+    "CorruptCheckpointError": "utils.checkpoint_errors",
+    "NoCheckpointsError": "utils.checkpoint_errors",
+    "UnsafeCheckpointError": "utils.checkpoint_errors",
+    "ArchitectureMismatchError": "utils.checkpoint_errors",
+    "ModelNotInitializedError": "utils.checkpoint_errors",
+    "TrainingDivergedError": "utils.checkpoint_errors",
+    "TrainingOutOfMemoryError": "utils.checkpoint_errors",
     "validation_loss": "evaluation",
 }
 
@@ -40,6 +41,7 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        home = _EXPORTS[name]
+        module = importlib.import_module(home if "." in home else f"{__name__}.{home}")
         return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

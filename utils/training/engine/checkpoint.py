@@ -30,16 +30,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils.config import ModelConfig
-from utils.fileio import write_atomically, write_bytes_atomically
-from utils.training.engine.errors import (
+from utils.checkpoint_errors import (
     ArchitectureMismatchError,
     CheckpointWriteError,
     CorruptCheckpointError,
     NotACheckpointError,
     NotResumableError,
 )
-from utils.training.engine.reading import read_checkpoint, read_json_file, sniff_file
+from utils.config import ModelConfig
+from utils.fileio import write_atomically, write_bytes_atomically
+from utils.reading import read_checkpoint, read_json_file, sniff_file
 from utils.training.engine.rng import rng_state, set_rng_state
 
 FORMAT_VERSION = 1

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.training.engine.errors import ArchitectureMismatchError
+from utils.checkpoint_errors import ArchitectureMismatchError
 from utils.training.engine.evaluation import validation_loss, validation_settings
 from utils.training.engine.loading import inspect_checkpoint, load_pretrained_model
 

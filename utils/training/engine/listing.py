@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from utils.checkpoint_errors import CheckpointError
 from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
     CHECKPOINT_NAME_RE,
@@ -32,7 +33,6 @@ from utils.training.engine.checkpoint import (
     parse_timestamp,
     read_sidecar,
 )
-from utils.training.engine.errors import CheckpointError
 from utils.training.engine.runs import LEGACY_RUN_ID
 
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")

@@ -32,11 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils.config import ConfigError, ModelConfig
-from utils.model import GPTModel, meta_skeleton
-from utils.pretrained.foreign import RecognizedCheckpoint, recognize
-from utils.training.engine.distributed import default_device
-from utils.training.engine.errors import (
+from utils.checkpoint_errors import (
     ArchitectureMismatchError,
     CheckpointConfigError,
     CheckpointError,
@@ -46,7 +42,11 @@ from utils.training.engine.errors import (
     NoCheckpointsError,
     UnsafeCheckpointError,
 )
-from utils.training.engine.reading import read_checkpoint, read_hf_config_beside
+from utils.config import ConfigError, ModelConfig
+from utils.model import GPTModel, meta_skeleton
+from utils.pretrained.foreign import RecognizedCheckpoint, recognize
+from utils.reading import read_checkpoint, read_hf_config_beside
+from utils.training.engine.distributed import default_device
 from utils.training.engine.recovery import select_checkpoint  # noqa: F401  (public here too)
 
 __all__ = [

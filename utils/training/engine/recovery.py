@@ -19,13 +19,7 @@ from itertools import dropwhile
 from pathlib import Path
 from typing import Any
 
-from utils.training.engine.checkpoint import (
-    METRIC_FIELDS,
-    check_resumable,
-    fallback_dir_for,
-    load_checkpoint_file,
-)
-from utils.training.engine.errors import (
+from utils.checkpoint_errors import (
     ArchitectureMismatchError,
     CheckpointError,
     CheckpointNotFoundError,
@@ -34,6 +28,12 @@ from utils.training.engine.errors import (
     NotResumableError,
     RunMismatchError,
     RunNotFoundError,
+)
+from utils.training.engine.checkpoint import (
+    METRIC_FIELDS,
+    check_resumable,
+    fallback_dir_for,
+    load_checkpoint_file,
 )
 from utils.training.engine.listing import (  # noqa: F401  (public here: DESIGN.md's names)
     CheckpointInfo,

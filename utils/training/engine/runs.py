@@ -36,10 +36,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from utils.checkpoint_errors import RunInUseError
 from utils.fileio import host_id, write_bytes_atomically
+from utils.reading import read_json_file, read_small_file
 from utils.training.engine.checkpoint import folder_identity, utc_now
-from utils.training.engine.errors import RunInUseError
-from utils.training.engine.reading import read_json_file, read_small_file
 
 LEGACY_RUN_ID = "legacy"
 METRICS_LOG_PREFIX = "metrics_"

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from utils.checkpoint_errors import CheckpointWriteError, RunInUseError
 from utils.config import TrainingConfig
 from utils.training.engine.checkpoint import (
     fallback_dir_for,
@@ -24,7 +25,6 @@ from utils.training.engine.checkpoint import (
     timestamp_now,
 )
 from utils.training.engine.distributed import DistributedContext, cleanup_distributed
-from utils.training.engine.errors import CheckpointWriteError, RunInUseError
 from utils.training.engine.loggers import (
     RunLoggers,
     eval_line,

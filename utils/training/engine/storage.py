@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from utils.checkpoint_errors import InsufficientStorageError
 from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
     read_sidecar,
@@ -34,7 +35,6 @@ from utils.training.engine.checkpoint import (
     storage_identity,
     weights_only_state,
 )
-from utils.training.engine.errors import InsufficientStorageError
 from utils.training.engine.runs import metrics_log_path
 from utils.training.engine.writer import on_google_drive, own_checkpoints
 

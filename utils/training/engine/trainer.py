@@ -35,6 +35,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from utils.checkpoint_errors import (
+    InsufficientStorageError,
+    NoCheckpointsError,
+    RunMismatchError,
+    TrainingDivergedError,
+    TrainingOutOfMemoryError,
+)
 from utils.config import TrainingConfig
 from utils.data import BatchLoader
 from utils.training.engine.checkpoint import (
@@ -61,13 +68,6 @@ from utils.training.engine.distributed import (
     launch_info,
     setup_distributed,
     unwrap_model,
-)
-from utils.training.engine.errors import (
-    InsufficientStorageError,
-    NoCheckpointsError,
-    RunMismatchError,
-    TrainingDivergedError,
-    TrainingOutOfMemoryError,
 )
 from utils.training.engine.evaluation import (  # noqa: F401  (names once defined here)
     VALIDATION_SEED_OFFSET,

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.checkpoint_errors import CheckpointError, CheckpointWriteError
 from utils.fileio import (  # noqa: F401  (DRIVE_ROOTS, DRIVE_ROOT_ENV: public here too)
     DRIVE_ROOT_ENV,
     DRIVE_ROOTS,
@@ -66,7 +67,6 @@ from utils.training.engine.checkpoint import (
     weights_only_state,
     write_sidecar,
 )
-from utils.training.engine.errors import CheckpointError, CheckpointWriteError
 from utils.training.engine.listing import CheckpointInfo, named_checkpoints
 from utils.training.engine.runs import is_lease_name
 

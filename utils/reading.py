@@ -1,7 +1,8 @@
 """Reading checkpoint files safely: what kind of file is it, and what does it hold?
 
-The bottom of the checkpoint layer (after `errors`). Everything here answers from the
-bytes, never from the file name, and never runs code from a file:
+The bottom layer, beside `fileio` (it imports only `checkpoint_errors`): the checkpoint
+engine, the token files and the weights formats all read through it. Everything here
+answers from the bytes, never from the file name, and never runs code from a file:
 
 - `sniff_file(path)`: a torch zip archive, a legacy torch pickle, a safetensors file, or
   something else (an image, text, JSON, a truncated copy), which raises an error naming
@@ -31,7 +32,7 @@ from typing import Any
 
 import torch
 
-from utils.training.engine.errors import (
+from utils.checkpoint_errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     EmptyCheckpointError,

@@ -1,7 +1,9 @@
-"""Checkpoint errors. Each message says what is wrong and how to fix it.
+"""Checkpoint and training errors. Each message says what is wrong and how to fix it.
 
-They live apart from loading.py so that checkpoint writing, recovery and loading raise the
+The bottom layer: this module imports nothing, so everything that reads, writes, recovers
+or loads a checkpoint (the engine, `utils.reading`, the data and weights formats) raises the
 same types, and the notebook can catch `CheckpointError` once and print its guidance.
+`utils.errors.user_error_types()` counts them as the user's errors.
 """
 
 from __future__ import annotations
