@@ -173,10 +173,6 @@ def find_resume_checkpoint(resume_from: str | Path, checkpoint_dir: str | Path,
     return path, load(path)
 
 
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    return load_checkpoint_file(path, mmap=True)
-
-
 def load_newest_readable(checkpoint_dir: str | Path, load: Callable[[Path], Any],
                          run: str = "latest") -> tuple[Path, Any]:
     """`(path, load(path))` for the run's newest checkpoint that `load` can read; each newer
@@ -329,7 +325,7 @@ def recover_training_results(checkpoint_dir: str | Path = "checkpoints",
     if chosen is None:
         raise run_not_found_error(checkpoint_dir, run, runs)
     # the run's newest checkpoint that reads; newer ones that do not are left out
-    path, checkpoint, _ = load_first_readable(chosen.checkpoints, _read_checkpoint,
+    path, checkpoint, _ = load_first_readable(chosen.checkpoints, load_checkpoint_file,
                                               checkpoint_dir, f"of run {chosen.run_id} ",
                                               "newest")
     members = list(dropwhile(lambda info: info.path != path, chosen.checkpoints))

@@ -39,11 +39,9 @@ from utils.training.engine.writer import CheckpointWriter, remove_stale_temp_fil
 class RunSession:
     """One training session of run `run_id` in `config.checkpoint_dir` (rank 0 writes)."""
 
-    def __init__(self, config: TrainingConfig, dist: DistributedContext,
-                 say: Callable[[str], None]) -> None:
+    def __init__(self, config: TrainingConfig, dist: DistributedContext) -> None:
         self.config = config
         self.dist = dist
-        self.say = say  # the Trainer's messages (rank 0)
         self.writer: CheckpointWriter | None = None
         self.loggers = RunLoggers()  # config.log_to's loggers, open while the loop runs
         self.stop_requested = False  # Ctrl-C: stop at the next step boundary

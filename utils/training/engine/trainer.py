@@ -411,7 +411,7 @@ class Trainer:
         self.finished = False
         if self.dist.is_main:
             check_loggers_available(self.config.loggers)  # before any work: one clear line
-        session = RunSession(self.config, self.dist, self._say)
+        session = RunSession(self.config, self.dist)
         try:
             if not self._start_or_resume(resume_from, session):
                 return self.metrics_history
