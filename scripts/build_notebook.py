@@ -277,12 +277,13 @@ print(f"{example!r} -> {ids} -> {tokenizer.decode(ids)!r}")
 code(7, "Load and Tokenise the Corpus", '''
 # Text is tokenised once (streaming, on every core) and cached: running this again is
 # instant. nanoGPT / llm.c token files are mapped as they are, with their own vocabulary.
-from utils.data import TOKEN_FILE_KINDS, detect_kind, load_data
+from utils.data import load_data
 from utils.notebook import check_form, friendly_errors
+from utils.training.preparation import data_tokenizer
 
 with friendly_errors("DATA_PATH", "CACHE_DIR"):  # a wrong DATA_PATH says what to pass instead
     check_form(globals(), "DATA_PATH", "VAL_FRACTION", "VAL_SPLIT", "CACHE_DIR")
-    text_tokenizer = None if detect_kind(DATA_PATH or None) in TOKEN_FILE_KINDS else TOKENIZER
+    text_tokenizer = data_tokenizer(DATA_PATH or None, TOKENIZER, chosen=False)
     data = load_data(DATA_PATH or None, text_tokenizer, val_fraction=VAL_FRACTION,
                      split=VAL_SPLIT, cache_dir=CACHE_DIR or None)  # empty: the local disk
     tokenizer, TOKENIZER = data.tokenizer, data.tokenizer_name
@@ -340,33 +341,28 @@ code(12, "Memory Check", '''
 # scratch, or INIT_FROM's GPT-2 size), against the free memory, before anything is
 # allocated. Too much: the message suggests a batch size and accumulation that fit.
 from utils.notebook import check_form, friendly_errors, init_model_config
-from utils.pretrained.memory import available_device_bytes, check_memory
-from utils.training.engine.precision import choose_precision_for
+from utils.training.preparation import check_run_fits
 
 with friendly_errors("INIT_FROM"):
     check_form(globals(), "INIT_FROM", "PRECISION", "ACTIVATION_CHECKPOINTING")
     init_config, init_name = init_model_config(INIT_FROM, model_config, MODEL_PRESET)
-    precision = choose_precision_for(device, PRECISION).name
-    needed = check_memory(init_config, device=device, training=True, name=init_name,
-                          batch_size=BATCH_SIZE, context_length=CONTEXT_LENGTH,
-                          precision=precision, activation_checkpointing=ACTIVATION_CHECKPOINTING)
-print(f"✅ training: {init_name} needs about {needed / 2**30:.2f} GiB on batches of "
-      f"{BATCH_SIZE} x {CONTEXT_LENGTH} tokens in {precision} (weights, gradients, AdamW, "
-      f"activations); {available_device_bytes(device) / 2**30:.1f} GiB free on {device}")
+    fits = check_run_fits(init_config, device, batch_size=BATCH_SIZE, precision=PRECISION,
+                          context_length=CONTEXT_LENGTH, name=init_name,
+                          activation_checkpointing=ACTIVATION_CHECKPOINTING)
+print(f"✅ training: {init_name} needs about {fits.needed_bytes / 2**30:.2f} GiB on batches "
+      f"of {BATCH_SIZE} x {CONTEXT_LENGTH} tokens in {fits.precision} (weights, gradients, "
+      f"AdamW, activations); {fits.available_bytes / 2**30:.1f} GiB free on {device}")
 ''')
 
 code(13, "Initialize Model", '''
 # From scratch, or OpenAI's GPT-2 (a Hugging Face name such as "gpt2" or a local folder).
-from utils.model import GPTModel, count_parameters
+from utils.model import count_parameters
 from utils.notebook import friendly_errors, init_source
-from utils.pretrained.huggingface import load_openai_gpt2
+from utils.training.preparation import build_model
 
 with friendly_errors("INIT_FROM"):
     initialised_from = init_source(INIT_FROM)  # "scratch", a GPT-2 size or a path
-    if initialised_from == "scratch":
-        model = GPTModel(model_config).to(device)
-    else:
-        model, model_config = load_openai_gpt2(initialised_from, device=device)
+    model, model_config = build_model(model_config, initialised_from, device)
 print(f"✅ model: {count_parameters(model):,} parameters on {device} (init: {initialised_from})")
 ''')
 
@@ -405,11 +401,13 @@ code(16, "Create the Trainer", '''
 from utils.notebook import friendly_errors
 from utils.plots import LiveLossPlot
 from utils.training.engine.trainer import Trainer
+from utils.training.preparation import known_tokens_sha256
 
 with friendly_errors():
     live_plot = LiveLossPlot()
+    data_hash = known_tokens_sha256(data, train_loader, val_loader)  # Cell 7's, hashed once
     trainer = Trainer(model, training_config, train_loader, val_loader, callbacks=[live_plot],
-                      tokenizer_name=TOKENIZER, init_from=initialised_from)
+                      tokenizer_name=TOKENIZER, init_from=initialised_from, data_sha256=data_hash)
 print(f"{trainer.total_steps} steps of {trainer.tokens_per_step:,} tokens; "
       f"{trainer.steps_per_epoch} steps per epoch")
 ''')

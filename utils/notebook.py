@@ -275,24 +275,20 @@ def init_source(init_from: str) -> str:
 def init_model_config(init_from: str, model_config: Any, preset: str) -> tuple[Any, str]:
     """(config, name) of the model that Cell 13 will build for INIT_FROM (Cell 12 checks
     its memory): `model_config` (named `preset`) from scratch, else the pretrained model's
-    own shape, which may be another GPT-2 size than MODEL_PRESET."""
+    own shape (`pretrained_model_config`), which may be another GPT-2 size than
+    MODEL_PRESET."""
     from utils.config import GPT2_CONFIGS
-    from utils.pretrained.huggingface import (
-        hf_tensor_shapes,
-        infer_config,
-        read_hf_config,
-        resolve_weight_files,
-    )
+    from utils.training.preparation import pretrained_model_config
 
     source = init_source(init_from)
     if source == "scratch":
         return model_config, preset
-    if source in GPT2_CONFIGS:
-        return GPT2_CONFIGS[source], "gpt2" if source == "small" else f"gpt2-{source}"
-    if not Path(source).exists():  # a hub id: its size is known (and checked) when it loads
+    config = pretrained_model_config(source)
+    if config is None:  # a hub id: its size is known (and checked) when it loads
         return model_config, f"{preset} ({source} is checked when Cell 13 loads it)"
-    files = resolve_weight_files(source)
-    return read_hf_config(files[0].parent) or infer_config(hf_tensor_shapes(files)), source
+    if source in GPT2_CONFIGS:
+        return config, "gpt2" if source == "small" else f"gpt2-{source}"
+    return config, source
 
 
 def quick_mode_settings(steps: int) -> dict[str, Any]:
@@ -784,10 +780,13 @@ def continued_config(saved: Mapping[str, Any], settings: Any, target: int) -> An
 def _cell_trainer(namespace: Mapping[str, Any], config: Any) -> Any:
     """A Trainer on the session's model and data (Cells 10, 13), as Cell 16 builds it."""
     from utils.training.engine.trainer import Trainer
+    from utils.training.preparation import known_tokens_sha256
 
-    return Trainer(namespace["model"], config, namespace["train_loader"],
-                   namespace["val_loader"], tokenizer_name=namespace.get("TOKENIZER"),
-                   init_from=namespace.get("initialised_from"))
+    train, val = namespace["train_loader"], namespace["val_loader"]
+    return Trainer(namespace["model"], config, train, val,
+                   tokenizer_name=namespace.get("TOKENIZER"),
+                   init_from=namespace.get("initialised_from"),
+                   data_sha256=known_tokens_sha256(namespace.get("data"), train, val))
 
 
 def _run_with_settings(folder: str | Path, trainer: Any) -> str:

@@ -188,47 +188,20 @@ def check_checkpoint_dir(folder: str | None) -> None:
         check_writable_folder(folder)
 
 
-def model_config(args: argparse.Namespace, saved: dict[str, Any] | None, vocab_size: int):
-    """The new model's ModelConfig: the checkpoint's, a preset, or explicit sizes.
+def model_choice(args: argparse.Namespace, saved: dict[str, Any] | None):
+    """The flags' ModelChoice: --init-from's weights, else --preset (or, with --resume, the
+    checkpoint's shape; else `tiny`) with the sizes given. A new model gets the tokenizer's
+    vocabulary (257 for `byte`, 50257 for `gpt2`)."""
+    from utils.training.preparation import ModelChoice
 
-    A new model gets the tokenizer's vocabulary (257 for `byte`, 50257 for `gpt2`).
-    """
     sizes = {field: getattr(args, _dest(flag)) for field, flag in MODEL_FLAGS.items()}
     sizes = {key: value for key, value in sizes.items() if value is not None}
-    if saved is not None and args.preset is None:
-        return ModelConfig.from_dict({**saved["config"], **sizes})
-    return ModelConfig.from_preset(args.preset or "tiny", vocab_size=vocab_size, **sizes)
-
-
-def check_training_fits(config: Any, training_config: Any, device: Any) -> None:
-    """Refuse, before anything is allocated, a model or batch that cannot fit in memory:
-    the notebook's check (`check_memory`: weights, gradients, AdamW, activations and the
-    output head in the precision this device will use), with a batch size that fits."""
-    from utils.pretrained.memory import check_memory, parameter_count
-    from utils.training.engine.precision import choose_precision_for
-
-    check_memory(config, device, training=True,
-                 name=f"a model of {parameter_count(config):,} parameters (--layers "
-                      f"{config.number_of_layers}, --dim {config.embedding_dimension}, "
-                      f"--context {config.context_length})",
-                 batch_size=training_config.batch_size,
-                 precision=choose_precision_for(device, training_config.precision).name,
-                 activation_checkpointing=training_config.activation_checkpointing)
-
-
-def build_model(args: argparse.Namespace, config: Any):
-    """(GPTModel, ModelConfig): GPT-2 weights for --init-from, else a new model of `config`."""
-    from utils.model import GPTModel
-    from utils.pretrained.huggingface import load_openai_gpt2
-
-    if args.init_from:
-        model, config = load_openai_gpt2(args.init_from, device="cpu", training=True)
-        return model.train(), config
-    return GPTModel(config), config
+    return ModelChoice(preset=args.preset, sizes=sizes, saved=saved,
+                       init_from=args.init_from or "scratch")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check the flags (cheap, before torch is imported), then build, train and report."""
+    """Check the flags (cheap, before torch is imported), then prepare, train and report."""
     check_device(args.device)
     resume_path, checkpoint = _resume_source(args)
     training_config = build_training_config(
@@ -238,64 +211,37 @@ def run(args: argparse.Namespace) -> int:
     from utils.training.engine.loggers import check_loggers_available
 
     check_loggers_available(training_config.loggers)  # before the data is read
-    import torch
+    from utils.training.preparation import RunSettings, prepare_run
 
-    from utils.cli.recover import format_checkpoint_table
-    from utils.data import TOKEN_FILE_KINDS, detect_kind, load_data
-    from utils.model import count_parameters
-    from utils.tokenizer import get_tokenizer
-    from utils.training.engine.distributed import setup_distributed
-    from utils.training.engine.recovery import list_checkpoints
-    from utils.training.engine.trainer import Trainer
-
-    # Token files (nanoGPT, llm.c) bring their own vocabulary; for text it is the tokenizer's,
-    # known before any data is read, so the memory check comes first.
-    tokenizer_name = args.tokenizer or (checkpoint or {}).get("tokenizer")
-    token_files = detect_kind(args.data) in TOKEN_FILE_KINDS
-    dist = setup_distributed(training_config.device)  # so only rank 0 tokenises
-    new_config = None
-    if not token_files and not args.init_from:
-        tokenizer_name = tokenizer_name or "gpt2"
-        new_config = model_config(args, checkpoint, get_tokenizer(tokenizer_name).n_vocab)
-        check_training_fits(new_config, training_config, dist.device)
-    if not dist.is_main:
-        dist.barrier()
-    data = load_data(args.data, tokenizer_name, args.val_fraction, split=args.val_split,
-                     cache_dir=args.cache_dir, progress=dist.is_main and not args.no_progress)
-    if dist.is_main:
-        dist.barrier()
-    train_tokens, val_tokens = data.train, data.val
-    tokenizer_name, vocab_size = data.tokenizer_name, data.vocab_size
-    if token_files and not args.init_from:
-        new_config = model_config(args, checkpoint, vocab_size)
-        check_training_fits(new_config, training_config, dist.device)
-    torch.manual_seed(training_config.seed)  # the same initial weights on every rank
-    model, config = build_model(args, new_config)
-    if vocab_size > config.vocab_size:
-        raise ValueError(f"tokenizer {tokenizer_name!r} has {vocab_size} ids but the model's "
-                         f"vocabulary is {config.vocab_size}; use --tokenizer gpt2")
+    settings = RunSettings(
+        training_config, model_choice(args, checkpoint), data_path=args.data,
+        tokenizer=args.tokenizer or (checkpoint or {}).get("tokenizer"),
+        val_fraction=args.val_fraction, val_split=args.val_split, cache_dir=args.cache_dir,
+        progress=not args.no_progress)
     del checkpoint  # the Trainer reads it again, fully, to restore the state
-    if dist.is_main:
-        print(f"model: {count_parameters(model):,} parameters "
-              f"({config.number_of_layers} layers, {config.number_of_heads} heads, "
-              f"{config.embedding_dimension} wide, context {config.context_length}); "
-              f"data: {len(train_tokens):,} training / {len(val_tokens):,} validation tokens "
-              f"({data.kind}, {tokenizer_name}); {dist.world_size} process(es) on {dist.device}")
+    prepared = prepare_run(settings)
+    if prepared.dist.is_main:
+        print(prepared.summary())
     if training_config.checkpoint_dir:  # a folder, even if its name has a dot ("runs/v1.2")
         Path(training_config.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(model, training_config, train_tokens, val_tokens,
-                      tokenizer_name=tokenizer_name, progress=not args.no_progress,
-                      init_from=args.init_from)
+    trainer = prepared.trainer
     trainer.announce = lambda message: print(with_flag_names(message, SETTING_FLAGS))
-    resume_from = None if args.new_run else (resume_path or "auto")
-    history = trainer.fit(resume_from=resume_from)
-    if dist.is_main:
-        if history:
-            last = history[-1]
-            val = last["val_loss"]
-            print(f"done: step {last['step']}, train loss {last['train_loss']:.4f}"
-                  + (f", val loss {val:.4f}" if val is not None else ""))
-        if training_config.checkpoint_dir:
-            print(f"\ncheckpoints in {training_config.checkpoint_dir}:")
-            print(format_checkpoint_table(list_checkpoints(training_config.checkpoint_dir)))
+    history = trainer.fit(resume_from=None if args.new_run else (resume_path or "auto"))
+    if prepared.dist.is_main:
+        _report(history, training_config.checkpoint_dir)
     return 0
+
+
+def _report(history: list[dict[str, Any]], checkpoint_dir: str | None) -> None:
+    """The last step's losses and the folder's checkpoints."""
+    from utils.cli.recover import format_checkpoint_table
+    from utils.training.engine.recovery import list_checkpoints
+
+    if history:
+        last = history[-1]
+        val = last["val_loss"]
+        print(f"done: step {last['step']}, train loss {last['train_loss']:.4f}"
+              + (f", val loss {val:.4f}" if val is not None else ""))
+    if checkpoint_dir:
+        print(f"\ncheckpoints in {checkpoint_dir}:")
+        print(format_checkpoint_table(list_checkpoints(checkpoint_dir)))

@@ -18,7 +18,14 @@ Documents are joined with `<|endoftext|>`, which is tokenised as GPT-2's end-of-
 own training data).
 """
 
-from utils.data.batches import SPLITS, BatchLoader, TokenView, document_bounds, train_val_split
+from utils.data.batches import (
+    SPLITS,
+    BatchLoader,
+    TokenView,
+    document_bounds,
+    hash_tokens,
+    train_val_split,
+)
 from utils.data.load import (
     KINDS,
     TOKEN_FILE_KINDS,
@@ -43,6 +50,6 @@ __all__ = [
     "BUILTIN_SOURCE", "CACHE_FORMAT_VERSION", "DEFAULT_CACHE_DIR", "KINDS",
     "PIECE_BYTES", "SPLITS", "TOKEN_FILE_KINDS", "UINT16_MAX_TOKEN", "BatchLoader", "LoadedData", "TokenView",
     "TokenizedCorpus", "check_data_path", "default_cache_dir", "detect_kind", "document_bounds",
-    "load_data",
+    "hash_tokens", "load_data",
     "load_text", "split_into_chunks", "token_statistics", "tokenize_corpus", "train_val_split",
 ]

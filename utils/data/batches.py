@@ -12,6 +12,7 @@ batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -261,3 +262,24 @@ class BatchLoader:
             )
         self.seed = int(state["seed"])
         self.step = int(state["step"])
+
+
+def hash_tokens(*arrays: Any) -> str:
+    """sha256 of token arrays (numpy, memmap, tensor, or a view made of several parts such
+    as `TokenView`), read in 64 MB pieces: never a copy of a whole corpus. A run's
+    fingerprint names its data by this hash of its training and validation ids."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        parts = getattr(array, "parts", None) or [array]
+        for part in parts:
+            if part is None:
+                digest.update(b"none")
+                continue
+            if hasattr(part, "numpy") and not isinstance(part, np.ndarray):
+                part = part.detach().cpu().numpy()
+            flat = np.asarray(part).reshape(-1)
+            digest.update(f"{flat.dtype.str}:{flat.size};".encode())
+            step = max(1, (64 << 20) // max(1, flat.itemsize))
+            for start in range(0, flat.size, step):
+                digest.update(np.ascontiguousarray(flat[start:start + step]).tobytes())
+    return digest.hexdigest()

@@ -12,6 +12,7 @@ files). Text is prepared (tokenised and cached) by `tokenize_corpus`; token file
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from utils.data import hf, sources, token_files
-from utils.data.batches import DEFAULT_BLOCK_TOKENS, train_val_split
+from utils.data.batches import DEFAULT_BLOCK_TOKENS, hash_tokens, train_val_split
 from utils.data.prepare import tokenize_corpus
 from utils.tokenizer import get_tokenizer
 
@@ -44,6 +45,13 @@ class LoadedData:
     sha256: str | None = None
     files: tuple[str, ...] = ()
     tokenizer: Any = None  # decodes the ids (a CharTokenizer for nanoGPT character data)
+
+    @functools.cached_property
+    def tokens_sha256(self) -> str:
+        """sha256 of the training and validation ids (`hash_tokens`), as a run's fingerprint
+        names its data: computed once per loaded corpus, however many Trainers use it.
+        (`sha256` is the source text's, the token cache's key.)"""
+        return hash_tokens(self.train, self.val)
 
     @property
     def num_tokens(self) -> int:

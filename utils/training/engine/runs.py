@@ -79,28 +79,6 @@ def run_fingerprint(model_config: dict[str, Any] | None, tokenizer: str | None,
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def data_sha256(*arrays: Any) -> str:
-    """sha256 of token arrays (numpy, memmap, tensor, or a view made of several parts such
-    as `utils.data.TokenView`), read in 64 MB pieces: never a copy of a whole corpus."""
-    import numpy as np
-
-    digest = hashlib.sha256()
-    for array in arrays:
-        parts = getattr(array, "parts", None) or [array]
-        for part in parts:
-            if part is None:
-                digest.update(b"none")
-                continue
-            if hasattr(part, "numpy") and not isinstance(part, np.ndarray):
-                part = part.detach().cpu().numpy()
-            flat = np.asarray(part).reshape(-1)
-            digest.update(f"{flat.dtype.str}:{flat.size};".encode())
-            step = max(1, (64 << 20) // max(1, flat.itemsize))
-            for start in range(0, flat.size, step):
-                digest.update(np.ascontiguousarray(flat[start:start + step]).tobytes())
-    return digest.hexdigest()
-
-
 def metrics_log_path(folder: str | Path, run_id: str) -> Path:
     return Path(folder) / f"{METRICS_LOG_PREFIX}{run_id}{METRICS_LOG_SUFFIX}"
 

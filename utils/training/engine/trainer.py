@@ -43,7 +43,7 @@ from utils.checkpoint_errors import (
     TrainingOutOfMemoryError,
 )
 from utils.config import TrainingConfig
-from utils.data import BatchLoader
+from utils.data import BatchLoader, hash_tokens
 from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
     TrainingParts,
@@ -88,7 +88,6 @@ from utils.training.engine.recovery import (
 )
 from utils.training.engine.rng import seed_everything
 from utils.training.engine.runs import (
-    data_sha256,
     new_run_id,
     run_fingerprint,
     settings_differences,
@@ -130,8 +129,9 @@ class Trainer:
     `tokenizer_name` is recorded in checkpoints (and decodes `sample_every`'s samples).
     `progress`: the progress bar; without one in sight (`progress=False`, or output to a
     file) a line is printed per log interval and per evaluation instead.
-    `data_sha256`: the corpus's hash when the caller knows it (part of the run's
-    fingerprint); otherwise the token arrays are hashed once when a run needs it.
+    `data_sha256`: `hash_tokens(train, val)` when the caller knows it
+    (`LoadedData.tokens_sha256`), part of the run's fingerprint; otherwise the token
+    arrays are hashed once when a run needs it.
     `init_from`: where the initial weights came from (e.g. "gpt2"; None: scratch), also
     part of the fingerprint: the same settings from other weights are another run.
     """
@@ -316,7 +316,7 @@ class Trainer:
         """sha256 of the training and validation tokens (computed once per Trainer)."""
         if self._data_sha256 is None:
             val = self.val_loader.tokens if self.val_loader is not None else None
-            self._data_sha256 = data_sha256(self.train_loader.tokens, val)
+            self._data_sha256 = hash_tokens(self.train_loader.tokens, val)
         return self._data_sha256
 
     def data_identity(self) -> dict[str, Any]:
