@@ -141,3 +141,9 @@ def test_a_new_model_starts_from_the_training_seed(tmp_path):
     torch.manual_seed(12345)  # whatever came before
     second = prepare_run(settings(tmp_path)).model.state_dict()
     assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_data_with_more_ids_than_the_model_knows_is_refused(tmp_path):
+    saved = {"config": ModelConfig(vocab_size=257, **SIZES).to_dict()}
+    with pytest.raises(ValueError, match="'gpt2' has 50257 ids but the model's vocabulary is 257"):
+        prepare_run(settings(tmp_path, model=ModelChoice(saved=saved), tokenizer="gpt2"))

@@ -239,7 +239,8 @@ def prepare_run(settings: RunSettings) -> PreparedRun:
     model, config = build_model(planned, settings.model.init_from)
     if data.vocab_size > config.vocab_size:
         raise ValueError(f"tokenizer {data.tokenizer_name!r} has {data.vocab_size} ids but "
-                         f"the model's vocabulary is {config.vocab_size}; use tokenizer=gpt2")
+                         f"the model's vocabulary is {config.vocab_size}: use the tokenizer "
+                         "the model was trained with")
     trainer = Trainer(model, settings.training, data.train, data.val,
                       tokenizer_name=data.tokenizer_name, progress=settings.progress,
                       data_sha256=data.tokens_sha256,
