@@ -34,9 +34,13 @@ lint: install
 	$(PY) -m ruff check .
 
 # Lint and tests both run, so a lint error does not hide test results; either failing fails.
+# The tests run in parallel (pytest-xdist): one worker per core (`auto`), idle workers
+# taking queued tests from busy ones (worksteal). `make test PYTEST_WORKERS=0` runs them in
+# this one process instead.
+PYTEST_WORKERS ?= auto
 test: install
 	@$(PY) -m ruff check .; lint=$$?; \
-	$(PY) -m pytest; tests=$$?; \
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal; tests=$$?; \
 	if [ $$lint -ne 0 ]; then echo "make test: ruff check failed (see above)" >&2; fi; \
 	exit $$(( lint != 0 ? lint : tests ))
 

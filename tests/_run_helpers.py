@@ -53,6 +53,18 @@ def wait_for_step(process: subprocess.Popen, step: int, seen: list[str] | None =
     pytest.fail(f"worker ended before step {step}: {''.join(seen)[-2000:]}")
 
 
+def wait_until_held(process: subprocess.Popen, seen: list[str] | None = None) -> int:
+    """Read the worker's output up to its `held after step N` line (it waits on `--hold`'s
+    file from then on: no more steps, metrics or checkpoints until the file goes); returns
+    N. A worker that ends first fails the test with its output."""
+    seen = [] if seen is None else seen
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith("held after step "):
+            return int(line.split()[-1])
+    pytest.fail(f"worker ended before it was held: {''.join(seen)[-2000:]}")
+
+
 def kill_after_step(process: subprocess.Popen, step: int) -> str:
     seen: list[str] = []
     wait_for_step(process, step, seen)

@@ -7,8 +7,9 @@
 
 The same command run twice is what "Run all" after a crash does: `--resume auto` (the
 Trainer's default) continues the matching run. Prints `step N` after every optimizer step
-(the tests kill it at chosen steps) and, when it reaches the end, saves the final
-parameters and metrics history to OUT_FILE.
+(the tests kill it at chosen steps), `held after step N` when it starts waiting while
+`--hold`'s file exists and, when it reaches the end, saves the final parameters and metrics
+history to OUT_FILE.
 Everything is seeded and single-threaded, so two runs compute bit for bit the same thing.
 """
 
@@ -62,8 +63,10 @@ def step_reporter(sleep: float = 0.02, hold: str | None = None):
     def report_step(record: dict) -> None:
         print(f"step {record['step']}", flush=True)
         time.sleep(sleep)  # so a test's kill or fault lands within the next step or two
-        while hold and Path(hold).exists():  # the test decides when this run may go on
-            time.sleep(0.05)
+        if hold and Path(hold).exists():  # the test decides when this run may go on
+            print(f"held after step {record['step']}", flush=True)
+            while Path(hold).exists():
+                time.sleep(0.05)
     return report_step
 
 

@@ -1,10 +1,11 @@
 """The package reads bottom-up: no import cycle between utils modules, no two packages that
 import each other, and every module of the checkpoint layer imports on its own in a fresh
-interpreter."""
+interpreter (one forked, per module, from a new interpreter holding torch and no utils module)."""
 
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -94,18 +95,68 @@ def test_engine_modules_import_only_from_below():
                 assert rank[target] < position, f"{name} imports {target}, which is above it"
 
 
+# A fresh interpreter that imports torch (and with it numpy), the third-party libraries the
+# engine stands on, and no utils module; then, per module, a forked child imports that one
+# module and exits. Each child starts with no utils module loaded, as a new interpreter
+# would, without paying torch's import (over a second of CPU) once per module.
+FORK_PER_MODULE = """
+import importlib, json, os, sys, traceback
+import torch  # noqa: F401  (the same `import torch` each module would run first)
+loaded = sorted(m for m in sys.modules if m == "utils" or m.startswith("utils."))
+assert not loaded, loaded
+failures = {}
+for name in sys.argv[1:]:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        code = 0
+        try:
+            importlib.import_module(name)
+        except BaseException:
+            os.write(write, traceback.format_exc()[-2000:].encode())
+            code = 1
+        os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        output = pipe.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        failures[name] = output or f"exit status {status}"
+print(json.dumps(failures))
+"""
+
+
 def test_each_engine_module_imports_alone_in_a_fresh_interpreter():
     names = BOTTOM + [f"utils.training.engine.{name}" for name in ENGINE_ORDER]
-    processes = {name: subprocess.Popen(
-        [sys.executable, "-c", f"import {name}"], cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for name in names}
-    failures = {}
-    for name, process in processes.items():
-        output, _ = process.communicate(timeout=300)
-        if process.returncode != 0:
-            failures[name] = output[-2000:]
+    result = subprocess.run([sys.executable, "-c", FORK_PER_MODULE, *names], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    failures = json.loads(result.stdout.splitlines()[-1])
     assert not failures, failures
+
+
+def test_the_fresh_interpreter_check_finds_modules_that_fail_alone(tmp_path):
+    """The forked check reports a module caught in an import cycle and a module that only
+    works after another was imported (each child starts without the modules its siblings
+    imported), and not a module that imports fine."""
+    package = tmp_path / "utils_probe"
+    package.mkdir()
+    files = {"__init__.py": "",
+             "good.py": "import torch\nVALUE = 1\n",
+             "cycle_a.py": "from utils_probe.cycle_b import B\nA = 1\n",
+             "cycle_b.py": "from utils_probe.cycle_a import A\nB = 2\n",
+             "leans_on_good.py": "import utils_probe\nX = utils_probe.good.VALUE\n"}
+    for name, text in files.items():
+        (package / name).write_text(text)
+    names = ["utils_probe.good", "utils_probe.leans_on_good", "utils_probe.cycle_a"]
+    result = subprocess.run([sys.executable, "-c", FORK_PER_MODULE, *names], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    failures = json.loads(result.stdout.splitlines()[-1])
+    assert sorted(failures) == ["utils_probe.cycle_a", "utils_probe.leans_on_good"], failures
+    assert "ImportError" in failures["utils_probe.cycle_a"]
+    assert "AttributeError" in failures["utils_probe.leans_on_good"]
 
 
 def package_of(module: str) -> str:

@@ -264,16 +264,44 @@ def test_a_metrics_log_deleted_mid_run_is_said_once_and_started_again(tmp_path,
     assert_same_weights(torch.load(out, weights_only=True)["model"], uninterrupted_weights)
 
 
-def test_a_checkpoint_folder_deleted_mid_run_is_recreated_and_said_once(tmp_path,
-                                                                        uninterrupted_weights):
+def remove_folder_in_use(folder: Path) -> None:
+    """`rm -rf folder` while a training writes into it: a file that vanishes meanwhile (a
+    temp file the writer just published, the lease's heartbeat) is no error, and a file
+    written meanwhile means another pass; once the folder is gone, it stops (the training
+    may make it again)."""
+    import errno
     import shutil
 
+    class NotEmpty(Exception):
+        pass
+
+    def on_error(function, path, error: BaseException) -> None:
+        if isinstance(error, FileNotFoundError):
+            return
+        if function is os.rmdir and Path(path) == folder and error.errno == errno.ENOTEMPTY:
+            raise NotEmpty from error
+        raise error
+
+    # Python 3.12 names the hook onexc (given the exception); onerror gets exc_info
+    handler = ({"onexc": on_error} if sys.version_info >= (3, 12) else
+               {"onerror": lambda function, path, info: on_error(function, path, info[1])})
+    for _ in range(100):
+        try:
+            shutil.rmtree(folder, **handler)
+            return
+        except NotEmpty:
+            continue
+    raise AssertionError(f"{folder} kept filling while it was deleted")
+
+
+def test_a_checkpoint_folder_deleted_mid_run_is_recreated_and_said_once(tmp_path,
+                                                                        uninterrupted_weights):
     folder, out = tmp_path / "checkpoints", tmp_path / "final.pt"
     process = start(folder, out, "--step-sleep", "0.3")
     seen: list[str] = []
     wait_for_step(process, 4, seen)
     run_id = list_runs(folder)[0].run_id
-    shutil.rmtree(folder)  # the whole folder, checkpoint of step 3 and log included
+    remove_folder_in_use(folder)  # the whole folder, checkpoint of step 3 and log included
     output = "".join(seen) + finish(process)
     assert output.count("was deleted during training (or its folder went away)") == 1, output
     steps = _train_records(metrics_log_path(folder, run_id))

@@ -17,10 +17,10 @@ import pytest
 
 from tests._ckpt_helpers import make_state
 from tests._cli_helpers import assert_one_error_line, run_cli
-from tests._run_helpers import file_hashes, finish, start, wait_for_step
+from tests._run_helpers import file_hashes, finish, start, wait_for_step, wait_until_held
 from tests._train_worker import make_trainer
 from utils.checkpoint_errors import RunInUseError
-from utils.fileio import host_id
+from utils.fileio import host_id, temp_file_owner
 from utils.training.engine.checkpoint import FALLBACK_ROOT_ENV, fallback_dir_for
 from utils.training.engine.listing import list_checkpoints
 from utils.training.engine.runs import LEASE_SECONDS, RunLock, lease_path
@@ -81,6 +81,12 @@ def test_the_run_lock_is_one_lock_however_the_folder_is_spelled(request, spellin
     assert RunLock(other / "ck", RUN).acquire()
 
 
+def worker_temp_file(name: str, pid: int) -> bool:
+    """Whether `name` is the hidden temp file of a write by process `pid` on this machine."""
+    owner = temp_file_owner(Path(name))
+    return owner is not None and owner.pid == pid and owner.host in (None, host_id())
+
+
 def test_a_run_trained_through_a_symlink_cannot_be_trained_through_the_folder(tmp_path,
                                                                               symlinked):
     """The same run, one process through the folder's real path and one through a symlink
@@ -91,6 +97,7 @@ def test_a_run_trained_through_a_symlink_cannot_be_trained_through_the_folder(tm
     try:
         wait_for_step(worker, 4)
         hold.write_text("")
+        wait_until_held(worker)  # after step 4, or a step later on a busy machine
         deadline = time.monotonic() + 60
         while not list((real / "ck").glob("checkpoint_*.pt")):
             assert time.monotonic() < deadline, "no checkpoint appeared"
@@ -99,9 +106,11 @@ def test_a_run_trained_through_a_symlink_cannot_be_trained_through_the_folder(tm
         with pytest.raises(RunInUseError, match="being trained by another process"):
             make_trainer(link / "ck").fit(resume_from="latest")
         after = file_hashes(real / "ck")
-        # the held worker's own writer may still add files (a sidecar, best_model.pt);
-        # what was there is unchanged (the lease's heartbeat aside)
-        kept = [name for name in before if not name.startswith(("lease_", "best_model"))]
+        # the held worker's own writer may still be at work (a sidecar, best_model.pt, the
+        # hidden temp file of a write it is publishing); what was there is unchanged (the
+        # lease's heartbeat aside)
+        kept = [name for name in before if not name.startswith(("lease_", "best_model"))
+                and not worker_temp_file(name, worker.pid)]
         assert {name: after.get(name) for name in kept} == {name: before[name] for name in kept}
     finally:
         hold.unlink()
