@@ -27,6 +27,7 @@ from tests._run_helpers import (
     kill_after_step,
     start,
     wait_for_step,
+    wait_until,
 )
 from utils.training.engine.checkpoint import (
     BEST_MODEL_NAME,
@@ -300,6 +301,9 @@ def test_a_checkpoint_folder_deleted_mid_run_is_recreated_and_said_once(tmp_path
     process = start(folder, out, "--step-sleep", "0.3")
     seen: list[str] = []
     wait_for_step(process, 4, seen)
+    # the step-3 checkpoint is written in the background: on a busy machine it may still be
+    # in flight when step 4 is printed
+    wait_until(lambda: bool(list_runs(folder)), process, "the step-3 checkpoint")
     run_id = list_runs(folder)[0].run_id
     remove_folder_in_use(folder)  # the whole folder, checkpoint of step 3 and log included
     output = "".join(seen) + finish(process)
