@@ -204,7 +204,7 @@ def check_training_fits(config: Any, training_config: Any, device: Any) -> None:
     """Refuse, before anything is allocated, a model or batch that cannot fit in memory:
     the notebook's check (`check_memory`: weights, gradients, AdamW, activations and the
     output head in the precision this device will use), with a batch size that fits."""
-    from utils.pretrained.memory import check_memory, parameter_count
+    from utils.model.memory import check_memory, parameter_count
     from utils.training.engine.precision import choose_precision_for
 
     check_memory(config, device, training=True,
