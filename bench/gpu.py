@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from utils.config import ModelConfig, TrainingConfig
     from utils.model import GPTModel
-    from utils.pretrained.memory import training_memory
+    from utils.model.memory import training_memory
     from utils.training.engine.precision import resolve_precision, tf32_matmuls
     from utils.training.engine.throughput import model_flops_per_token, peak_flops
     from utils.training.engine.trainer import Trainer, build_optimizer
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "Step GiB: what a step allocates above the memory held between steps (weights, "
         "AdamW state, the other contender's model): `torch.cuda.max_memory_allocated` minus "
         "`memory_allocated` before the round. Estimate: gradients + activations + output "
-        "head of `utils.pretrained.memory.training_memory`, what `check_memory` and the "
+        "head of `utils.model.memory.training_memory`, what `check_memory` and the "
         "out-of-memory advice plan with.",
         "",
         "| compile | loop | step (ms) | tokens/s | MFU | vs floor | warm-up (s) | step GiB | "

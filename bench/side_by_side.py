@@ -267,7 +267,7 @@ def run_ours(data: Path, checkpoints: Path, shapes: Shapes, compile_: str, devic
 
 def flops_per_token(shapes: Shapes, vocab: int = 50257) -> int:
     from utils.config import ModelConfig
-    from utils.pretrained.memory import parameter_count
+    from utils.model.memory import parameter_count
     from utils.training.engine.throughput import flops_per_token as count
 
     config = ModelConfig(vocab_size=vocab, context_length=shapes.context,

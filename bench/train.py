@@ -595,7 +595,7 @@ def memory_section(args: argparse.Namespace) -> str:
     """Peak memory of a training step with and without activation checkpointing."""
     from bench.common import run_isolated
     from utils.config import ModelConfig
-    from utils.pretrained.memory import GIB, training_memory
+    from utils.model.memory import GIB, training_memory
 
     batch, steps = 16, 3
     rows = {}
@@ -615,7 +615,7 @@ def memory_section(args: argparse.Namespace) -> str:
         f"AdamW state, data).",
         "",
         "| activation checkpointing | peak RSS (MB) | step (s, median) | estimated activations "
-        "(MB, utils/pretrained/memory.py) |",
+        "(MB, utils/model/memory.py) |",
         "|---|---:|---:|---:|",
     ]
     for checkpointing in (False, True):

@@ -28,9 +28,9 @@ def verify_against_hf(model, source: str, tokenizer, prompt: str) -> bool:
         print("verification skipped: transformers is not installed")
         return True
     from utils.config import PRESET_ALIASES
+    from utils.model.memory import InsufficientMemoryError, check_memory
     from utils.pretrained.huggingface import HUB_REPOS
     from utils.pretrained.layers_diff import compare_layers
-    from utils.pretrained.memory import InsufficientMemoryError, check_memory
     from utils.pretrained.verify import compare_outputs
 
     if Path(source).is_file():

@@ -184,7 +184,7 @@ if code_dir is None:
 os.chdir(code_dir)
 sys.path.insert(0, str(code_dir))
 
-from utils.notebook import environment_report
+from utils.runtime import environment_report
 print(f"📂 Code: {code_dir}")
 print(environment_report())
 ''')
@@ -192,7 +192,7 @@ print(environment_report())
 code(2, "Install Requirements", '''
 # Installs requirements.txt only when something is missing (Colab lacks tiktoken); Colab's
 # own torch is kept.
-from utils.notebook import install_requirements
+from utils.runtime import install_requirements
 installed = install_requirements("requirements.txt")
 ''')
 
@@ -231,7 +231,8 @@ code(4, "Quick Mode, Seed and Device", '''
 # QUICK_MODE: a tiny model and a few steps, so the whole notebook runs in minutes on a CPU;
 # it prints which settings of Cell 3 it replaced.
 import torch
-from utils.notebook import apply_quick_mode, check_form, default_device, friendly_errors
+from utils.forms import apply_quick_mode, check_form, friendly_errors
+from utils.runtime import default_device
 
 with friendly_errors():
     check_form(globals(), "QUICK_MODE", "QUICK_MODE_STEPS", "SEED")
@@ -246,7 +247,8 @@ print(f"Quick mode: {QUICK_MODE} | preset: {MODEL_PRESET} | steps: {MAX_STEPS} |
 
 code(5, "Google Drive and Checkpoint Folder", '''
 # In Colab the checkpoints go to Google Drive, so they survive a crashed runtime.
-from utils.notebook import check_form, choose_checkpoint_dir, friendly_errors
+from utils.forms import check_form, friendly_errors
+from utils.runtime import choose_checkpoint_dir
 from utils.training.engine.recovery import list_checkpoints
 
 with friendly_errors("CHECKPOINT_DIR"):
@@ -262,7 +264,7 @@ if existing:
 md("## 2 · Data")
 
 code(6, "Tokenizer", '''
-from utils.notebook import check_form, friendly_errors
+from utils.forms import check_form, friendly_errors
 from utils.tokenizer import get_tokenizer
 
 with friendly_errors("TOKENIZER"):
@@ -278,7 +280,7 @@ code(7, "Load and Tokenise the Corpus", '''
 # Text is tokenised once (streaming, on every core) and cached: running this again is
 # instant. nanoGPT / llm.c token files are mapped as they are, with their own vocabulary.
 from utils.data import load_data
-from utils.notebook import check_form, friendly_errors
+from utils.forms import check_form, friendly_errors
 from utils.training.preparation import data_tokenizer
 
 with friendly_errors("DATA_PATH", "CACHE_DIR"):  # a wrong DATA_PATH says what to pass instead
@@ -310,7 +312,7 @@ print(f"train: {len(train_tokens):,} tokens | validation: {len(val_tokens):,} to
 code(10, "Batches", '''
 # Batches are a pure function of (seed, step), so a resumed run sees the same data.
 from utils.data import BatchLoader
-from utils.notebook import friendly_errors
+from utils.forms import friendly_errors
 
 with friendly_errors("BATCH_SIZE", "CONTEXT_LENGTH"):
     train_loader = BatchLoader(train_tokens, BATCH_SIZE, CONTEXT_LENGTH, seed=SEED)
@@ -324,7 +326,7 @@ md("## 3 · Model")
 
 code(11, "Model Configuration", '''
 from utils.config import ModelConfig
-from utils.notebook import check_form, friendly_errors
+from utils.forms import check_form, friendly_errors
 
 # The vocabulary is the tokenizer's (GPT-2's 50,257, or 257 for the byte tokenizer).
 with friendly_errors("MODEL_PRESET", "CONTEXT_LENGTH", "DROPOUT"):
@@ -340,7 +342,7 @@ code(12, "Memory Check", '''
 # batch in the precision training will use, for the model Cell 13 builds (MODEL_PRESET from
 # scratch, or INIT_FROM's GPT-2 size), against the free memory, before anything is
 # allocated. Too much: the message suggests a batch size and accumulation that fit.
-from utils.notebook import check_form, friendly_errors, init_model_config
+from utils.forms import check_form, friendly_errors, init_model_config
 from utils.training.preparation import check_run_fits
 
 with friendly_errors("INIT_FROM"):
@@ -356,8 +358,8 @@ print(f"✅ training: {init_name} needs about {fits.needed_bytes / 2**30:.2f} Gi
 
 code(13, "Initialize Model", '''
 # From scratch, or OpenAI's GPT-2 (a Hugging Face name such as "gpt2" or a local folder).
+from utils.forms import friendly_errors, init_source
 from utils.model import count_parameters
-from utils.notebook import friendly_errors, init_source
 from utils.training.preparation import build_model
 
 with friendly_errors("INIT_FROM"):
@@ -383,7 +385,7 @@ if initialised_from == "scratch" and abs(initial_loss.item() - expected) > 1.0:
 ''')
 
 code(15, "Training Configuration", '''
-from utils.notebook import check_form, form_training_config, friendly_errors
+from utils.forms import check_form, form_training_config, friendly_errors
 
 with friendly_errors():
     check_form(globals(), "LEARNING_RATE", "WARMUP_STEPS", "EVAL_INTERVAL", "EVAL_BATCHES",
@@ -398,7 +400,7 @@ for field, value in training_config.to_dict().items():
 ''')
 
 code(16, "Create the Trainer", '''
-from utils.notebook import friendly_errors
+from utils.forms import friendly_errors
 from utils.plots import LiveLossPlot
 from utils.training.engine.trainer import Trainer
 from utils.training.preparation import known_tokens_sha256
@@ -430,7 +432,7 @@ code(32, "Run Training", '''
 # Checkpoints are written every CHECKPOINT_INTERVAL steps to CHECKPOINT_DIR; first it says
 # what the run keeps there at most and the free space (Drive's quota in Colab), and stops if
 # that does not fit. After a crash, running this cell again continues the same run exactly.
-from utils.notebook import friendly_errors
+from utils.forms import friendly_errors
 
 with friendly_errors():
     history = trainer.fit()  # resume_from="auto": continue, report a finished run, or start
@@ -454,7 +456,8 @@ code(33, "Checkpoint Recovery", '''
 # then the chosen run's best and latest checkpoints and its metrics up to the last logged
 # step (also the steps after the last checkpoint, from the run's metrics log).
 # The run: RUN_ID, else the one Cell 32 trained (not another run written there later).
-from utils.notebook import check_form, friendly_errors, notebook_run, show_recovery_report
+from utils.forms import check_form, friendly_errors
+from utils.notebook import notebook_run, show_recovery_report
 from utils.plots import plot_loss_curves
 from utils.training.engine.recovery import recover_training_results
 
@@ -469,7 +472,8 @@ curve = plot_loss_curves(results["train_curve"] if len(results["train_curve"]) e
 code(34, "Load Model Weights from Checkpoint", '''
 # Which checkpoint: CHECKPOINT_OVERRIDE (Cell 3) if set, else Cell 33's choice, else the best.
 USE_WIDGET_PICKER = False  # @param {type:"boolean"}
-from utils.notebook import check_form, friendly_errors, load_weights_cell
+from utils.forms import check_form, friendly_errors
+from utils.notebook import load_weights_cell
 
 with friendly_errors("CHECKPOINT_OVERRIDE"):
     check_form(globals(), "CHECKPOINT_OVERRIDE")
@@ -492,7 +496,7 @@ md("## 7 · Results")
 
 code(36, "Loss and Learning-Rate Curves", '''
 from IPython.display import display
-from utils.notebook import check_form, friendly_errors
+from utils.forms import check_form, friendly_errors
 from utils.plots import plot_training_curves, save_figure
 
 metrics = results["metrics"]
@@ -510,7 +514,8 @@ code(37, "Resume Training from the Latest Checkpoint", '''
 # Cell 32 trained, else the newest with these settings; it keeps its own saved training
 # settings, and is refused on other data. An unfinished run keeps its learning-rate
 # schedule; a finished one is extended. After a crash: Cells 1-13 and 15 first.
-from utils.notebook import check_form, continue_training, friendly_errors
+from utils.forms import check_form, friendly_errors
+from utils.notebook import continue_training
 
 with friendly_errors("RESUME_EXTRA_STEPS", "RUN_ID"):
     check_form(globals(), "RESUME_EXTRA_STEPS", "RUN_ID")
@@ -520,8 +525,8 @@ with friendly_errors("RESUME_EXTRA_STEPS", "RUN_ID"):
 md("## 8 · Inference and evaluation")
 
 code(38, "Generate Text", '''
+from utils.forms import check_form, friendly_errors
 from utils.generation import generate_from_prompt
-from utils.notebook import check_form, friendly_errors
 
 for temperature in (0.0, 0.8):  # greedy, then sampled (reproducible with SEED)
     with friendly_errors("PROMPT"):
@@ -548,9 +553,9 @@ code(40, "Compare Checkpoints", '''
 # Which layers moved most between the oldest and the newest checkpoint kept on disk, and
 # how their predictions differ (validation loss and a greedy continuation of PROMPT).
 from IPython.display import display
+from utils.notebook import notebook_run
 from utils.training.engine.compare import (
     compare_checkpoints, compare_predictions, plot_weight_changes)
-from utils.notebook import notebook_run
 from utils.training.engine.evaluation import validation_settings
 from utils.training.engine.recovery import list_checkpoints
 
@@ -575,7 +580,8 @@ md("## 9 · Export")
 code(41, "Export to Hugging Face", '''
 # EXPORT_FROM (Cell 3) empty: the checkpoint Cell 34 loaded, read again from its file, so
 # training on in Cell 37 does not change what is exported; "model": the model as it is now.
-from utils.notebook import check_form, friendly_errors, model_to_export
+from utils.forms import check_form, friendly_errors
+from utils.notebook import model_to_export
 from utils.pretrained.huggingface import export_to_hf
 
 with friendly_errors("OUTPUT_DIR", "EXPORT_FROM"):
@@ -588,7 +594,8 @@ print(f"   as a transformers folder: GPT2LMHeadModel.from_pretrained({str(hf_dir
 
 code(42, "Export Binary Weights", '''
 # A flat binary format for C/C++ loaders: docs/binary-weight-format.md describes it.
-from utils.notebook import check_form, friendly_errors, model_to_export
+from utils.forms import check_form, friendly_errors
+from utils.notebook import model_to_export
 from utils.pretrained.binary import export_binary
 
 with friendly_errors("OUTPUT_DIR", "EXPORT_FROM"):

@@ -249,7 +249,7 @@ def test_a_hostile_meta_pkl_is_one_line_naming_it_on_the_command_line(tmp_path, 
 CELL_7 = """
 import sys
 from utils.data import load_data
-from utils.notebook import StopRun, friendly_errors
+from utils.forms import StopRun, friendly_errors
 try:
     with friendly_errors("DATA_PATH"):
         load_data(sys.argv[1], None, val_fraction=0.1)

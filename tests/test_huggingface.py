@@ -12,9 +12,8 @@ import torch
 
 from utils.checkpoint_errors import ArchitectureMismatchError
 from utils.config import GPT2_CONFIGS, ModelConfig
-from utils.model import GPTModel
+from utils.model import GPTModel, memory
 from utils.pretrained import huggingface as hf_loader
-from utils.pretrained import memory
 from utils.pretrained.huggingface import export_to_hf, load_gpt2_weights, load_openai_gpt2
 from utils.pretrained.layers_diff import compare_layers, first_mismatch
 from utils.pretrained.verify import compare_outputs, random_hf_gpt2

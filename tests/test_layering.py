@@ -18,7 +18,8 @@ BOTTOM = ["utils.checkpoint_errors", "utils.reading"]
 ENGINE_ORDER = ["distributed", "rng", "checkpoint", "runs", "listing",
                 "recovery", "writer", "storage",
                 "loading", "evaluation", "compare", "optim", "precision", "throughput",
-                "compiling", "device_loop", "loggers", "samples", "session", "trainer"]
+                "compiling", "device_loop", "out_of_memory", "loggers", "samples", "session",
+                "trainer"]
 
 
 def module_name(path: Path) -> str:

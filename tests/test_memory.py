@@ -8,7 +8,7 @@ import torch
 
 from utils.config import GPT2_CONFIGS, ModelConfig
 from utils.model import GPTModel
-from utils.pretrained import memory as M
+from utils.model import memory as M
 
 MEDIUM = GPT2_CONFIGS["medium"]
 MEDIUM_PARAMS = 354_823_168

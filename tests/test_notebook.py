@@ -1,5 +1,6 @@
 """training.ipynb: its structure, the whole notebook headless in quick mode, the error
-scenarios of Cell 34 in a live kernel, and the helpers the cells call (utils.notebook)."""
+scenarios of Cell 34 in a live kernel, and the helpers the cells call (utils.runtime,
+utils.forms, utils.notebook)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tests.notebook_helpers import (
     executed_cells,
     notebook_cells,
 )
+from utils import forms, runtime
 from utils import notebook as nb
 from utils.checkpoint_errors import (
     ModelNotInitializedError,
@@ -258,7 +260,7 @@ def test_cell_34_error_scenarios_print_guidance_and_keep_the_kernel_usable(kerne
     assert kernel.value("6 * 7") == 42
 
 
-# ---------------------------------------------------------------- utils.notebook
+# ------------------------------------------- utils.runtime, utils.forms, utils.notebook
 
 
 def assigned_names(source: str) -> set[str]:
@@ -336,7 +338,7 @@ def test_cell_12_checks_the_memory_of_the_model_cell_13_builds(init_from, name, 
     """MODEL_PRESET is tiny but INIT_FROM loads GPT-2 medium: Cell 12 must check medium,
     activations of a BATCH_SIZE x CONTEXT_LENGTH batch in the precision training uses
     included (fp32 on this CPU)."""
-    from utils.pretrained.memory import SAFETY_FACTOR, training_memory
+    from utils.model.memory import SAFETY_FACTOR, training_memory
 
     namespace = {"MODEL_PRESET": "tiny", "INIT_FROM": init_from, "device": "cpu",
                  "model_config": GPT2_CONFIGS["tiny"], "BATCH_SIZE": 8, "CONTEXT_LENGTH": 256,
@@ -344,7 +346,7 @@ def test_cell_12_checks_the_memory_of_the_model_cell_13_builds(init_from, name, 
     try:
         exec(notebook_cells()[12], namespace)
         text = capsys.readouterr().out
-    except nb.StopRun as stop:  # too big for this machine: the guidance names it too
+    except forms.StopRun as stop:  # too big for this machine: the guidance names it too
         text = stop.guidance
     needed = training_memory(GPT2_CONFIGS[preset], 8, 256, "fp32").total * SAFETY_FACTOR
     assert f"{name} needs about" in text, text
@@ -353,10 +355,10 @@ def test_cell_12_checks_the_memory_of_the_model_cell_13_builds(init_from, name, 
 
 def test_checkpoint_dir_is_local_outside_colab(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert nb.in_colab() is False
-    assert nb.choose_checkpoint_dir() == Path("checkpoints")
+    assert runtime.in_colab() is False
+    assert runtime.choose_checkpoint_dir() == Path("checkpoints")
     assert (tmp_path / "checkpoints").is_dir()
-    assert nb.choose_checkpoint_dir(str(tmp_path / "x" / "y")) == tmp_path / "x" / "y"
+    assert runtime.choose_checkpoint_dir(str(tmp_path / "x" / "y")) == tmp_path / "x" / "y"
     assert (tmp_path / "x" / "y").is_dir()
 
 
@@ -367,7 +369,7 @@ def test_checkpoint_dir_is_local_outside_colab(tmp_path, monkeypatch):
     FileNotFoundError("missing.txt"),
 ])
 def test_friendly_errors_stop_the_cell_with_the_guidance_alone(error, capsys):
-    with pytest.raises(nb.StopRun) as stopped, nb.friendly_errors():
+    with pytest.raises(forms.StopRun) as stopped, forms.friendly_errors():
         raise error
     rendered = "\n".join(stopped.value._render_traceback_())  # what IPython shows
     assert str(error).split(":")[0] in rendered and "Traceback" not in rendered
@@ -381,33 +383,33 @@ def test_friendly_errors_stop_the_cell_with_the_guidance_alone(error, capsys):
     (ConfigError("min_learning_rate (-0.1) exceeds learning_rate (-1)"), (), "LEARNING_RATE"),
     (ValueError("batch_size must be >= 1, got 0"), (), "BATCH_SIZE"),
     (FileNotFoundError("corpus.txt does not exist"), ("DATA_PATH",), "DATA_PATH"),
-    (nb.FormValueError("SEED", -1, "it must be a whole number >= 0"), (), "change SEED"),
+    (forms.FormValueError("SEED", -1, "it must be a whole number >= 0"), (), "change SEED"),
     (TrainingOutOfMemoryError("CUDA ran out of memory while training with batch_size=8, "
                               "precision='fp16', activation_checkpointing=False"), (),
      "BATCH_SIZE / PRECISION / ACTIVATION_CHECKPOINTING"),
     (ValueError("precision must be one of ('auto', 'fp32', 'bf16', 'fp16')"), (), "PRECISION"),
 ])
 def test_one_mapping_adds_the_notebook_cell_or_field_to_library_errors(error, fields, hint):
-    text = nb.format_error(error, fields)
+    text = forms.format_error(error, fields)
     assert str(error).split(" (")[0] in text
     assert "▶ In this notebook:" in text and hint in text.split("▶ In this notebook:")[1]
-    assert nb.notebook_hint(KeyError("a bug")) is None  # nothing to add for other errors
+    assert forms.notebook_hint(KeyError("a bug")) is None  # nothing to add for other errors
 
 
 def test_check_form_names_the_field_and_what_it_must_hold():
     good = {"LEARNING_RATE": 6e-4, "BATCH_SIZE": 8, "MODEL_PRESET": "gpt2", "TOKENIZER": "byte"}
-    nb.check_form(good, *good)
+    forms.check_form(good, *good)
     for name, value, words in [("LEARNING_RATE", -1, "positive number"),
                                ("LEARNING_RATE", float("nan"), "positive number"),
                                ("BATCH_SIZE", 2.5, "whole number"),
                                ("BATCH_SIZE", True, "whole number"),
                                ("MODEL_PRESET", "huge", "tiny"),
                                ("TOKENIZER", "gpt3", "byte")]:
-        with pytest.raises(nb.FormValueError, match=words) as raised:
-            nb.check_form({**good, name: value}, name)
+        with pytest.raises(forms.FormValueError, match=words) as raised:
+            forms.check_form({**good, name: value}, name)
         assert raised.value.field == name and str(raised.value).startswith(f"{name} = ")
-    with pytest.raises(nb.FormValueError, match="not set"):
-        nb.check_form({}, "SEED")
+    with pytest.raises(forms.FormValueError, match="not set"):
+        forms.check_form({}, "SEED")
 
 
 def test_every_settings_field_has_a_rule_and_a_cell_that_checks_it():
@@ -415,7 +417,7 @@ def test_every_settings_field_has_a_rule_and_a_cell_that_checks_it():
     FORM_FIELDS: a new field without either fails here."""
     cells = notebook_cells()
     fields = re.findall(r"^(\w+) = .+# @param", cells[3], re.MULTILINE)
-    assert set(fields) == set(nb.FORM_FIELDS)
+    assert set(fields) == set(forms.FORM_FIELDS)
     checked = set()
     for source in cells.values():
         for call in ast.walk(ast.parse(source)):
@@ -425,42 +427,42 @@ def test_every_settings_field_has_a_rule_and_a_cell_that_checks_it():
 
 
 def test_init_source_reads_scratch_sizes_paths_and_refuses_stray_words(tmp_path):
-    assert nb.init_source("Scratch") == nb.init_source(" ") == "scratch"
-    assert nb.init_source("gpt2") == "small" and nb.init_source("GPT2-XL") == "xl"
-    assert nb.init_source(str(tmp_path)) == str(tmp_path)
-    assert nb.init_source("openai-community/gpt2") == "openai-community/gpt2"
+    assert forms.init_source("Scratch") == forms.init_source(" ") == "scratch"
+    assert forms.init_source("gpt2") == "small" and forms.init_source("GPT2-XL") == "xl"
+    assert forms.init_source(str(tmp_path)) == str(tmp_path)
+    assert forms.init_source("openai-community/gpt2") == "openai-community/gpt2"
     for stray in ("scrach", "gpt7", "./missing-folder"):
-        with pytest.raises(nb.FormValueError, match="INIT_FROM"):
-            nb.init_source(stray)
+        with pytest.raises(forms.FormValueError, match="INIT_FROM"):
+            forms.init_source(stray)
 
 
 def test_quick_mode_says_which_settings_it_replaced():
     namespace = {"QUICK_MODE_STEPS": 12, "MODEL_PRESET": "small", "BATCH_SIZE": 4,
                  "CONTEXT_LENGTH": 64}
-    text = nb.apply_quick_mode(namespace)
+    text = forms.apply_quick_mode(namespace)
     assert "MODEL_PRESET 'small' → 'tiny'" in text and "MAX_STEPS None → 12" in text
     assert "BATCH_SIZE" not in text  # already 4: not replaced
     assert namespace["MODEL_PRESET"] == "tiny" and namespace["MAX_STEPS"] == 12
 
 
 def test_friendly_errors_let_programming_errors_raise():
-    with pytest.raises(TypeError), nb.friendly_errors():
+    with pytest.raises(TypeError), forms.friendly_errors():
         raise TypeError("a bug, not a user error")
 
 
 def test_checkpoint_dir_that_is_a_file_names_the_field(tmp_path):
     (tmp_path / "file").write_text("x")
     for requested in (tmp_path / "file", tmp_path / "file" / "sub"):
-        with pytest.raises(nb.FormValueError, match="CHECKPOINT_DIR .* is a file"):
-            nb.choose_checkpoint_dir(requested)
+        with pytest.raises(forms.FormValueError, match="CHECKPOINT_DIR .* is a file"):
+            runtime.choose_checkpoint_dir(requested)
 
 
 def test_environment_report_names_torch_and_device():
     import torch
 
-    report = nb.environment_report()
+    report = runtime.environment_report()
     assert f"PyTorch {torch.__version__}" in report
-    assert f"Device used: {nb.default_device()}" in report
+    assert f"Device used: {runtime.default_device()}" in report
 
 
 def test_environment_report_states_the_precision_training_will_choose(monkeypatch):
@@ -476,8 +478,8 @@ def test_environment_report_states_the_precision_training_will_choose(monkeypatc
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Tesla T4")
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
-    monkeypatch.setattr(nb, "default_device", lambda: "cuda")
-    report = nb.environment_report()
+    monkeypatch.setattr(runtime, "default_device", lambda: "cuda")
+    report = runtime.environment_report()
     assert "bf16 supported" not in report
     assert 'Precision (PRECISION = "auto"): fp16 (auto: Tesla T4 has compute capability 7.5' \
         in report
@@ -487,8 +489,8 @@ def test_environment_report_states_the_precision_training_will_choose(monkeypatc
 
 
 def test_install_requirements_skips_when_everything_is_present(capsys):
-    assert nb.missing_modules() == []
-    assert nb.install_requirements("does-not-matter.txt") is False
+    assert runtime.missing_modules() == []
+    assert runtime.install_requirements("does-not-matter.txt") is False
     assert "nothing to do" in capsys.readouterr().out
 
 
@@ -586,7 +588,7 @@ def test_the_widget_picker_shows_a_load_error_with_the_notebook_hint(two_checkpo
     monkeypatch.setattr(widgets, "checkpoint_picker",
                         lambda *args, **kwargs: made.append(kwargs) or None)
     nb.load_weights_cell({"model": GPTModel(tiny_config)}, two_checkpoints, use_widget=True)
-    assert made[0]["describe_error"] is nb.format_error
+    assert made[0]["describe_error"] is forms.format_error
     monkeypatch.undo()
 
     def fail(path):
@@ -646,7 +648,7 @@ def test_cell_3s_new_fields_reach_the_data_model_and_training_settings(kernel, t
 
 def test_quick_mode_keeps_the_tiny_models_dropout():
     namespace = {"QUICK_MODE_STEPS": 5, "DROPOUT": 0.1}
-    assert "DROPOUT 0.1 → 0.0" in nb.apply_quick_mode(namespace)
+    assert "DROPOUT 0.1 → 0.0" in forms.apply_quick_mode(namespace)
     assert namespace["DROPOUT"] == GPT2_CONFIGS["tiny"].dropout_rate
 
 
@@ -690,7 +692,7 @@ def test_export_takes_the_loaded_checkpoint_unless_told_otherwise(two_checkpoint
     assert nb.model_to_export(namespace, " model ").model is model
     alone = nb.model_to_export({"model": model}, "")
     assert alone.model is model and "Cell 34 loaded no checkpoint" in alone.description
-    with pytest.raises(nb.FormValueError, match="EXPORT_FROM"):
+    with pytest.raises(forms.FormValueError, match="EXPORT_FROM"):
         nb.model_to_export(namespace, str(two_checkpoints / "missing.pt"))
 
 
@@ -724,14 +726,14 @@ def test_cell_3_training_settings_come_from_training_config():
 def test_an_os_error_in_a_cell_names_the_path_the_fix_and_the_field():
     import errno
 
-    text = nb.format_error(OSError(errno.ENAMETOOLONG, "File name too long", "/a/" + "b" * 300),
-                           ("CHECKPOINT_DIR",))
+    text = forms.format_error(OSError(errno.ENAMETOOLONG, "File name too long",
+                                      "/a/" + "b" * 300), ("CHECKPOINT_DIR",))
     assert "longer than the file system allows" in text and "choose shorter names" in text
     assert "check CHECKPOINT_DIR in Cell 3" in text and "[Errno" not in text
     cache = OSError(errno.ENOSPC, "cannot write the token cache in '/c' (No space left on "
                                   "device); choose a token cache folder that is writable and "
                                   "has free space (cache_dir)")
-    hint = nb.format_error(cache, ("DATA_PATH",)).split("▶ In this notebook:")[1]
+    hint = forms.format_error(cache, ("DATA_PATH",)).split("▶ In this notebook:")[1]
     assert "CACHE_DIR" in hint  # the token cache's folder field
 
 

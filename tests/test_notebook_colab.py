@@ -80,14 +80,14 @@ def test_the_colab_stand_in_mounts_and_unmounts_a_folder(tmp_path):
     away and leaves the files. Run in a subprocess, as the kernel imports it."""
     script = (
         "import sys\nfrom pathlib import Path\nfrom google.colab import drive\n"
-        "from utils import notebook\n"
-        "assert notebook.in_colab()\n"
+        "from utils import runtime\n"
+        "assert runtime.in_colab()\n"
         "mount = Path(sys.argv[1])\n"
         "drive.mount(str(mount))\n"
         "(mount / 'MyDrive' / 'file.txt').write_text('on drive')\n"
         "drive.flush_and_unmount()\n"
         "assert not (mount / 'MyDrive').exists()\n"
-        "print(notebook.drive_project_dir())\n"
+        "print(runtime.drive_project_dir())\n"
     )
     environment = {**os.environ, **colab_environment(tmp_path)}
     environment["PYTHONPATH"] += os.pathsep + str(REPO_ROOT)

@@ -13,7 +13,7 @@ import torch
 import utils.data.batches as batches
 from utils.config import GPT2_CONFIGS, ModelConfig, TrainingConfig
 from utils.data import BatchLoader, hash_tokens, load_data
-from utils.pretrained.memory import InsufficientMemoryError
+from utils.model.memory import InsufficientMemoryError
 from utils.pretrained.verify import random_hf_gpt2
 from utils.training.engine.trainer import Trainer
 from utils.training.preparation import (

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-import utils.notebook as nb
+import utils.forms as form
 from tests.notebook_helpers import notebook_cells
 from utils.__main__ import build_parser
 from utils.cli.train import SETTING_FLAGS, build_training_config
@@ -53,7 +53,7 @@ def test_every_flag_of_the_table_is_a_train_option_and_every_option_a_flag_of_th
 def test_cell_3s_form_fields_and_the_form_checks_are_the_tables():
     forms = {row.form for row in SETTINGS if row.form}
     assert set(cell_3_fields()) == forms
-    assert set(nb.FORM_FIELDS) == forms
+    assert set(form.FORM_FIELDS) == forms
     checked = set()  # every field a cell checks (check_form("NAME", ...)) is in the table
     for source in notebook_cells().values():
         for call in ast.walk(ast.parse(source)):
@@ -93,17 +93,17 @@ def test_the_data_settings_defaults_and_choices_are_load_datas():
 def test_the_library_names_in_messages_are_table_settings():
     names = {row.name for row in SETTINGS}
     assert set(SETTING_FLAGS) - names == {"resume_from=None"}
-    assert set(nb.SETTING_FIELDS) <= names
-    assert nb.SETTING_FIELDS["min_learning_rate"] == "LEARNING_RATE"  # it sets it (a tenth)
-    for name, field in nb.SETTING_FIELDS.items():
-        assert field in nb.FORM_FIELDS, name
+    assert set(form.SETTING_FIELDS) <= names
+    assert form.SETTING_FIELDS["min_learning_rate"] == "LEARNING_RATE"  # it sets it (a tenth)
+    for name, field in form.SETTING_FIELDS.items():
+        assert field in form.FORM_FIELDS, name
 
 
 def test_the_learning_rate_decays_to_a_tenth_on_the_command_line_and_in_the_notebook():
     args = build_parser().parse_args(["train", "--lr", "1e-3"])
     assert build_training_config(args, None).min_learning_rate == default_min_learning_rate(1e-3)
     namespace = {**cell_3_fields(), "LEARNING_RATE": 1e-3}
-    config = nb.form_training_config(namespace, "cpu")
+    config = form.form_training_config(namespace, "cpu")
     assert config.min_learning_rate == default_min_learning_rate(1e-3) == pytest.approx(1e-4)
     defaults = TrainingConfig()  # the defaults keep the same ratio
     assert defaults.min_learning_rate == pytest.approx(
@@ -112,7 +112,7 @@ def test_the_learning_rate_decays_to_a_tenth_on_the_command_line_and_in_the_note
 
 def test_cell_15s_training_config_is_every_training_field_of_the_form():
     fields = cell_3_fields()
-    config = nb.form_training_config({**fields, "WEIGHTS_ONLY_DTYPE": "bf16"}, "cpu")
+    config = form.form_training_config({**fields, "WEIGHTS_ONLY_DTYPE": "bf16"}, "cpu")
     assert config == TrainingConfig(
         learning_rate=fields["LEARNING_RATE"], min_learning_rate=fields["LEARNING_RATE"] / 10,
         warmup_steps=fields["WARMUP_STEPS"], max_steps=fields["MAX_STEPS"],
@@ -127,7 +127,7 @@ def test_cell_15s_training_config_is_every_training_field_of_the_form():
         sample_prompt=fields["PROMPT"], seed=fields["SEED"], device="cpu",
         keep_full=fields["KEEP_FULL"], check_storage=fields["CHECK_STORAGE"],
         weights_only_dtype="bf16")
-    assert nb.form_training_config(fields, "cpu").weights_only_dtype is None  # "fp32"
+    assert form.form_training_config(fields, "cpu").weights_only_dtype is None  # "fp32"
 
 
 def test_the_precision_choices_are_configs_on_the_command_line_and_in_the_form():
@@ -135,9 +135,9 @@ def test_the_precision_choices_are_configs_on_the_command_line_and_in_the_form()
 
     action = next(a for a in train_parser()._actions if "--precision" in a.option_strings)
     assert tuple(action.choices) == PRECISIONS
-    assert nb.check_form({"PRECISION": "bf16"}, "PRECISION") is None
-    with pytest.raises(nb.FormValueError, match=re.escape(str(sorted(PRECISIONS)))):
-        nb.check_form({"PRECISION": "fp8"}, "PRECISION")
+    assert form.check_form({"PRECISION": "bf16"}, "PRECISION") is None
+    with pytest.raises(form.FormValueError, match=re.escape(str(sorted(PRECISIONS)))):
+        form.check_form({"PRECISION": "fp8"}, "PRECISION")
 
 
 def test_file_in_the_way_finds_the_folder_or_a_folder_above_it_that_is_a_file(tmp_path):
@@ -150,5 +150,5 @@ def test_file_in_the_way_finds_the_folder_or_a_folder_above_it_that_is_a_file(tm
 
 
 def test_the_notebook_names_the_settings_in_the_order_the_message_names_them():
-    hint = nb.notebook_hint(ValueError("batch_size=8, precision='fp16', context_length=64"))
+    hint = form.notebook_hint(ValueError("batch_size=8, precision='fp16', context_length=64"))
     assert "check BATCH_SIZE / PRECISION / CONTEXT_LENGTH in" in hint

@@ -363,7 +363,7 @@ def test_train_takes_the_cache_folder_and_says_the_storage_plan(tmp_path, corpus
 
 def test_the_notebook_says_which_settings_make_the_run_fit():
     from utils.checkpoint_errors import InsufficientStorageError
-    from utils.notebook import format_error
+    from utils.forms import format_error
 
     text = format_error(InsufficientStorageError("the checkpoints of this run need up to 9 GB"))
     assert "Not enough space for this run's checkpoints!" in text

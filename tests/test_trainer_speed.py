@@ -377,7 +377,7 @@ def _no_cuda_reads(monkeypatch):
 
 def test_out_of_memory_message_suggests_a_plan_for_the_gpu():
     from utils.config import GPT2_CONFIGS
-    from utils.training.engine.device_loop import out_of_memory_message
+    from utils.training.engine.out_of_memory import out_of_memory_message
 
     settings = {"batch_size": 16, "gradient_accumulation_steps": 1, "precision": "fp16",
                 "activation_checkpointing": False, "context_length": 1024}

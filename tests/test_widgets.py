@@ -63,4 +63,4 @@ def test_falls_back_to_the_printed_table_without_a_frontend(folder, capsys):
 def test_no_checkpoints(tmp_path):
     with pytest.raises(NoCheckpointsError, match="train first") as raised:
         widgets.checkpoint_picker(tmp_path, force_widgets=True)
-    assert "Cell " not in str(raised.value)  # the notebook adds its cells (utils.notebook)
+    assert "Cell " not in str(raised.value)  # the notebook adds its cells (utils.forms)

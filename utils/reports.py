@@ -2,7 +2,7 @@
 per section.
 
 Each function returns text; the notebook and `python -m utils load` print it, so the text
-names functions and settings, never notebook cells (`utils.notebook` adds those). Parameter
+names functions and settings, never notebook cells (`utils.forms` adds those). Parameter
 counts are of unique tensors (GPT-2's tied head counted once, as Hugging Face counts), and
 sizes use each tensor's actual dtype.
 """
@@ -258,7 +258,7 @@ def full_load_report(path: str | Path, method: str, model: Any, checkpoint: dict
 
 # ---------------------------------------------------------------------------------------
 # Error scenarios: what went wrong, then numbered steps to fix it (what to call or which
-# setting to change; the notebook adds the cell to run: utils.notebook.notebook_hint)
+# setting to change; the notebook adds the cell to run: utils.forms.notebook_hint)
 # ---------------------------------------------------------------------------------------
 
 # (title, possible causes, fix steps), most specific class first.

@@ -8,7 +8,7 @@ Derived from this table:
 
 - the `train` command's arguments and `--help` (`utils/cli/train.py`), and the flag a
   library message's setting name becomes there (`SETTING_FLAGS`);
-- the notebook's form checks (`utils.notebook.FORM_FIELDS`, `check_form`), the form field a
+- the notebook's form checks (`utils.forms.FORM_FIELDS`, `check_form`), the form field a
   library message's setting name points to (`SETTING_FIELDS`), and Cell 15's
   TrainingConfig (`form_training_config`);
 - Cell 3's form lines (value and widget) in `scripts/build_notebook.py`.

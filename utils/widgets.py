@@ -47,7 +47,7 @@ class CheckpointPicker:
     `on_load(path)` runs when Load is clicked; by default it builds the model with
     `load_pretrained_model` and prints the full report. Its return value is kept in
     `result`; an error is shown in `output` as `describe_error(error)` (the notebook passes
-    its `format_error`, which adds the cell to run) and kept in `error`.
+    `utils.forms.format_error`, which adds the cell to run) and kept in `error`.
     """
 
     def __init__(self, infos: Sequence[Any], on_load: Callable[[Path], Any] | None = None,

@@ -20,7 +20,6 @@ _EXPORTS = {
                   "download_openai_checkpoint"),
     "binary": ("export_binary", "read_binary", "load_binary_model", "BinaryFormatError"),
     "llmc": ("export_llmc", "read_llmc_header"),
-    "memory": ("check_memory", "estimate_memory_bytes", "InsufficientMemoryError"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

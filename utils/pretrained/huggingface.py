@@ -33,6 +33,7 @@ from utils.checkpoint_errors import (
 )
 from utils.config import GPT2_CONFIGS, PRESET_ALIASES, ModelConfig
 from utils.model import GPTModel, count_parameters, meta_skeleton
+from utils.model.memory import check_memory
 from utils.pretrained.foreign import hf_config_to_model_config
 from utils.pretrained.foreign import infer_config as infer_foreign_config
 from utils.pretrained.mapping import (
@@ -47,7 +48,6 @@ from utils.pretrained.mapping import (
     to_hf_config,
     transpose,
 )
-from utils.pretrained.memory import check_memory
 from utils.reading import read_json_file, safetensors_header
 
 HUB_REPOS = {"small": "openai-community/gpt2", "medium": "openai-community/gpt2-medium",

@@ -1,17 +1,4 @@
-"""Training: `Trainer`, checkpoints and recovery (see `utils.training.engine`).
-
-`from utils.training import Trainer, list_checkpoints, recover_training_results` works;
-the names load on first use so `import utils.training` does not import torch.
+"""Training: the checkpoint layer and the `Trainer` on top of it, in `utils.training.engine`
+(`from utils.training.engine.trainer import Trainer`; CLAUDE.md lists its modules
+bottom-up). This package re-exports nothing.
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-from utils.training.engine import __all__  # noqa: F401  (same public names)
-
-
-def __getattr__(name: str) -> Any:
-    from utils.training import engine
-
-    return getattr(engine, name)

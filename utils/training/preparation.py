@@ -142,7 +142,7 @@ def pretrained_model_config(init_from: str) -> ModelConfig | None:
 def describe_model(config: ModelConfig, choice: ModelChoice) -> str:
     """How messages name the model: the pretrained source, an unchanged preset by its name,
     otherwise its size and shape (setting names, which each front end shows its way)."""
-    from utils.pretrained.memory import parameter_count
+    from utils.model.memory import parameter_count
 
     if not choice.from_scratch:
         return choice.init_from
@@ -158,7 +158,7 @@ def check_run_fits(config: ModelConfig, device: Any, *, batch_size: int,
                    context_length: int | None = None, name: str = "this model") -> FitCheck:
     """Refuse (`InsufficientMemoryError`, with a batch size and accumulation that fit) a
     model and micro-batch that cannot train on `device`, before anything is allocated."""
-    from utils.pretrained.memory import available_device_bytes, check_memory
+    from utils.model.memory import available_device_bytes, check_memory
     from utils.training.engine.precision import choose_precision_for
 
     chosen = choose_precision_for(device, precision).name

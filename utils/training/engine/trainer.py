@@ -57,12 +57,7 @@ from utils.training.engine.checkpoint import (
     training_checkpoint,
 )
 from utils.training.engine.compiling import CompileChoice, compile_problem, resolve_compile
-from utils.training.engine.device_loop import (
-    DevicePrefetcher,
-    LossMeter,
-    is_out_of_memory,
-    out_of_memory_message,
-)
+from utils.training.engine.device_loop import DevicePrefetcher, LossMeter
 from utils.training.engine.distributed import (
     DistributedContext,
     launch_info,
@@ -79,6 +74,7 @@ from utils.training.engine.evaluation import (  # noqa: F401  (names once define
 from utils.training.engine.listing import RunInfo, describe_runs, list_runs
 from utils.training.engine.loggers import check_loggers_available, eta_seconds
 from utils.training.engine.optim import build_optimizer, lr_at
+from utils.training.engine.out_of_memory import is_out_of_memory, out_of_memory_message
 from utils.training.engine.precision import PrecisionChoice, resolve_precision, tf32_matmuls
 from utils.training.engine.recovery import (
     find_resume_checkpoint,
