@@ -14,6 +14,7 @@ import utils.data.batches as batches
 from utils.config import GPT2_CONFIGS, ModelConfig, TrainingConfig
 from utils.data import BatchLoader, hash_tokens, load_data
 from utils.model.memory import InsufficientMemoryError
+from utils.pretrained.huggingface import pretrained_model_config
 from utils.pretrained.verify import random_hf_gpt2
 from utils.training.engine.trainer import Trainer
 from utils.training.preparation import (
@@ -24,7 +25,6 @@ from utils.training.preparation import (
     known_tokens_sha256,
     new_model_config,
     prepare_run,
-    pretrained_model_config,
 )
 
 SIZES = {"number_of_layers": 1, "number_of_heads": 2, "embedding_dimension": 16,

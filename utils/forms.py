@@ -91,14 +91,15 @@ def init_source(init_from: str) -> str:
     hub id `owner/name`: a stray word is refused here instead of being looked up online.
     """
     from utils.config import PRESET_ALIASES
-    from utils.pretrained.huggingface import HUB_REPOS
+    from utils.pretrained.huggingface import gpt2_size
+    from utils.training.preparation import is_scratch
 
     value = init_from.strip()
-    if value.lower() in ("", "scratch"):
+    if is_scratch(value):
         return "scratch"
-    preset = PRESET_ALIASES.get(value.lower(), value.lower())
-    if preset in HUB_REPOS and not Path(value).exists():
-        return preset
+    size = gpt2_size(value)
+    if size is not None:
+        return size
     if Path(value).expanduser().exists():
         return str(Path(value).expanduser())
     if value.count("/") == 1 and not value.startswith((".", "/", "~")):
@@ -115,7 +116,7 @@ def init_model_config(init_from: str, model_config: Any, preset: str) -> tuple[A
     own shape (`pretrained_model_config`), which may be another GPT-2 size than
     MODEL_PRESET."""
     from utils.config import GPT2_CONFIGS
-    from utils.training.preparation import pretrained_model_config
+    from utils.pretrained.huggingface import pretrained_model_config
 
     source = init_source(init_from)
     if source == "scratch":

@@ -59,6 +59,28 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # --------------------------------------------------------------------- locating files
 
 
+def gpt2_size(name: str | Path) -> str | None:
+    """The GPT-2 size ("small" ... "xl") `name` stands for (`gpt2`, `gpt2-medium`, `small`,
+    in any case), or None: an existing path, or any other name, is not a size."""
+    text = str(name).strip()
+    size = PRESET_ALIASES.get(text.lower(), text.lower())
+    return size if size in HUB_REPOS and not Path(text).exists() else None
+
+
+def pretrained_model_config(name: str | Path) -> ModelConfig | None:
+    """The shape of the weights `load_openai_gpt2(name)` loads, read without a tensor: a
+    GPT-2 size's, or a local folder's or file's (config.json, else the tensor headers).
+    None for a hub id: its shape is known once it is downloaded."""
+    size = gpt2_size(name)
+    if size is not None:
+        return GPT2_CONFIGS[size]
+    path = Path(name).expanduser()
+    if not path.exists():
+        return None
+    files = resolve_weight_files(path)
+    return read_hf_config(files[0].parent) or infer_config(hf_tensor_shapes(files))
+
+
 def _is_local_reference(name: str) -> bool:
     return os.sep in name or name.startswith(".") or name.endswith(WEIGHT_SUFFIXES)
 
@@ -431,15 +453,15 @@ def load_openai_gpt2(model_size: str | Path = "small", device: str | torch.devic
     Memory is checked first (`training=True` adds gradients and AdamW state), so a size
     that does not fit is refused with a suggestion instead of crashing the runtime.
     """
-    preset = PRESET_ALIASES.get(str(model_size), str(model_size))
-    is_hub_size = preset in HUB_REPOS and not Path(model_size).exists()
-    if is_hub_size and memory_check:
-        check_memory(GPT2_CONFIGS[preset], device, dtype, training, name=f"gpt2-{preset}")
-    files = resolve_weight_files(model_size)
+    size = gpt2_size(model_size)
+    if size is not None and memory_check:
+        check_memory(GPT2_CONFIGS[size], device, dtype, training, name=f"gpt2-{size}")
+    files = (_weight_files_in_folder(download_from_hub(size)) if size is not None
+             else resolve_weight_files(model_size))
     shapes = hf_tensor_shapes(files)  # headers only; read once for inference and checks
-    config = GPT2_CONFIGS[preset] if is_hub_size else \
+    config = GPT2_CONFIGS[size] if size is not None else \
         read_hf_config(files[0].parent) or infer_config(shapes)
-    if memory_check and not is_hub_size:
+    if memory_check and size is None:
         check_memory(config, device, dtype, training, name=str(model_size))
     validate_hf_shapes(shapes, config, str(model_size))
     tensors = iter_hf_tensors(files, temporary=copied_on_conversion(config.number_of_layers))

@@ -5,12 +5,12 @@ a time through the functions it is made of, so a setting means the same in both:
 
 1. `data_tokenizer`: text is read with the chosen tokenizer; token files (nanoGPT, llm.c)
    bring their own ids and vocabulary.
-2. `new_model_config` / `pretrained_model_config`: the model to train: a preset (or a
+2. `new_model_config` / `pretrained_model_config` (utils/pretrained): the model to train: a preset (or a
    checkpoint's shape) on the tokenizer's vocabulary, or a pretrained model's own shape.
 3. `check_run_fits`: weights, gradients, AdamW state and one micro-batch's activations in
    the precision the device will use, against its free memory, before anything exists.
    For text that is before the corpus is read (its vocabulary is the tokenizer's).
-4. The corpus (`load_data`; under torchrun rank 0 tokenises it while the others wait),
+4. The corpus (`load_data`; under torchrun rank 0 tokenises it first, `main_first`),
    then `build_model`.
 5. The Trainer, given the corpus's token hash (`LoadedData.tokens_sha256`), so the run's
    fingerprint does not hash every token again.
@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from utils.config import GPT2_CONFIGS, PRESET_ALIASES, ModelConfig, TrainingConfig
+from utils.config import ModelConfig, TrainingConfig
 
-# The ModelConfig fields that give a model its shape (what a preset's name stands for).
-SHAPE_FIELDS = ("number_of_layers", "number_of_heads", "embedding_dimension")
+
+def is_scratch(init_from: str) -> bool:
+    """Whether `init_from` asks for a new model ("scratch" in any case, or nothing)."""
+    return init_from.strip().lower() in ("", "scratch")
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class ModelChoice:
 
     @property
     def from_scratch(self) -> bool:
-        return self.init_from.strip().lower() in ("", "scratch")
+        return is_scratch(self.init_from)
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,11 @@ def data_tokenizer(data_path: str | Path | None, tokenizer: str | None, *,
     is left out."""
     from utils.data import TOKEN_FILE_KINDS, detect_kind
 
-    if detect_kind(data_path or None) not in TOKEN_FILE_KINDS:
+    return _tokenizer_for(detect_kind(data_path or None) in TOKEN_FILE_KINDS, tokenizer, chosen)
+
+
+def _tokenizer_for(token_files: bool, tokenizer: str | None, chosen: bool = True) -> str | None:
+    if not token_files:
         return tokenizer or "gpt2"
     return tokenizer if chosen else None
 
@@ -118,27 +124,6 @@ def new_model_config(choice: ModelChoice, vocab_size: int) -> ModelConfig:
                                    **choice.sizes)
 
 
-def pretrained_model_config(init_from: str) -> ModelConfig | None:
-    """The shape of the pretrained model `init_from` names, read from headers only: a
-    GPT-2 size or name, or local Hugging Face weights. None for a hub id (known when it
-    loads, which checks its memory then)."""
-    from utils.pretrained.huggingface import (
-        HUB_REPOS,
-        hf_tensor_shapes,
-        infer_config,
-        read_hf_config,
-        resolve_weight_files,
-    )
-
-    preset = PRESET_ALIASES.get(init_from.lower(), init_from.lower())
-    if preset in HUB_REPOS and not Path(init_from).exists():
-        return GPT2_CONFIGS[preset]
-    if not Path(init_from).expanduser().exists():
-        return None
-    files = resolve_weight_files(Path(init_from).expanduser())
-    return read_hf_config(files[0].parent) or infer_config(hf_tensor_shapes(files))
-
-
 def describe_model(config: ModelConfig, choice: ModelChoice) -> str:
     """How messages name the model: the pretrained source, an unchanged preset by its name,
     otherwise its size and shape (setting names, which each front end shows its way)."""
@@ -146,7 +131,7 @@ def describe_model(config: ModelConfig, choice: ModelChoice) -> str:
 
     if not choice.from_scratch:
         return choice.init_from
-    if choice.preset and choice.saved is None and not set(SHAPE_FIELDS) & set(choice.sizes):
+    if choice.preset and choice.saved is None and not choice.sizes:
         return choice.preset
     return (f"a model of {parameter_count(config):,} parameters (number_of_layers "
             f"{config.number_of_layers}, embedding_dimension {config.embedding_dimension}, "
@@ -174,7 +159,7 @@ def build_model(config: ModelConfig | None, init_from: str = "scratch",
     from torch's current seed), or the pretrained weights `init_from` names."""
     from utils.model import GPTModel
 
-    if init_from.strip().lower() in ("", "scratch"):
+    if is_scratch(init_from):
         if config is None:
             raise ValueError("a model trained from scratch needs its ModelConfig")
         return GPTModel(config).to(device).train(), config
@@ -196,19 +181,22 @@ def known_tokens_sha256(data: Any, train: Any, val: Any) -> str | None:
     return data.tokens_sha256
 
 
-def _check_fits(config: ModelConfig, settings: RunSettings, device: Any) -> None:
-    training = settings.training
-    check_run_fits(config, device, batch_size=training.batch_size,
-                   precision=training.precision,
-                   activation_checkpointing=training.activation_checkpointing,
-                   name=describe_model(config, settings.model))
-
-
-def _planned_config(settings: RunSettings, vocab_size: int) -> ModelConfig | None:
-    choice = settings.model
+def _planned_config(settings: RunSettings, vocab_size: int, device: Any) -> ModelConfig | None:
+    """The model `settings` ask for, on `vocab_size` ids if new; refused (memory) if it
+    cannot train. None: a hub id, checked when it loads."""
+    choice, training = settings.model, settings.training
     if choice.from_scratch:
-        return new_model_config(choice, vocab_size)
-    return pretrained_model_config(choice.init_from)
+        config = new_model_config(choice, vocab_size)
+    else:
+        from utils.pretrained.huggingface import pretrained_model_config
+
+        config = pretrained_model_config(choice.init_from)
+    if config is not None:
+        check_run_fits(config, device, batch_size=training.batch_size,
+                       precision=training.precision,
+                       activation_checkpointing=training.activation_checkpointing,
+                       name=describe_model(config, choice))
+    return config
 
 
 def prepare_run(settings: RunSettings) -> PreparedRun:
@@ -222,37 +210,25 @@ def prepare_run(settings: RunSettings) -> PreparedRun:
     from utils.training.engine.trainer import Trainer
 
     dist = setup_distributed(settings.training.device)
-    tokenizer = data_tokenizer(settings.data_path, settings.tokenizer)
-    checked = None
-    if detect_kind(settings.data_path) not in TOKEN_FILE_KINDS:
-        # text: the vocabulary is the tokenizer's, known before the corpus is read
-        checked = _planned_config(settings, get_tokenizer(tokenizer).n_vocab)
-        if checked is not None:
-            _check_fits(checked, settings, dist.device)
-    data = _load_in_turn(dist, lambda: load_data(
-        settings.data_path, tokenizer, settings.val_fraction, split=settings.val_split,
-        cache_dir=settings.cache_dir, progress=dist.is_main and settings.progress))
-    planned = checked or _planned_config(settings, data.vocab_size)
-    if checked is None and planned is not None:
-        _check_fits(planned, settings, dist.device)
+    token_files = detect_kind(settings.data_path) in TOKEN_FILE_KINDS
+    tokenizer = _tokenizer_for(token_files, settings.tokenizer)
+    planned = None
+    if not token_files:  # text: the vocabulary is the tokenizer's, known before it is read
+        planned = _planned_config(settings, get_tokenizer(tokenizer).n_vocab, dist.device)
+    with dist.main_first():  # the others find rank 0's token cache ready
+        data = load_data(settings.data_path, tokenizer, settings.val_fraction,
+                         split=settings.val_split, cache_dir=settings.cache_dir,
+                         progress=dist.is_main and settings.progress)
+    if token_files:
+        planned = _planned_config(settings, data.vocab_size, dist.device)
     torch.manual_seed(settings.training.seed)  # the same initial weights on every rank
     model, config = build_model(planned, settings.model.init_from)
     if data.vocab_size > config.vocab_size:
-        raise ValueError(f"tokenizer {data.tokenizer_name!r} has {data.vocab_size} ids but "
-                         f"the model's vocabulary is {config.vocab_size}: use the tokenizer "
-                         "the model was trained with")
+        raise ValueError(f"the data's tokenizer {data.tokenizer_name!r} has {data.vocab_size} "
+                         f"ids but the model's vocabulary is {config.vocab_size}: the data "
+                         "must be tokenised with the tokenizer the model was trained with")
     trainer = Trainer(model, settings.training, data.train, data.val,
                       tokenizer_name=data.tokenizer_name, progress=settings.progress,
                       data_sha256=data.tokens_sha256,
                       init_from=None if settings.model.from_scratch else settings.model.init_from)
     return PreparedRun(data, model, config, trainer, dist)
-
-
-def _load_in_turn(dist: Any, load: Any) -> Any:
-    """`load()` on rank 0 first, then on the others (which find its cache ready)."""
-    if not dist.is_main:
-        dist.barrier()
-    data = load()
-    if dist.is_main:
-        dist.barrier()
-    return data

@@ -11,7 +11,9 @@ Trainer has one code path.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +44,16 @@ class DistributedContext:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Run the block on rank 0 first, then on the other ranks, which find what rank 0
+        made (a token cache, say) ready instead of making it again at the same time."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
 
     def all_reduce_mean(self, value: float) -> float:
         """Mean of `value` over all ranks (every rank gets the same result)."""
