@@ -22,6 +22,7 @@ from utils.training.preparation import (
     RunSettings,
     build_model,
     data_tokenizer,
+    describe_model,
     known_tokens_sha256,
     new_model_config,
     prepare_run,
@@ -147,3 +148,12 @@ def test_data_with_more_ids_than_the_model_knows_is_refused(tmp_path):
     saved = {"config": ModelConfig(vocab_size=257, **SIZES).to_dict()}
     with pytest.raises(ValueError, match="'gpt2' has 50257 ids but the model's vocabulary is 257"):
         prepare_run(settings(tmp_path, model=ModelChoice(saved=saved), tokenizer="gpt2"))
+
+
+def test_a_model_is_named_by_its_preset_only_when_no_size_was_changed():
+    tiny = ModelConfig.from_preset("tiny", vocab_size=257)
+    assert describe_model(tiny, ModelChoice(preset="tiny")) == "tiny"
+    longer = ModelConfig.from_preset("tiny", vocab_size=257, context_length=4096)
+    named = describe_model(longer, ModelChoice(preset="tiny", sizes={"context_length": 4096}))
+    assert named.startswith("a model of ") and "context_length 4096" in named
+    assert describe_model(tiny, ModelChoice(init_from="gpt2")) == "gpt2"
