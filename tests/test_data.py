@@ -482,6 +482,18 @@ def test_two_ranks_see_what_one_process_with_double_batch_sees(tokens):
         assert torch.equal(y, torch.cat([p[1] for p in parts]))
 
 
+def test_a_one_process_loader_is_resliced_for_each_rank_where_it_stands(tokens):
+    loader = BatchLoader(tokens, 4, 16, seed=1)
+    loader.step = 5
+    assert loader.for_rank(0, 1) is loader
+    ranks = [loader.for_rank(rank, 2) for rank in range(2)]
+    assert [(r.rank, r.world_size, r.step, r.seed) for r in ranks] == [(0, 2, 5, 1), (1, 2, 5, 1)]
+    doubled = BatchLoader(tokens, 8, 16, seed=1)  # two ranks of 4 draw one process's 8 rows
+    assert torch.equal(torch.cat([r.get_batch(5)[0] for r in ranks]), doubled.get_batch(5)[0])
+    with pytest.raises(ValueError, match="built for world_size=2 but this run has 4 processes"):
+        ranks[0].for_rank(0, 4, "training data")
+
+
 def test_iteration_and_state_dict_resume(tokens):
     uninterrupted = BatchLoader(tokens, 4, 16, seed=2)
     assert iter(uninterrupted) is uninterrupted

@@ -242,6 +242,19 @@ class BatchLoader:
         self.step += 1
         return batch
 
+    def for_rank(self, rank: int, world_size: int, name: str = "tokens") -> BatchLoader:
+        """This loader for one rank of `world_size` processes: itself when it was built for
+        that rank, else the same stream re-sliced (only a one-process loader can be)."""
+        if self.world_size == world_size and self.rank == rank:
+            return self
+        if self.world_size != 1:
+            raise ValueError(f"{name} loader was built for world_size={self.world_size} "
+                             f"but this run has {world_size} processes; pass the token ids")
+        loader = BatchLoader(self.tokens, self.batch_size, self.context_length,
+                             seed=self.seed, rank=rank, world_size=world_size, name=name)
+        loader.step = self.step
+        return loader
+
     def state_dict(self) -> dict[str, int]:
         return {"seed": self.seed, "step": self.step, "batch_size": self.batch_size,
                 "context_length": self.context_length, "world_size": self.world_size}

@@ -113,3 +113,13 @@ def compile_problem(device: torch.device | str) -> str | None:
             _compile_problems[device.type] = (f"{type(error).__name__}: {lines[0]}" if lines
                                               else type(error).__name__)
     return _compile_problems[device.type]
+
+
+def compile_unavailable_warning(requested: bool | str, device: torch.device,
+                                problem: str) -> str:
+    """What training says when compiling was asked for but `compile_problem` found why its
+    kernels cannot be built here (training goes on without it)."""
+    return (f"WARNING: compile={requested!r}, but torch.compile cannot build kernels on "
+            f"{device} here ({problem}); training without it. Install a C++ compiler (g++) "
+            "for CPU kernels, or train with compile=False (CLI: --compile off) to silence "
+            "this.")

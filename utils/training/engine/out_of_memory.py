@@ -7,6 +7,7 @@ accumulation that fit by the estimate (utils/model/memory.py).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -34,9 +35,14 @@ def out_of_memory_message(error: BaseException, settings: dict[str, Any],
     """A message for an OOM during training that names the setting to change.
 
     `settings`: the run's batch_size, gradient_accumulation_steps, precision (resolved),
-    activation_checkpointing, context_length. With a GPT-2 `model_config` and the GPU's
-    `memory_bytes`, a batch size and accumulation that fit are suggested.
+    activation_checkpointing, context_length. With a GPT-2 `model_config` (a `ModelConfig`;
+    anything else is ignored) and the GPU's `memory_bytes`, a batch size and accumulation
+    that fit are suggested.
     """
+    from utils.config import ModelConfig
+
+    if not isinstance(model_config, ModelConfig):
+        model_config = None
     batch = settings.get("batch_size")
     accumulation = settings.get("gradient_accumulation_steps", 1)
     lines = [
@@ -60,3 +66,11 @@ def out_of_memory_message(error: BaseException, settings: dict[str, Any],
     lines.append("Settings that lower memory, in order: " + "; ".join(OOM_SETTINGS) + ".")
     lines.append(f"(original error: {str(error).splitlines()[0] if str(error) else type(error).__name__})")
     return "\n".join(lines)
+
+
+def device_memory_bytes(device: torch.device | str) -> int | None:
+    """The GPU's total memory, or None (not a GPU, or not readable: an OOM message must not
+    fail in its turn)."""
+    with contextlib.suppress(Exception):
+        return torch.cuda.get_device_properties(device).total_memory
+    return None

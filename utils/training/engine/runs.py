@@ -36,10 +36,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from utils.checkpoint_errors import RunInUseError
+from utils.checkpoint_errors import RunInUseError, RunMismatchError
 from utils.fileio import host_id, write_bytes_atomically
 from utils.reading import read_json_file, read_small_file
-from utils.training.engine.checkpoint import folder_identity, utc_now
+from utils.training.engine.checkpoint import (
+    BEST_MODEL_NAME,
+    folder_identity,
+    read_sidecar,
+    utc_now,
+)
 
 LEGACY_RUN_ID = "legacy"
 METRICS_LOG_PREFIX = "metrics_"
@@ -62,6 +67,42 @@ def settings_differences(saved: dict[str, Any], given: dict[str, Any]) -> list[s
     names = sorted((set(saved) | set(given)) - NOT_IN_FINGERPRINT)
     return [f"{name}: {saved.get(name)!r} in the checkpoint, {given.get(name)!r} given"
             for name in names if saved.get(name) != given.get(name)]
+
+
+def check_same_data(path: Path, state: dict[str, Any], identity: dict[str, Any]) -> None:
+    """Refuse to continue a run on other tokens than it was trained on: the data position
+    would be replayed on another corpus and the run's name would lie. `identity` is the
+    data's now (`Trainer.data_identity`); a checkpoint written before data identities were
+    recorded is not checked."""
+    saved = state.get("data_identity")
+    if not isinstance(saved, dict) or not isinstance(saved.get("sha256"), str):
+        return
+    if saved["sha256"] == identity["sha256"]:
+        return
+    counts = ""
+    if isinstance(saved.get("train_tokens"), int):
+        counts = (f" ({saved['train_tokens']:,} training tokens then, "
+                  f"{identity['train_tokens']:,} now)")
+    raise RunMismatchError(
+        f"{path} (run {state.get('run_id') or 'legacy'}) was trained on other data than "
+        f"this{counts}: its tokens' sha256 begins {saved['sha256'][:12]}, this data's "
+        f"{identity['sha256'][:12]}. Continuing it would mix two corpora in one run. Fix: "
+        "give the data that run was trained on (command line: --data; notebook: "
+        "DATA_PATH), or start a new run on this data "
+        "(resume_from=None; command line: --new-run).")
+
+
+def best_val_loss_of_run(history: list[dict[str, Any]], checkpoint_dir: str | Path | None,
+                         run_id: str | None) -> float:
+    """The best val_loss run `run_id` recorded: in its metrics history, or in the folder's
+    best_model.pt when that is the run's (best_model.pt follows the newest run)."""
+    scores = [entry.get("val_loss") for entry in history]
+    if checkpoint_dir and run_id is not None:
+        best = read_sidecar(Path(checkpoint_dir) / BEST_MODEL_NAME) or {}
+        if best.get("run_id") == run_id:
+            scores.append(best.get("val_loss"))
+    finite = [float(s) for s in scores if isinstance(s, (int, float)) and math.isfinite(float(s))]
+    return min(finite, default=math.inf)
 
 
 def new_run_id() -> str:

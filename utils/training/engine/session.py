@@ -241,3 +241,16 @@ class RunSession:
                   f"{', '.join(p.name for p in local)}. Copy them into "
                   "the checkpoint folder before this runtime ends (the next "
                   "checkpoint that can be written there copies them back).")
+
+
+def interrupted_message(run_id: str | None, step: int, total_steps: int,
+                        checkpoint: Path | None) -> str:
+    """What Ctrl-C's KeyboardInterrupt says: where training stopped, its checkpoint, and
+    that the same training again resumes there."""
+    saved = (f"its checkpoint is {checkpoint}" if checkpoint is not None
+             else "no checkpoint could be written")
+    if step >= total_steps:
+        return f"Ctrl-C came as run {run_id} finished at step {step}; {saved}."
+    return (f"training stopped at step {step} of run {run_id}; {saved}. Running the same "
+            f"training again resumes the run at step {step} (Cell 32 in the notebook, the "
+            "same command on the command line).")

@@ -24,6 +24,7 @@ trains on its slice of every batch, gradients are averaged by DDP, rank 0 writes
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import sys
 import time
@@ -38,25 +39,27 @@ from torch import nn
 from utils.checkpoint_errors import (
     InsufficientStorageError,
     NoCheckpointsError,
-    RunMismatchError,
     TrainingDivergedError,
     TrainingOutOfMemoryError,
 )
 from utils.config import TrainingConfig
 from utils.data import BatchLoader, hash_tokens
 from utils.training.engine.checkpoint import (
-    BEST_MODEL_NAME,
     TrainingParts,
     check_fits,
     check_resumable,
     load_checkpoint_file,
     model_config_dict,
-    read_sidecar,
     restore_training_checkpoint,
     timestamp_now,
     training_checkpoint,
 )
-from utils.training.engine.compiling import CompileChoice, compile_problem, resolve_compile
+from utils.training.engine.compiling import (
+    CompileChoice,
+    compile_problem,
+    compile_unavailable_warning,
+    resolve_compile,
+)
 from utils.training.engine.device_loop import DevicePrefetcher, LossMeter
 from utils.training.engine.distributed import (
     DistributedContext,
@@ -74,7 +77,11 @@ from utils.training.engine.evaluation import (  # noqa: F401  (names once define
 from utils.training.engine.listing import RunInfo, describe_runs, list_runs
 from utils.training.engine.loggers import check_loggers_available, eta_seconds
 from utils.training.engine.optim import build_optimizer, lr_at
-from utils.training.engine.out_of_memory import is_out_of_memory, out_of_memory_message
+from utils.training.engine.out_of_memory import (
+    device_memory_bytes,
+    is_out_of_memory,
+    out_of_memory_message,
+)
 from utils.training.engine.precision import PrecisionChoice, resolve_precision, tf32_matmuls
 from utils.training.engine.recovery import (
     find_resume_checkpoint,
@@ -84,12 +91,14 @@ from utils.training.engine.recovery import (
 )
 from utils.training.engine.rng import seed_everything
 from utils.training.engine.runs import (
+    best_val_loss_of_run,
+    check_same_data,
     new_run_id,
     run_fingerprint,
     settings_differences,
 )
 from utils.training.engine.samples import TextSampler
-from utils.training.engine.session import RunSession
+from utils.training.engine.session import RunSession, interrupted_message
 from utils.training.engine.storage import (
     StoragePlan,
     check_storage,
@@ -182,20 +191,11 @@ class Trainer:
         return length
 
     def _as_loader(self, data: Any, seed: int, name: str) -> BatchLoader:
-        """A loader for this rank. A loader built for one process is re-sliced per rank."""
-        rank, world = self.rank, self.world_size
+        """A loader for this rank (a loader built for one process is re-sliced per rank)."""
         if isinstance(data, BatchLoader):
-            if data.world_size == world and data.rank == rank:
-                return data
-            if data.world_size != 1:
-                raise ValueError(f"{name} loader was built for world_size={data.world_size} "
-                                 f"but this run has {world} processes; pass the token ids")
-            loader = BatchLoader(data.tokens, data.batch_size, data.context_length,
-                                 seed=data.seed, rank=rank, world_size=world)
-            loader.step = data.step
-            return loader
+            return data.for_rank(self.rank, self.world_size, name)
         return BatchLoader(data, self.config.batch_size, self.context_length, seed=seed,
-                           rank=rank, world_size=world, name=name)
+                           rank=self.rank, world_size=self.world_size, name=name)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -321,28 +321,6 @@ class Trainer:
                 "val_tokens": (len(self.val_loader.tokens) if self.val_loader is not None
                                else None)}
 
-    def _check_same_data(self, path: Path, state: dict[str, Any]) -> None:
-        """Refuse to continue a run on other tokens than it was trained on: the data
-        position would be replayed on another corpus and the run's name would lie. A
-        checkpoint written before data identities were recorded is not checked."""
-        saved = state.get("data_identity")
-        if not isinstance(saved, dict) or not isinstance(saved.get("sha256"), str):
-            return
-        now = self.data_identity()
-        if saved["sha256"] == now["sha256"]:
-            return
-        counts = ""
-        if isinstance(saved.get("train_tokens"), int):
-            counts = (f" ({saved['train_tokens']:,} training tokens then, "
-                      f"{now['train_tokens']:,} now)")
-        raise RunMismatchError(
-            f"{path} (run {state.get('run_id') or 'legacy'}) was trained on other data than "
-            f"this{counts}: its tokens' sha256 begins {saved['sha256'][:12]}, this data's "
-            f"{now['sha256'][:12]}. Continuing it would mix two corpora in one run. Fix: "
-            "give the data that run was trained on (command line: --data; notebook: "
-            "DATA_PATH), or start a new run on this data "
-            "(resume_from=None; command line: --new-run).")
-
     def load_checkpoint(self, checkpoint: str | Path) -> dict[str, Any]:
         """Restore everything `checkpoint_state` saved (model, optimizer, ..., RNG, data)."""
         self._setup()
@@ -350,7 +328,7 @@ class Trainer:
         state = load_checkpoint_file(path, mmap=False)
         check_resumable(path, state)  # a weights-only file (a convert output) says so
         check_fits(unwrap_model(self.model), state, path)  # a mismatch changes nothing
-        self._check_same_data(path, state)  # the same: other data changes nothing
+        check_same_data(path, state, self.data_identity())  # other data changes nothing
         stored = state.get("precision")
         if isinstance(stored, dict) and self.config.precision == "auto":
             # "auto" keeps the precision the run started with (an explicit one stands)
@@ -373,19 +351,8 @@ class Trainer:
             # A run keeps the identity it got at step 0, whatever this session changed
             # (a larger step budget, a resume with other flags).
             self._fingerprint = fingerprint
-        self.best_val_loss = self._best_val_loss_of_run()
-
-    def _best_val_loss_of_run(self) -> float:
-        """The best val_loss this run recorded (best_model.pt follows the newest run)."""
-        scores = [entry.get("val_loss") for entry in self.metrics_history]
-        if self.config.checkpoint_dir:
-            best = read_sidecar(Path(self.config.checkpoint_dir) / BEST_MODEL_NAME) or {}
-            if best.get("run_id") == self.run_id and self.run_id is not None:
-                scores.append(best.get("val_loss"))
-        finite = [float(s) for s in scores
-                  if isinstance(s, (int, float)) and math.isfinite(float(s))]
-        return min(finite, default=math.inf)
-
+        self.best_val_loss = best_val_loss_of_run(self.metrics_history,
+                                                  self.config.checkpoint_dir, self.run_id)
 
     # ---------------------------------------------------------------- training
     def fit(self, resume_from: str | Path | None = "auto",
@@ -429,7 +396,8 @@ class Trainer:
             # A plain KeyboardInterrupt, so a script stopped by Ctrl-C still exits as one
             # (killed by SIGINT: a shell loop around it stops too); the message says where
             # training resumes (the command line prints it as its last line).
-            raise KeyboardInterrupt(self._interrupted_message(session.last_checkpoint))
+            raise KeyboardInterrupt(interrupted_message(
+                self.run_id, self.global_step, self.total_steps, session.last_checkpoint))
         return self.metrics_history
 
     def _session_end(self, stop_at_step: int | None) -> int:
@@ -623,7 +591,6 @@ class Trainer:
         return (step % config.log_interval == 0 or step % config.eval_interval == 0
                 or step in (self._stop_step, self.total_steps) or self._checkpoint_due(step))
 
-
     def _evaluation_due(self) -> bool:
         return (self.global_step % self.config.eval_interval == 0
                 or self.global_step == self._stop_step)
@@ -637,7 +604,6 @@ class Trainer:
                 or (config.checkpoint_interval is not None
                     and step % config.checkpoint_interval == 0)
                 or (config.checkpoint_every_epoch and step % self.steps_per_epoch == 0))
-
 
     def train_step(self) -> float:
         """One optimizer step outside `fit()` (benchmarks, custom loops); returns its loss
@@ -667,7 +633,6 @@ class Trainer:
     def _lr_of_last_step(self) -> float:
         return lr_at(max(0, self.global_step - 1), self.config, self.total_steps)
 
-
     def _say_warmup(self, session_start: float) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # wait for the first step to finish
@@ -675,15 +640,20 @@ class Trainer:
                   f"{time.perf_counter() - session_start:.1f} s (compilation included; "
                   f"later steps run compiled)")
 
-
     def _throughput_meter(self) -> ThroughputMeter:
-        """Tokens/s and MFU (FLOPs per token as nanoGPT counts them; the device's peak)."""
-        try:
-            flops = model_flops_per_token(self.model, self.context_length)
-        except (AttributeError, StopIteration, TypeError):  # a model without GPT-2's config
-            flops = 0
+        """Tokens/s and MFU (`_flops_per_token`; the device's peak)."""
+        flops = self._flops_per_token
         peak = peak_flops(self.device, self.precision)[0] if flops else None
         return ThroughputMeter(self.tokens_per_step, flops, peak)
+
+    @functools.cached_property
+    def _flops_per_token(self) -> int:
+        """Training FLOPs per token as nanoGPT counts them; 0 for a model without GPT-2's
+        config (no MFU, and compile "auto" sees no saving)."""
+        try:
+            return model_flops_per_token(self.model, self.context_length)
+        except (AttributeError, StopIteration, TypeError):
+            return 0
 
     def storage_plan(self) -> StoragePlan:
         """What this run keeps at most in `config.checkpoint_dir` (`storage.py`): its
@@ -718,7 +688,6 @@ class Trainer:
             except InsufficientStorageError as caught:
                 error = caught
         session.fail_together(error)
-
 
     # ---------------------------------------------------------------- which run
     def _start_or_resume(self, resume_from: str | Path | None, session: RunSession) -> bool:
@@ -787,18 +756,6 @@ class Trainer:
                         f"{describe_runs(others)}")
         self._say(message)
 
-
-    def _interrupted_message(self, where: Path | None) -> str:
-        saved = (f"its checkpoint is {where}" if where is not None
-                 else "no checkpoint could be written")
-        if self.global_step >= self.total_steps:
-            return (f"Ctrl-C came as run {self.run_id} finished at step {self.global_step}; "
-                    f"{saved}.")
-        return (f"training stopped at step {self.global_step} of run {self.run_id}; {saved}. "
-                f"Running the same training again resumes the run at step "
-                f"{self.global_step} (Cell 32 in the notebook, the same command on the "
-                "command line).")
-
     def _compiled_model(self) -> nn.Module | None:
         """`torch.compile(self.model)` when `config.compile` asks (True, or "auto" where it
         pays: `compiling.choose_compile`) and this machine can build its kernels; built
@@ -813,10 +770,7 @@ class Trainer:
             problem = compile_problem(self.device)
             if problem:
                 self._compile_refused = True  # said once per Trainer, not at every fit()
-                self._say(f"WARNING: compile={self.config.compile!r}, but torch.compile "
-                          f"cannot build kernels on {self.device} here ({problem}); training "
-                          "without it. Install a C++ compiler (g++) for CPU kernels, or train "
-                          "with compile=False (CLI: --compile off) to silence this.")
+                self._say(compile_unavailable_warning(self.config.compile, self.device, problem))
                 return None
             self._compiled = torch.compile(self.model)
             self._report_compile_time = True  # after the first step (compiles lazily)
@@ -827,34 +781,24 @@ class Trainer:
         resumed session decides as the first did) and said where it is not the obvious
         one: on CUDA, or when asked for explicitly."""
         if self._compile_choice is None:
-            try:
-                flops = model_flops_per_token(self.model, self.context_length)
-            except (AttributeError, StopIteration, TypeError):  # not GPT-2 shaped
-                flops = 0
             self._compile_choice = resolve_compile(
                 self.config.compile, self.device, steps=self.total_steps,
-                flops_per_step=flops * self.tokens_per_step, precision=self.precision)
+                flops_per_step=self._flops_per_token * self.tokens_per_step,
+                precision=self.precision)
             if self.device.type == "cuda" or self.config.compile is True:
                 state = "on" if self._compile_choice.enabled else "off"
                 self._say(f"torch.compile: {state} ({self._compile_choice.reason})")
         return self._compile_choice
 
     def _out_of_memory_message(self, error: BaseException) -> str:
-        model = unwrap_model(self.model)
-        config = getattr(model, "config", None)
-        gpu_bytes = None
-        with contextlib.suppress(Exception):  # the message must not fail in its turn
-            gpu_bytes = torch.cuda.get_device_properties(self.device).total_memory
         settings = {"batch_size": self.config.batch_size,
                     "gradient_accumulation_steps": self.config.gradient_accumulation_steps,
                     "precision": self.precision,
                     "activation_checkpointing": self.config.activation_checkpointing,
                     "context_length": self.context_length}
-        from utils.config import ModelConfig
-
         return out_of_memory_message(error, settings,
-                                     config if isinstance(config, ModelConfig) else None,
-                                     gpu_bytes)
+                                     getattr(unwrap_model(self.model), "config", None),
+                                     device_memory_bytes(self.device))
 
     def _say(self, message: str) -> None:
         if self.dist.is_main:
